@@ -1,0 +1,1 @@
+"""Offline demo material: a synthesized bilingual speech corpus."""

@@ -1,0 +1,1 @@
+"""Evaluation: batched decoding to Kaldi-style text files and WER/CER/BLEU scoring."""

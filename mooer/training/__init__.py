@@ -1,0 +1,1 @@
+"""Training: the LightningModule, schedules, strategies, accelerators and callbacks."""

@@ -1,0 +1,85 @@
+"""The synthesized corpus: plausible audio in both languages, Kaldi files that agree, seeds."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mooer.data.text import read_table
+from mooer.demo import espeak as espeak_module
+from mooer.demo.corpus import draw_specs, main
+from mooer.demo.grammar import en_number, en_ordinal, zh_number
+
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+@pytest.mark.parametrize(("n", "zh", "en"), [
+    (0, "零", "zero"), (15, "十五", "fifteen"), (101, "一百零一", "one hundred one"),
+    (110, "一百一十", "one hundred ten"), (1005, "一千零五", "one thousand five"),
+    (30520, "三万零五百二十", "thirty thousand five hundred twenty"),
+    (100000, "十万", "one hundred thousand"),
+    (12345678, "一千二百三十四万五千六百七十八",
+     "twelve million three hundred forty five thousand six hundred seventy eight"),
+])
+def test_number_readings(n, zh, en):
+    assert zh_number(n) == zh and en_number(n) == en
+
+
+def test_ordinals():
+    assert [en_ordinal(d) for d in (1, 12, 21, 30)] == ["first", "twelfth", "twenty first",
+                                                       "thirtieth"]
+
+
+def test_specs_are_seeded():
+    assert draw_specs(50, seed=3) == draw_specs(50, seed=3)
+    assert draw_specs(50, seed=3) != draw_specs(50, seed=4)
+
+
+def test_kaldi_files_agree(corpus):
+    tables = {name: read_table(corpus / name) for name in ("wav.scp", "text", "text.en", "utt2spk")}
+    keys = [k for k, _ in tables["wav.scp"]]
+    assert len(keys) == 24 and keys == sorted(keys)
+    for rows in tables.values():
+        assert [k for k, _ in rows] == keys
+    for key, spk in tables["utt2spk"]:
+        assert key.startswith(spk + "-")
+
+
+def test_both_languages_with_plausible_audio(corpus):
+    texts = dict(read_table(corpus / "text"))
+    translations = dict(read_table(corpus / "text.en"))
+    languages, durations, lengths = set(), [], []
+    for key, path in read_table(corpus / "wav.scp"):
+        audio, rate = sf.read(path, dtype="float32")
+        info = sf.info(path)
+        assert (rate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+        duration = len(audio) / rate
+        assert 0.4 < duration < 10, (key, duration)
+        rms_db = 20 * np.log10(np.sqrt(np.mean(audio**2)))
+        assert -40 < rms_db < -3, (key, rms_db)
+        # speech is not flat: loud and quiet 25 ms frames both exist
+        frames = audio[: len(audio) // 400 * 400].reshape(-1, 400)
+        frame_db = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+        assert frame_db.max() - frame_db.min() > 20
+        chinese = bool(CJK.search(texts[key]))
+        languages.add("zh" if chinese else "en")
+        assert translations[key].isascii() and not CJK.search(translations[key])
+        if not chinese:
+            assert texts[key] == translations[key]
+        durations.append(duration)
+        lengths.append(len(texts[key]) if chinese else len(texts[key].split()) * 2)
+    assert languages == {"zh", "en"}
+    assert np.corrcoef(durations, lengths)[0, 1] > 0.5  # longer sentences take longer to say
+
+
+def test_missing_library_says_how_to_fix(monkeypatch, tmp_path, capsys):
+    import espeakng_loader
+
+    monkeypatch.setattr(espeak_module.Espeak, "_instance", None)
+    monkeypatch.setattr(espeakng_loader, "get_library_path", lambda: str(tmp_path / "nope.so"))
+    assert main(["--out", str(tmp_path / "c"), "--num", "2", "--num_workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "could not load libespeak-ng" in err and "pip install espeakng-loader" in err
