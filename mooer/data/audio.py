@@ -1,0 +1,106 @@
+"""Audio I/O without torch: read any format soundfile knows, mix down, resample, write 16-bit WAV.
+
+Kept free of heavy imports so that packing stays fast.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used: unreadable, empty, or malformed."""
+
+
+@dataclass(frozen=True)
+class WavInfo:
+    """What a canonical PCM WAV header says."""
+
+    sample_rate: int
+    channels: int
+    bits_per_sample: int
+    num_frames: int
+
+
+def parse_pcm_wav(data: bytes) -> WavInfo | None:
+    """Read a RIFF/WAVE PCM header from bytes; None when it is not plain PCM WAV.
+
+    Raises AudioError when the file claims to be WAV but is truncated or malformed.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos, fmt = 12, None
+    while pos + 8 <= len(data):
+        chunk_id, size = data[pos:pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+        body = pos + 8
+        if chunk_id == b"fmt ":
+            if size < 16 or body + 16 > len(data):
+                raise AudioError("truncated WAV fmt chunk")
+            tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", data, body)
+            if tag != 1:  # not plain PCM (float, extensible...): let soundfile handle it
+                return None
+            fmt = (rate, channels, bits)
+        elif chunk_id == b"data":
+            if fmt is None:
+                raise AudioError("WAV data chunk before fmt chunk")
+            rate, channels, bits = fmt
+            if channels == 0 or bits == 0 or rate == 0:
+                raise AudioError("WAV header has zero channels, bits or sample rate")
+            available = len(data) - body
+            if size > available:
+                raise AudioError(f"truncated WAV: header says {size} data bytes, file has {available}")
+            return WavInfo(rate, channels, bits, size // (channels * bits // 8))
+        pos = body + size + (size & 1)
+    raise AudioError("WAV file has no data chunk")
+
+
+def read_audio(source: str | bytes, start: float = 0.0, end: float | None = None
+               ) -> tuple[np.ndarray, int]:
+    """Decode a path or bytes to float32 samples [frames, channels] and the sample rate.
+
+    `start`/`end` are seconds (Kaldi segments); end None reads to the end.
+    """
+    handle = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with sf.SoundFile(handle) as f:
+            rate = f.samplerate
+            first = int(round(start * rate))
+            last = f.frames if end is None else min(f.frames, int(round(end * rate)))
+            if first:
+                f.seek(first)
+            samples = f.read(max(0, last - first), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioError(f"unreadable audio: {err}") from err
+    return samples, rate
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Average channels of [frames, channels] (or pass 1-D through) to 1-D float32."""
+    return samples if samples.ndim == 1 else samples.mean(axis=1, dtype=np.float32)
+
+
+def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Polyphase resampling of 1-D float samples (scipy.signal.resample_poly)."""
+    if rate_in == rate_out:
+        return samples
+    from scipy.signal import resample_poly  # imported lazily: only resampling pays for it
+
+    gcd = math.gcd(rate_in, rate_out)
+    return resample_poly(samples, rate_out // gcd, rate_in // gcd).astype(np.float32)
+
+
+def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
+    """Encode 1-D float samples in [-1, 1] (or int16) as a 16-bit PCM WAV file in memory."""
+    if samples.dtype != np.int16:
+        samples = (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype(np.int16)
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + 2 * len(samples), b"WAVE", b"fmt ", 16, 1, 1,
+        sample_rate, sample_rate * 2, 2, 16, b"data", 2 * len(samples),
+    )
+    return header + samples.astype("<i2").tobytes()

@@ -1,0 +1,323 @@
+"""Pack a Kaldi data dir (wav.scp + text [+ segments]) into WebDataset/WeNet tar shards.
+
+    mooer-pack --wav_scp data/wav.scp --text data/text --write_dir data/shards \
+        --write_prefix data.list --text_norm true --num_threads 8
+
+Every shard holds `<uttid>.txt` then `<uttid>.<audio ext>` per utterance (MooER's layout);
+`<write_dir>/<write_prefix>` lists the shards; `<write_dir>/rejects.tsv` lists what was left out
+and why. Shards appear under their final name only once complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import sys
+import tarfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mooer.data.audio import AudioError, parse_pcm_wav, read_audio, resample, to_mono, wav_bytes
+from mooer.data.parallel import parallel_map
+from mooer.data.text import normalize, read_table
+
+AUDIO_EXTENSIONS = frozenset({"wav", "flac", "ogg", "opus", "mp3", "sph", "aiff", "aif", "au"})
+TEXT_NORMS = {"true": "mooer", "false": "none", "mooer": "mooer", "llm": "llm", "none": "none"}
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One utterance to pack: its transcript and where its audio lies (a segment when end set)."""
+
+    uttid: str
+    text: str
+    path: str
+    start: float = 0.0
+    end: float | None = None
+
+
+@dataclass
+class ShardResult:
+    """What one worker wrote into one shard."""
+
+    path: str
+    packed: int = 0
+    audio_bytes: int = 0
+    seconds: float = 0.0
+    rejects: list[tuple[str, str]] = field(default_factory=list)
+
+
+def str2bool(value: str) -> bool:
+    """Parse MooER-style boolean flags ('true', 'false', '1', '0', 'yes', 'no')."""
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _keyed(rows: list[tuple[str, str]], what: str, rejects: list[tuple[str, str]]
+           ) -> dict[str, str]:
+    """Rows as a dict; every key seen more than once is rejected outright (no guessing which)."""
+    counts = Counter(key for key, _ in rows)
+    for key, count in counts.items():
+        if count > 1:
+            rejects.append((key, f"duplicate uttid: {count} lines in {what}"))
+    return {key: value for key, value in rows if counts[key] == 1}
+
+
+def _segment_sources(rows: list[tuple[str, str]], audio: dict[str, str],
+                     rejects: list[tuple[str, str]]) -> dict[str, tuple[str, float, float | None]]:
+    """Map segment uttids to (recording path, start, end) from Kaldi segments rows."""
+    sources = {}
+    for key, value in _keyed(rows, "segments", rejects).items():
+        fields = value.split()
+        try:
+            recording, start, end = fields[0], float(fields[1]), float(fields[2])
+        except (IndexError, ValueError):
+            rejects.append((key, f"malformed segments line: {value!r}"))
+            continue
+        if recording not in audio:
+            rejects.append((key, f"recording {recording} of segments not in wav.scp"))
+        elif end <= start:
+            rejects.append((key, f"segment end {end} is not after start {start}"))
+        else:
+            sources[key] = (audio[recording], start, end)
+    return sources
+
+
+def collect_items(wav_scp: Path, text: Path, segments: Path | None, text_norm: str
+                  ) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Join wav.scp, text and (optionally) segments; return items in text order and rejects."""
+    rejects: list[tuple[str, str]] = []
+    audio = _keyed(read_table(wav_scp), "wav.scp", rejects)
+    transcripts = _keyed(read_table(text), "text", rejects)
+    if segments is None:
+        sources = {key: (path, 0.0, None) for key, path in audio.items()}
+    else:
+        sources = _segment_sources(read_table(segments), audio, rejects)
+    rejected = {key for key, _ in rejects}
+    items = []
+    for key, transcript in transcripts.items():
+        if key not in sources:
+            if key not in rejected:
+                rejects.append((key, f"no audio: uttid not in {'segments' if segments else 'wav.scp'}"))
+            continue
+        path, start, end = sources[key]
+        normalized = normalize(transcript, text_norm)
+        if "/" in key:
+            rejects.append((key, "uttid contains '/', which cannot be a tar member name"))
+        elif path.rstrip().endswith("|"):
+            rejects.append((key, "wav.scp command pipes are not supported: extract the audio to files"))
+        elif not normalized.strip():
+            rejects.append((key, "empty transcript"))
+        else:
+            items.append(Item(key, normalized, path, start, end))
+    rejects.extend((key, "no transcript: uttid not in text")
+                   for key in sources if key not in transcripts and key not in rejected)
+    return items, rejects
+
+
+def load_audio_member(item: Item, sample_rate: int) -> tuple[bytes, str, float]:
+    """Validated audio bytes for a shard, their extension and duration in seconds.
+
+    A mono PCM WAV already at `sample_rate` (or a mono file soundfile reads at that rate) is copied
+    unchanged; anything else is decoded, mixed down, resampled and stored as 16-bit WAV.
+    """
+    extension = item.path.rsplit(".", 1)[-1].lower() if "." in Path(item.path).name else ""
+    try:
+        with open(item.path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError as err:
+        raise AudioError(f"audio file not found: {item.path}") from err
+    except OSError as err:
+        raise AudioError(f"cannot read {item.path}: {err.strerror}") from err
+    if not data:
+        raise AudioError("zero-length audio (empty file)")
+    if item.end is None:
+        info = parse_pcm_wav(data)
+        if info is not None:
+            if info.num_frames == 0:
+                raise AudioError("zero-length audio (no samples)")
+            if info.sample_rate == sample_rate and info.channels == 1 and info.bits_per_sample == 16:
+                return data, "wav", info.num_frames / sample_rate
+    samples, rate = read_audio(data, item.start, item.end)
+    if len(samples) == 0:
+        raise AudioError("zero-length audio (no samples)")
+    if item.end is None and rate == sample_rate and samples.shape[1] == 1 \
+            and extension in AUDIO_EXTENSIONS:
+        return data, extension, len(samples) / rate
+    mono = resample(to_mono(samples), rate, sample_rate)
+    return wav_bytes(mono, sample_rate), "wav", len(mono) / sample_rate
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes, mtime: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), mtime, 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shard(job: tuple[str, list[Item], int]) -> ShardResult:
+    """Write one shard from `items` under a temporary name, then rename it into place."""
+    path, items, sample_rate = job
+    result = ShardResult(path)
+    partial = path + PARTIAL_SUFFIX
+    mtime = int(time.time())
+    with tarfile.open(partial, "w", format=tarfile.GNU_FORMAT) as tar:
+        for item in items:
+            try:
+                audio, extension, seconds = load_audio_member(item, sample_rate)
+            except AudioError as err:
+                result.rejects.append((item.uttid, str(err)))
+                continue
+            _add_member(tar, f"{item.uttid}.txt", item.text.encode("utf-8"), mtime)
+            _add_member(tar, f"{item.uttid}.{extension}", audio, mtime)
+            result.packed += 1
+            result.audio_bytes += len(audio)
+            result.seconds += seconds
+    if result.packed:
+        os.replace(partial, path)
+    else:
+        os.remove(partial)
+    return result
+
+
+@dataclass
+class PackSummary:
+    """Totals of a packing run."""
+
+    shards: list[str]
+    packed: int
+    rejects: list[tuple[str, str]]
+    seconds_of_audio: float
+    audio_bytes: int
+    elapsed: float
+
+
+def pack(wav_scp: Path, text: Path, write_dir: Path, write_prefix: str = "data.list",
+         segments: Path | None = None, text_norm: str = "none", shuffle: bool = False,
+         seed: int = 0, num_utts_per_shard: int = 1000, num_threads: int = 1,
+         sample_rate: int = 16000, write_num: int = 1, shard_prefix: str = "shards",
+         progress: bool = True) -> PackSummary:
+    """Pack a Kaldi data dir into shards; see the module docstring for the layout."""
+    started = time.perf_counter()
+    if num_utts_per_shard <= 0:
+        raise ValueError("--num_utts_per_shard must be positive")
+    items, rejects = collect_items(wav_scp, text, segments, TEXT_NORMS.get(text_norm, text_norm))
+    if shuffle:
+        random.Random(seed).shuffle(items)
+    write_dir = write_dir.resolve()
+    write_dir.mkdir(parents=True, exist_ok=True)
+    for stale in write_dir.glob(f"{shard_prefix}_*.tar{PARTIAL_SUFFIX}"):
+        stale.unlink()  # left by an interrupted run
+    chunks = [items[i:i + num_utts_per_shard] for i in range(0, len(items), num_utts_per_shard)]
+    jobs = [(str(write_dir / f"{shard_prefix}_{index:09d}.tar"), chunk, sample_rate)
+            for index, chunk in enumerate(chunks)]
+    results: list[ShardResult] = []
+    with parallel_map(write_shard, jobs, min(num_threads, len(jobs))) as shard_results, \
+            tqdm(total=len(items), desc="packing", unit="utt", disable=not progress) as bar:
+        for result in shard_results:
+            results.append(result)
+            bar.update(result.packed + len(result.rejects))
+    shards = [r.path for r in results if r.packed]
+    for result in results:
+        rejects.extend(result.rejects)
+    _write_lists(write_dir, write_prefix, shards, write_num)
+    with open(write_dir / "rejects.tsv", "w", encoding="utf-8") as f:
+        f.writelines(f"{uttid}\t{reason}\n" for uttid, reason in rejects)
+    return PackSummary(shards, sum(r.packed for r in results), rejects,
+                       sum(r.seconds for r in results), sum(r.audio_bytes for r in results),
+                       time.perf_counter() - started)
+
+
+def _write_lists(write_dir: Path, write_prefix: str, shards: list[str], write_num: int) -> None:
+    """Write the shard list(s); with write_num > 1, '#' in the prefix takes the list index."""
+    if write_num > 1 and "#" not in write_prefix:
+        raise ValueError("--write_num > 1 needs a '#' in --write_prefix (e.g. data.#.list)")
+    per_list = -(-len(shards) // write_num) if shards else 0
+    for index in range(write_num):
+        name = write_prefix.replace("#", str(index))
+        part = shards[index * per_list:(index + 1) * per_list]
+        tmp = write_dir / f".{name}.tmp"
+        tmp.write_text("".join(f"{s}\n" for s in part), encoding="utf-8")
+        os.replace(tmp, write_dir / name)
+
+
+def format_summary(summary: PackSummary, write_dir: Path) -> str:
+    """A closing report: counts, hours, throughput and the rejects by reason."""
+    rate = summary.packed / summary.elapsed if summary.elapsed else 0.0
+    lines = [
+        f"packed {summary.packed} utterances ({summary.seconds_of_audio / 3600:.2f} h, "
+        f"{summary.audio_bytes / 1e6:.1f} MB) into {len(summary.shards)} shards in "
+        f"{summary.elapsed:.1f} s ({rate:.0f} utt/s)",
+    ]
+    if summary.rejects:
+        reasons = Counter(reason.split(":")[0] for _, reason in summary.rejects)
+        lines.append(f"rejected {len(summary.rejects)} utterances, listed in "
+                     f"{write_dir / 'rejects.tsv'}:")
+        lines.extend(f"  {count:6d}  {reason}" for reason, count in reasons.most_common())
+    else:
+        lines.append("rejected 0 utterances")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mooer-pack", description="Pack wav.scp + text into tar shards (MooER/WeNet layout).")
+    parser.add_argument("--wav_scp", type=Path, required=True, help="Kaldi wav.scp: uttid path")
+    parser.add_argument("--text", type=Path, required=True, help="Kaldi text: uttid transcript")
+    parser.add_argument("--write_dir", type=Path, required=True, help="where shards are written")
+    parser.add_argument("--write_prefix", default="data.list",
+                        help="name of the shard list in write_dir ('#' takes the index with --write_num)")
+    parser.add_argument("--write_num", type=int, default=1, help="split the shard list into N files")
+    parser.add_argument("--segments", type=Path, default=None,
+                        help="Kaldi segments (uttid recording start end); wav.scp then keys recordings")
+    parser.add_argument("--shuffle", type=str2bool, default=False,
+                        help="shuffle utterances before sharding (true/false)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --shuffle")
+    parser.add_argument("--text_norm", default="false", choices=sorted(TEXT_NORMS),
+                        help="true/mooer: MooER's ASR normalization; llm: keep case and spaces; "
+                             "false/none: as is")
+    parser.add_argument("--data_type", default="shard", choices=["shard"],
+                        help="only 'shard' (MooER has no other)")
+    parser.add_argument("--num_threads", type=int, default=1, help="packing processes")
+    parser.add_argument("--num_utts_per_shard", type=int, default=1000)
+    parser.add_argument("--resample", type=int, default=16000,
+                        help="sample rate of the shards; other rates are resampled")
+    parser.add_argument("--shard_prefix", default="shards", help="shard file names: PREFIX_000000000.tar")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for flag, path in (("--wav_scp", args.wav_scp), ("--text", args.text),
+                       ("--segments", args.segments)):
+        if path is not None and not path.is_file():
+            print(f"error: {flag} {path} does not exist", file=sys.stderr)
+            return 2
+    try:
+        summary = pack(args.wav_scp, args.text, args.write_dir, args.write_prefix, args.segments,
+                       args.text_norm, args.shuffle, args.seed, args.num_utts_per_shard,
+                       args.num_threads, args.resample, args.write_num, args.shard_prefix,
+                       progress=not args.no_progress)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_summary(summary, args.write_dir.resolve()))
+    if summary.packed == 0:
+        print("error: nothing was packed; see the reasons above and in rejects.tsv", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
