@@ -21,7 +21,7 @@ from tqdm import tqdm
 from mooer.data.audio import resample, wav_bytes
 from mooer.data.parallel import parallel_map
 from mooer.demo.espeak import Espeak, EspeakError
-from mooer.demo.grammar import sample_sentence
+from mooer.demo.grammar import KINDS, sample_sentence
 
 SAMPLE_RATE = 16000
 ZH_VOICES = ("cmn", "cmn+f1", "cmn+f2", "cmn+f3", "cmn+f4", "cmn+m1", "cmn+m2", "cmn+m3", "cmn+m4",
@@ -52,12 +52,12 @@ def speaker_id(voice: str) -> str:
 
 def draw_specs(num: int, seed: int, english_ratio: float = 0.3,
                zh_voices: tuple[str, ...] = ZH_VOICES, en_voices: tuple[str, ...] = EN_VOICES,
-               ) -> list[UtteranceSpec]:
+               kinds: tuple[str, ...] = KINDS) -> list[UtteranceSpec]:
     """Draw `num` utterances: sentences, voices and prosody, reproducibly from `seed`."""
     rng = random.Random(seed)
     specs = []
     for index in range(num):
-        sentence = sample_sentence(rng)
+        sentence = sample_sentence(rng, kinds)
         english = rng.random() < english_ratio
         voice = rng.choice(en_voices if english else zh_voices)
         specs.append(UtteranceSpec(
@@ -118,12 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (sentences, voices, prosody)")
     parser.add_argument("--english_ratio", type=float, default=0.3,
                         help="share of utterances spoken in English (the rest in Mandarin)")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help="comma-separated sentence kinds: " + ", ".join(KINDS))
     parser.add_argument("--num_workers", type=int, default=min(4, multiprocessing.cpu_count()),
                         help="synthesis processes")
     args = parser.parse_args(argv)
     if args.num <= 0:
         parser.error("--num must be positive")
-    specs = draw_specs(args.num, args.seed, args.english_ratio)
+    kinds = tuple(args.kinds.split(","))
+    if set(kinds) - set(KINDS):
+        parser.error(f"--kinds: unknown {sorted(set(kinds) - set(KINDS))}; choose from {', '.join(KINDS)}")
+    specs = draw_specs(args.num, args.seed, args.english_ratio, kinds=kinds)
     try:
         durations = write_corpus(args.out, specs, args.num_workers)
     except EspeakError as err:

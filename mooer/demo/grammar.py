@@ -140,9 +140,15 @@ def _counted(n: int, thing: tuple[str, str, str]) -> str:
     return f"{en_number(n)} {singular if n == 1 else plural}"
 
 
-def sample_sentence(rng: random.Random) -> Sentence:
-    """Draw one sentence of a random kind."""
-    kind = rng.choice(["number", "date", "time", "count", "place", "phrase", "price"])
+KINDS = ("number", "date", "time", "count", "place", "phrase", "price")
+
+
+def sample_sentence(rng: random.Random, kinds: tuple[str, ...] = KINDS) -> Sentence:
+    """Draw one sentence of a random kind among `kinds`."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown sentence kinds {sorted(unknown)}; choose from {', '.join(KINDS)}")
+    kind = rng.choice(kinds)
     if kind == "number":
         n = _amount(rng)
         return Sentence(kind, zh_number(n), en_number(n))

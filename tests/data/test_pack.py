@@ -28,7 +28,7 @@ def read_shards(list_path: Path) -> list[tuple[str, str, bytes, str]]:
         with tarfile.open(shard) as tar:
             members = tar.getmembers()
             assert len(members) % 2 == 0
-            for txt, audio in zip(members[0::2], members[1::2]):
+            for txt, audio in zip(members[0::2], members[1::2], strict=True):
                 uttid, ext = txt.name.rsplit(".", 1)
                 audio_id, audio_ext = audio.name.rsplit(".", 1)
                 assert ext == "txt" and audio_id == uttid, "each utterance is .txt then audio"

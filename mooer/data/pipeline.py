@@ -1,0 +1,301 @@
+"""The shard pipeline as small generator stages (WeNet style), composed with WebDataset.
+
+data.list -> shard urls (seeded shuffle, split by rank and worker) -> open -> tar members grouped
+on the LAST dot -> decoded audio + text -> length filter -> targets -> features -> token ids ->
+shuffle -> sort -> batches. Bad items are skipped with one warning each and counted in `DataErrors`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mooer.data.audio import AudioError, decode_audio, resample, to_mono
+
+log = logging.getLogger(__name__)
+AUDIO_EXTENSIONS = frozenset({"wav", "flac", "ogg", "opus", "mp3", "sph", "aiff", "aif", "au"})
+Sample = dict[str, Any]
+
+
+class DataErrors(Counter):
+    """Skipped items by reason; each pipeline process keeps its own and batches carry the news."""
+
+    def skip(self, reason: str, where: str, detail: object = "") -> None:
+        self[reason] += 1
+        log.warning("skipping %s: %s %s", where, reason, detail)
+
+
+def read_data_list(path: str | Path) -> list[str]:
+    """Shard paths or URLs of a data.list, one a line; relative paths are taken from the list's dir."""
+    base = Path(path).resolve().parent
+    urls = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if "://" in line or line.startswith("pipe:") or Path(line).is_absolute():
+            urls.append(line)
+        else:
+            urls.append(str(base / line))
+    if not urls:
+        raise ValueError(f"{path} lists no shards")
+    return urls
+
+
+def shards_for(urls: list[str], epoch: int, seed: int, shuffle: bool, rank: int, world_size: int,
+               worker: int, num_workers: int) -> list[str]:
+    """This (rank, worker)'s shards of an epoch: one seeded permutation shared by every process,
+    dealt round-robin, so each shard is read exactly once per epoch across ranks and workers."""
+    order = list(urls)
+    if shuffle:
+        random.Random(seed * 100_003 + epoch).shuffle(order)
+    slot, slots = rank * num_workers + worker, world_size * num_workers
+    return order[slot::slots]
+
+
+def open_shards(urls: Iterable[str], errors: DataErrors, allow_pipe: bool = False
+                ) -> Iterator[tuple[str, Any]]:
+    """(url, binary stream) per shard: local files directly, http(s)/s3/... through WebDataset's
+    gopen (curl with an argument list, no shell). `pipe:` runs a shell command, so it is refused
+    unless allow_pipe is set."""
+    for url in urls:
+        try:
+            if url.startswith("pipe:") and not allow_pipe:
+                raise PermissionError("pipe: urls run shell commands; set data.allow_pipe=true "
+                                      "if you wrote this data.list yourself")
+            if "://" in url or url.startswith("pipe:"):
+                from webdataset.gopen import gopen
+
+                stream = gopen(url, "rb")
+            else:
+                stream = open(url, "rb")  # noqa: SIM115 (closed by tar_samples)
+        except (OSError, PermissionError, ValueError) as err:
+            errors.skip("unreadable shard", url, err)
+            continue
+        yield url, stream
+
+
+def tar_samples(shards: Iterable[tuple[str, Any]], errors: DataErrors) -> Iterator[Sample]:
+    """Group each shard's members into utterances on the LAST dot of the member name
+    (`spk1.utt.001.wav` -> key `spk1.utt.001`); a damaged shard is read up to the damage."""
+    for url, stream in shards:
+        current: Sample | None = None
+        try:
+            with tarfile.open(fileobj=stream, mode="r|*") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    key, _, extension = member.name.rpartition(".")
+                    if not key:
+                        errors.skip("member without extension", f"{url}:{member.name}")
+                        continue
+                    if current is not None and current["key"] != key:
+                        yield current
+                        current = None
+                    if current is None:
+                        current = {"key": key, "shard": url}
+                    data = tar.extractfile(member).read()
+                    if len(data) != member.size:
+                        raise tarfile.ReadError(f"member {member.name} is truncated")
+                    current[extension.lower()] = data
+        except (tarfile.TarError, OSError, EOFError) as err:
+            where = f"{url}:{current['key']}" if current else url
+            errors.skip("damaged shard", where, err)
+            current = None  # an utterance cut by the damage is not used
+        finally:
+            stream.close()
+        if current is not None:
+            yield current
+
+
+def decode(samples: Iterable[Sample], errors: DataErrors, sample_rate: int = 16000
+           ) -> Iterator[Sample]:
+    """Text as UTF-8 and audio as float32 mono at `sample_rate` (`wav` tensor), else skipped."""
+    for sample in samples:
+        where = f"{sample['shard']}:{sample['key']}"
+        audio_ext = next((ext for ext in sample if ext in AUDIO_EXTENSIONS), None)
+        if "txt" not in sample or audio_ext is None:
+            errors.skip("incomplete utterance (needs .txt and audio)", where)
+            continue
+        try:
+            text = sample["txt"].decode("utf-8").strip()
+        except UnicodeDecodeError as err:
+            errors.skip("text is not UTF-8", where, err)
+            continue
+        try:
+            audio, rate = decode_audio(sample[audio_ext])
+        except AudioError as err:
+            errors.skip("undecodable audio", where, err)
+            continue
+        if len(audio) == 0:
+            errors.skip("empty audio", where)
+            continue
+        wave = resample(to_mono(audio), rate, sample_rate)
+        yield {"key": sample["key"], "shard": sample["shard"], "txt": text,
+               "wav": torch.from_numpy(np.ascontiguousarray(wave)), "sample_rate": sample_rate}
+
+
+def filter_length(samples: Iterable[Sample], min_frames: int, max_frames: int,
+                  errors: DataErrors | None = None) -> Iterator[Sample]:
+    """Keep utterances of min..max 10 ms frames (MooER's min_length/max_length)."""
+    for sample in samples:
+        frames = len(sample["wav"]) * 100 / sample["sample_rate"]
+        if min_frames <= frames <= max_frames:
+            yield sample
+        elif errors is not None:
+            errors["filtered by length"] += 1
+
+
+def attach_targets(samples: Iterable[Sample], table: Mapping[str, str] | None, replace_type: str,
+                   errors: DataErrors) -> Iterator[Sample]:
+    """Set `target`: the transcript, or (with a replace_text table) MooER's refined label."""
+    from mooer.data.prompts import refine_target
+
+    for sample in samples:
+        if table is None:
+            sample["target"] = sample["txt"]
+        elif sample["key"] in table:
+            sample["target"] = refine_target(sample["txt"], table[sample["key"]], replace_type)
+        else:
+            errors.skip("no entry in the replace_text table", f"{sample['shard']}:{sample['key']}")
+            continue
+        yield sample
+
+
+def speed_perturb(samples: Iterable[Sample], speeds: tuple[float, ...], seed: int
+                  ) -> Iterator[Sample]:
+    """Resample-based speed perturbation (tempo and pitch change together, as sox `speed`)."""
+    rng = random.Random(seed)
+    for sample in samples:
+        speed = rng.choice(speeds)
+        if speed != 1.0:
+            rate = sample["sample_rate"]
+            wave = resample(sample["wav"].numpy(), int(round(rate * speed)), rate)
+            sample["wav"] = torch.from_numpy(np.ascontiguousarray(wave))
+        yield sample
+
+
+def groups(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+    """Consecutive lists of `size` samples (the last may be shorter)."""
+    group: list[Sample] = []
+    for sample in samples:
+        group.append(sample)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def compute_features(samples: Iterable[Sample], frontend: Callable, group_size: int = 32
+                     ) -> Iterator[Sample]:
+    """`features` [frames, dim] from the waveform with the encoder's frontend; frontends with a
+    `batch` method compute `group_size` utterances in one vectorized pass."""
+    for group in groups(samples, group_size):
+        waves = [s["wav"] for s in group]
+        if hasattr(frontend, "batch"):
+            features = frontend.batch(waves, group[0]["sample_rate"])
+        else:
+            features = [frontend(w, s["sample_rate"]) for w, s in zip(waves, group, strict=True)]
+        for sample, feature in zip(group, features, strict=True):
+            sample["features"] = feature
+            yield sample
+
+
+def spec_augment(samples: Iterable[Sample], seed: int, num_freq_masks: int = 2,
+                 max_freq_width: int = 30, num_time_masks: int = 2, max_time_width: int = 40
+                 ) -> Iterator[Sample]:
+    """Zero random frequency bands and time spans of the features (SpecAugment without warping)."""
+    rng = random.Random(seed)
+    for sample in samples:
+        features = sample["features"].clone()
+        frames, dim = features.shape
+        for _ in range(num_freq_masks):
+            width = rng.randint(0, min(max_freq_width, dim))
+            start = rng.randint(0, dim - width)
+            features[:, start:start + width] = 0
+        for _ in range(num_time_masks):
+            width = rng.randint(0, min(max_time_width, frames // 5))
+            start = rng.randint(0, max(0, frames - width))
+            features[start:start + width, :] = 0
+        sample["features"] = features
+        yield sample
+
+
+def tokenize(samples: Iterable[Sample], prompt_builder, slots_for: Callable[[int], int],
+             epoch: int = 0, inference: bool = False, group_size: int = 64) -> Iterator[Sample]:
+    """Prompt and answer token ids plus the number of audio slots of each utterance; answers
+    of `group_size` utterances are tokenized in one call."""
+    for group in groups(samples, group_size):
+        prompted = prompt_builder.many([s.get("target", s["txt"]) for s in group],
+                                       [s["key"] for s in group], epoch, inference)
+        for sample, p in zip(group, prompted, strict=True):
+            sample.update(task=p.task, prompt_ids=p.prompt_ids, answer_ids=p.answer_ids,
+                          target=p.target, num_audio_slots=slots_for(len(sample["features"])))
+            yield sample
+
+
+def shuffle(samples: Iterable[Sample], buffer_size: int, seed: int) -> Iterator[Sample]:
+    """Reservoir-style shuffle within a buffer of `buffer_size` utterances."""
+    rng = random.Random(seed)
+    buffer: list[Sample] = []
+    for sample in samples:
+        if len(buffer) < buffer_size:
+            buffer.append(sample)
+            continue
+        index = rng.randrange(buffer_size)
+        yield buffer[index]
+        buffer[index] = sample
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def sort_by_length(samples: Iterable[Sample], buffer_size: int) -> Iterator[Sample]:
+    """Sort within buffers by feature frames, so batches pad little (bucketing)."""
+    buffer: list[Sample] = []
+    for sample in samples:
+        buffer.append(sample)
+        if len(buffer) >= buffer_size:
+            buffer.sort(key=lambda s: len(s["features"]))
+            yield from buffer
+            buffer = []
+    buffer.sort(key=lambda s: len(s["features"]))
+    yield from buffer
+
+
+def sequence_length(sample: Sample) -> int:
+    """Tokens an utterance occupies in the LLM: audio slots + prompt + answer."""
+    return sample["num_audio_slots"] + len(sample["prompt_ids"]) + len(sample["answer_ids"])
+
+
+def batch_fixed(samples: Iterable[Sample], batch_size: int) -> Iterator[list[Sample]]:
+    """Batches of `batch_size` utterances (the last may be smaller)."""
+    return groups(samples, batch_size)
+
+
+def batch_dynamic(samples: Iterable[Sample], max_frames: int, max_tokens: int | None = None
+                  ) -> Iterator[list[Sample]]:
+    """Batches whose padded size stays within budget: longest features x count <= max_frames and
+    longest sequence x count <= max_tokens. An utterance over budget alone forms its own batch."""
+    batch: list[Sample] = []
+    longest_frames = longest_tokens = 0
+    for sample in samples:
+        frames, tokens = len(sample["features"]), sequence_length(sample)
+        grown_frames, grown_tokens = max(longest_frames, frames), max(longest_tokens, tokens)
+        size = len(batch) + 1
+        over = grown_frames * size > max_frames or (max_tokens and grown_tokens * size > max_tokens)
+        if batch and over:
+            yield batch
+            batch, grown_frames, grown_tokens = [], frames, tokens
+        batch.append(sample)
+        longest_frames, longest_tokens = grown_frames, grown_tokens
+    if batch:
+        yield batch
