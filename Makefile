@@ -31,6 +31,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/pack.py
+	$(PY) benchmarks/dataloader.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache logs outputs demo_out

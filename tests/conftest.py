@@ -17,3 +17,27 @@ def corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("corpus")
     write_corpus(out, draw_specs(24, seed=7, english_ratio=0.4), num_workers=1, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(corpus, tmp_path_factory):
+    """A byte-level BPE tokenizer trained offline on the corpus' transcripts and translations."""
+    from transformers import AutoTokenizer
+
+    from mooer.data.text import read_table
+    from mooer.demo.tokenizer import train_tokenizer
+
+    texts = [t for _, t in read_table(corpus / "text")] + [t for _, t in read_table(corpus / "text.en")]
+    out_dir = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer(texts, vocab_size=600, out_dir=out_dir)
+    return AutoTokenizer.from_pretrained(str(out_dir))  # as users load it
+
+
+@pytest.fixture(scope="session")
+def shards(corpus, tmp_path_factory) -> Path:
+    """The corpus packed into 5 shards of at most 5 utterances; returns the data.list path."""
+    from mooer.data.pack import pack
+
+    out = tmp_path_factory.mktemp("shards")
+    pack(corpus / "wav.scp", corpus / "text", out, num_utts_per_shard=5, progress=False)
+    return out / "data.list"
