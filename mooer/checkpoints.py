@@ -1,0 +1,113 @@
+"""MooER release format: `adapter_project.pt` (projector, keys `encoder_projector.*`, plus
+`encoder.*` when the encoder was trained) and a peft LoRA dir (`adapter_config.json` +
+`adapter_model.bin` or `.safetensors`). Load them as released; export ours the same way."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from mooer.models.speech_llm import SpeechLLM
+from mooer.models.weights import CheckpointError, load_state_dict_file, load_strict
+
+PROJECTOR_PREFIX = "encoder_projector."
+ENCODER_PREFIX = "encoder."
+
+
+def load_adapter_project(model: SpeechLLM, path: str | Path) -> None:
+    """Load MooER's adapter_project.pt into the projector (and encoder, when it carries one)."""
+    state = load_state_dict_file(path)
+    projector = {k[len(PROJECTOR_PREFIX):]: v for k, v in state.items()
+                 if k.startswith(PROJECTOR_PREFIX)}
+    encoder = {k[len(ENCODER_PREFIX):]: v for k, v in state.items()
+               if k.startswith(ENCODER_PREFIX)}
+    foreign = sorted(k for k in state if not k.startswith((PROJECTOR_PREFIX, ENCODER_PREFIX)))
+    if not projector:
+        raise CheckpointError(f"{path} has no '{PROJECTOR_PREFIX}*' keys: it is not a MooER "
+                              f"adapter_project.pt (found e.g. {', '.join(list(state)[:3])})")
+    if foreign:
+        raise CheckpointError(f"{path} holds keys that are neither projector nor encoder: "
+                              f"{', '.join(foreign[:5])}")
+    load_strict(model.projector, projector, f"{path} (projector)")
+    if encoder:
+        load_strict(model.encoder, encoder, f"{path} (encoder)")
+
+
+def _lora_weight_file(lora_dir: Path) -> Path:
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (lora_dir / name).is_file():
+            return lora_dir / name
+    raise CheckpointError(f"{lora_dir} has no adapter_model.safetensors or adapter_model.bin")
+
+
+def load_lora(model: SpeechLLM, lora_dir: str | Path) -> None:
+    """Load a peft LoRA dir into the LLM; the LLM is wrapped with that LoRA config if it has
+    none yet, and a rank or target mismatch with an existing LoRA is an error."""
+    from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+
+    lora_dir = Path(lora_dir)
+    config_path = lora_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{lora_dir} is not a LoRA dir: no adapter_config.json")
+    saved = json.loads(config_path.read_text())
+    if saved.get("peft_type", "LORA") != "LORA":
+        raise CheckpointError(f"{config_path} is a {saved['peft_type']} adapter, not LoRA")
+    if not isinstance(model.llm, PeftModel):
+        config = LoraConfig(r=saved["r"], lora_alpha=saved["lora_alpha"],
+                            lora_dropout=saved.get("lora_dropout", 0.0),
+                            target_modules=saved["target_modules"], bias=saved.get("bias", "none"),
+                            task_type="CAUSAL_LM")
+        model.llm = get_peft_model(model.llm, config)
+    else:
+        ours = model.llm.peft_config["default"]
+        if ours.r != saved["r"] or set(ours.target_modules) != set(saved["target_modules"]):
+            raise CheckpointError(
+                f"{lora_dir} has LoRA r={saved['r']} on {sorted(saved['target_modules'])}, the "
+                f"model r={ours.r} on {sorted(ours.target_modules)}: set llm.lora to match")
+    state = load_state_dict_file(_lora_weight_file(lora_dir))
+    result = set_peft_model_state_dict(model.llm, state)
+    missing_lora = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if missing_lora or getattr(result, "unexpected_keys", []):
+        raise CheckpointError(f"{lora_dir} does not fit the LLM: missing {missing_lora[:4]}, "
+                              f"unexpected {list(result.unexpected_keys)[:4]}")
+
+
+def merge_lora(model: SpeechLLM) -> None:
+    """Fold LoRA into the base weights (faster inference, no peft wrapper left)."""
+    from peft import PeftModel
+
+    if isinstance(model.llm, PeftModel):
+        model.llm = model.llm.merge_and_unload()
+
+
+def export_mooer(model: SpeechLLM, out_dir: str | Path, lora_subdir: str = "lora_weights",
+                 safetensors: bool = False) -> Path:
+    """Write `out_dir/adapter_project.pt` (+ `out_dir/<lora_subdir>/` when the LLM has LoRA)
+    in MooER's layout; the encoder is included only when it is trained."""
+    from peft import PeftModel
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {PROJECTOR_PREFIX + k: v.detach().cpu().clone()
+             for k, v in model.projector.state_dict().items()}
+    if not model.freeze_encoder:
+        state.update({ENCODER_PREFIX + k: v.detach().cpu().clone()
+                      for k, v in model.encoder.state_dict().items()})
+    torch.save(state, out_dir / "adapter_project.pt")
+    if isinstance(model.llm, PeftModel):
+        model.llm.save_pretrained(str(out_dir / lora_subdir), safe_serialization=safetensors)
+    return out_dir
+
+
+def load_mooer(model: SpeechLLM, adapter_path: str | Path | None = None,
+               lora_dir: str | Path | None = None, merge: bool = False) -> SpeechLLM:
+    """Warm start or inference from MooER release files (either may be None)."""
+    if adapter_path:
+        load_adapter_project(model, adapter_path)
+    if lora_dir:
+        load_lora(model, lora_dir)
+    if merge:
+        merge_lora(model)
+    return model

@@ -1,0 +1,1 @@
+"""Models: speech encoders, the projector, the LLM and the SpeechLLM that joins them."""

@@ -1,0 +1,132 @@
+"""SpeechLLM: encoder -> projector -> audio embeddings spliced into the LLM's input embeddings.
+
+Knows nothing of Lightning. Batches come from `mooer.data.collate.collate`: audio slots, prompt
+and answer in one row, `audio_slot_mask` marking where projected audio frames go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mooer.data.prompts import IGNORE_INDEX
+
+
+@dataclass
+class Generated:
+    """Decoding output: new token ids per row (eos and padding removed) and their text."""
+
+    token_ids: list[list[int]]
+    texts: list[str]
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counting only attended tokens, so left padding does not shift a row."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+class SpeechLLM(nn.Module):
+    """Speech encoder + projector + causal LM (optionally LoRA-wrapped)."""
+
+    def __init__(self, encoder: nn.Module, projector: nn.Module, llm: nn.Module, tokenizer=None,
+                 freeze_encoder: bool = True, freeze_projector: bool = False) -> None:
+        super().__init__()
+        self.encoder, self.projector, self.llm = encoder, projector, llm
+        self.tokenizer = tokenizer
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+        if freeze_projector:
+            self.projector.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> SpeechLLM:
+        super().train(mode)
+        if self.freeze_encoder:  # a frozen encoder keeps dropout off
+            self.encoder.eval()
+        return self
+
+    def trainable_parameter_names(self) -> list[str]:
+        return [name for name, p in self.named_parameters() if p.requires_grad]
+
+    def encode_audio(self, features: torch.Tensor, lengths: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected audio embeddings [B, S, llm_dim] and valid lengths [B]."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+            states, state_lengths = self.encoder(features, lengths)
+        return self.projector(states), self.projector.output_lengths(state_lengths)
+
+    def embed(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Token embeddings with the audio slots replaced by projected audio."""
+        embeddings = self.llm.get_input_embeddings()(batch["input_ids"])
+        audio, audio_lengths = self.encode_audio(batch["features"], batch["feature_lengths"])
+        slots = batch["num_audio_slots"].tolist()
+        for row, (have, want) in enumerate(zip(audio_lengths.tolist(), slots, strict=True)):
+            if have < want:
+                raise ValueError(f"row {row}: the encoder gives {have} audio frames but the batch "
+                                 f"has {want} audio slots; encoder.length_convs or "
+                                 "projector.downsample disagree with the data config")
+        frames = torch.cat([audio[row, :n] for row, n in enumerate(slots)])
+        mask = batch["audio_slot_mask"][..., None]
+        return embeddings.masked_scatter(mask, frames.to(embeddings.dtype))
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Loss over labelled positions and next-token accuracy there."""
+        out = self.llm(inputs_embeds=self.embed(batch), attention_mask=batch["attention_mask"],
+                       position_ids=position_ids_from_mask(batch["attention_mask"]),
+                       labels=batch["labels"])
+        predictions = out.logits[:, :-1].argmax(-1)
+        targets = batch["labels"][:, 1:]
+        labelled = targets != IGNORE_INDEX
+        correct = (predictions == targets) & labelled
+        return {"loss": out.loss, "accuracy": correct.sum() / labelled.sum().clamp_min(1),
+                "num_tokens": labelled.sum()}
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any], num_beams: int = 4, max_new_tokens: int = 200,
+                 length_penalty: float = 0.8, repetition_penalty: float = 1.0,
+                 eos_bias: float = -0.2, do_sample: bool = False, temperature: float = 1.0,
+                 top_p: float = 1.0, num_return_sequences: int = 1,
+                 output_scores: bool = False, **kwargs: Any) -> Generated:
+        """Decode the answers of a batch (its prompt part: columns before `prompt_width`).
+
+        Defaults are MooER's: beam 4, length penalty 0.8, 200 new tokens, eos logit -0.2.
+        """
+        if self.tokenizer is None:
+            raise ValueError("SpeechLLM.generate needs a tokenizer")
+        width = batch["prompt_width"]
+        prompt = {**batch, "input_ids": batch["input_ids"][:, :width],
+                  "audio_slot_mask": batch["audio_slot_mask"][:, :width]}
+        attention_mask = batch["attention_mask"][:, :width]
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        options = dict(num_beams=num_beams, max_new_tokens=max_new_tokens,
+                       repetition_penalty=repetition_penalty, do_sample=do_sample,
+                       eos_token_id=eos, pad_token_id=pad,
+                       num_return_sequences=num_return_sequences, **kwargs)
+        if num_beams > 1:
+            options["length_penalty"] = length_penalty
+        if do_sample:
+            options.update(temperature=temperature, top_p=top_p)
+        if eos_bias:
+            options["sequence_bias"] = {(eos,): float(eos_bias)}
+        if output_scores:
+            options.update(output_scores=True, return_dict_in_generate=True)
+        result = self.llm.generate(inputs_embeds=self.embed(prompt), attention_mask=attention_mask,
+                                   **options)
+        sequences = result.sequences if output_scores else result
+        token_ids = []
+        for row in sequences.tolist():
+            ids = []
+            for token in row:
+                if token == eos:
+                    break
+                if token != pad:
+                    ids.append(token)
+            token_ids.append(ids)
+        texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids]
+        generated = Generated(token_ids, texts)
+        if output_scores:
+            generated.scores = getattr(result, "sequences_scores", None)
+        return generated

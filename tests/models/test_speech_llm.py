@@ -1,0 +1,277 @@
+"""SpeechLLM on tiny random-init models: encoders, projector, splicing, loss, decoding, export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mooer.checkpoints import export_mooer, load_adapter_project, load_lora, load_mooer
+from mooer.data.collate import conv_output_frames
+from mooer.data.datamodule import SpeechDataModule
+from mooer.data.features import (
+    HFFeatureExtractorFrontend,
+    ParaformerFrontend,
+    WaveformFrontend,
+    WhisperFrontend,
+)
+from mooer.data.prompts import IGNORE_INDEX
+from mooer.models.build import build_speech_llm
+from mooer.models.encoders.hf import HubertEncoder, W2vBert2Encoder, WhisperEncoder
+from mooer.models.encoders.paraformer import ParaformerEncoder
+from mooer.models.projector import ConvProjector, LinearProjector
+from mooer.models.weights import CheckpointError
+from tests.test_config import _compose
+
+
+def tiny_model(tokenizer, seed: int = 0, *overrides: str):
+    cfg, _ = _compose("train", ["encoder=paraformer_tiny", "llm=tiny", *overrides])
+    torch.manual_seed(seed)
+    return build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def batch(shards, tokenizer):
+    dm = SpeechDataModule(ParaformerFrontend(None), tokenizer, val_data_path=str(shards),
+                          val_batch_size=4, min_length=0, sort_buffer=0)
+    return next(iter(dm.val_dataloader()))
+
+
+HF_ENCODERS = {
+    "whisper": (WhisperEncoder, WhisperFrontend(80), {
+        "d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
+        "num_mel_bins": 80, "max_source_positions": 1500, "decoder_layers": 1}),
+    "hubert": (HubertEncoder, WaveformFrontend(), {
+        "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 64, "conv_dim": [16] * 7, "num_conv_pos_embeddings": 16,
+        "num_conv_pos_embedding_groups": 2}),
+}
+
+
+@pytest.mark.parametrize("name", list(HF_ENCODERS) + ["w2v_bert2", "paraformer"])
+def test_every_encoder_builds_tiny_runs_forward_and_backward(name, corpus):
+    import soundfile as sf
+
+    from mooer.data.text import read_table
+
+    wave = torch.from_numpy(sf.read(read_table(corpus / "wav.scp")[0][1], dtype="float32")[0])
+    if name == "paraformer":
+        encoder, frontend = ParaformerEncoder(output_size=32, linear_units=48, num_blocks=2), \
+            ParaformerFrontend(None)
+    elif name == "w2v_bert2":
+        from transformers import SeamlessM4TFeatureExtractor
+
+        frontend = HFFeatureExtractorFrontend(extractor=SeamlessM4TFeatureExtractor())
+        encoder = W2vBert2Encoder(config={
+            "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 64, "feature_projection_input_dim": 160,
+            "conv_depthwise_kernel_size": 3, "output_hidden_size": 32})
+    else:
+        cls, frontend, config = HF_ENCODERS[name]
+        encoder = cls(config=config)
+    cfg, _ = _compose("train", [f"encoder={name}"])
+    features = frontend(wave, 16000)
+    padded = torch.cat([features, torch.zeros(7, features.shape[1])])[None].repeat(2, 1, 1)
+    lengths = torch.tensor([len(padded[0]), len(features)])
+    states, out_lengths = encoder(padded, lengths)
+    expected = [conv_output_frames(int(n), cfg.encoder.length_convs) for n in lengths]
+    assert out_lengths.tolist() == expected  # the data side's slot arithmetic holds
+    assert states.shape[:2] == (2, max(expected)) and states.shape[2] == encoder.output_size
+    states.square().mean().backward()
+    grads = [p.grad for p in encoder.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_hf_encoders_need_a_source(tmp_path):
+    with pytest.raises(ValueError, match="give `path`"):
+        WhisperEncoder()
+    with pytest.raises(FileNotFoundError, match="nothing is fetched"):
+        HubertEncoder(path=tmp_path / "absent")
+
+
+@pytest.mark.parametrize("cls", [LinearProjector, ConvProjector])
+@pytest.mark.parametrize("time", [1, 2, 7, 10, 11])
+def test_projector_shapes_for_odd_lengths(cls, time):
+    projector = cls(encoder_dim=8, llm_dim=12, downsample=2, hidden_dim=16)
+    out = projector(torch.randn(3, time, 8))
+    assert out.shape == (3, time // 2, 12)
+    assert projector.output_lengths(torch.tensor([time])).item() == time // 2
+
+
+def test_linear_projector_concatenates_consecutive_frames():
+    projector = LinearProjector(encoder_dim=2, llm_dim=2, downsample=3, hidden_dim=6)
+    assert set(projector.state_dict()) == {"linear1.weight", "linear1.bias", "linear2.weight",
+                                           "linear2.bias"}
+    with torch.no_grad():
+        projector.linear1.weight.copy_(torch.eye(6))
+        projector.linear1.bias.zero_()
+    states = torch.arange(14, dtype=torch.float).reshape(1, 7, 2)  # frame 6 is dropped
+    hidden = projector.relu(projector.linear1(states[:, :6].reshape(1, 2, 6)))
+    assert hidden[0, 1].tolist() == [6, 7, 8, 9, 10, 11]
+
+
+def test_only_projector_and_lora_train_by_default(tokenizer, batch):
+    model = tiny_model(tokenizer, 0, "encoder.freeze=true")
+    trainable = model.trainable_parameter_names()
+    assert trainable and all(n.startswith("projector.") or "lora_" in n for n in trainable)
+    assert any(n.startswith("projector.") for n in trainable) and any("lora_" in n for n in trainable)
+    model.train()
+    model(batch)["loss"].backward()
+    for name, parameter in model.named_parameters():
+        if name in trainable:
+            assert parameter.grad is not None, name
+        else:
+            assert parameter.grad is None, name
+    assert not model.encoder.training  # a frozen encoder stays in eval mode
+
+
+def test_audio_is_spliced_at_the_slots(tokenizer, batch):
+    model = tiny_model(tokenizer).eval()
+    embedded = model.embed(batch)
+    tokens = model.llm.get_input_embeddings()(batch["input_ids"])
+    slots = batch["audio_slot_mask"]
+    torch.testing.assert_close(embedded[~slots], tokens[~slots])
+    audio, _ = model.encode_audio(batch["features"], batch["feature_lengths"])
+    row = 1
+    n = int(batch["num_audio_slots"][row])
+    torch.testing.assert_close(embedded[row][slots[row]], audio[row, :n])
+
+
+def test_loss_counts_only_answer_tokens(tokenizer, batch):
+    model = tiny_model(tokenizer).eval()
+    out = model(batch)
+    logits = model.llm(inputs_embeds=model.embed(batch), attention_mask=batch["attention_mask"],
+                       position_ids=(batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)).logits
+    targets = batch["labels"][:, 1:]
+    labelled = targets != IGNORE_INDEX
+    manual = torch.nn.functional.cross_entropy(logits[:, :-1][labelled], targets[labelled])
+    torch.testing.assert_close(out["loss"], manual, rtol=1e-5, atol=1e-5)
+    assert out["num_tokens"] == sum(len(t) for t in batch["labels"][batch["labels"] != -100]
+                                    .split(1)) == labelled.sum()
+    expected_accuracy = (logits[:, :-1].argmax(-1)[labelled] == targets[labelled]).float().mean()
+    torch.testing.assert_close(out["accuracy"], expected_accuracy)
+
+
+def _rows(batch, rows):
+    """The sub-batch of `rows`, trimmed of padding columns, as the collate would build it."""
+    from mooer.data.collate import collate
+
+    samples = []
+    for row in rows:
+        mask = batch["attention_mask"][row].bool()
+        slots = batch["audio_slot_mask"][row]
+        start = int(mask.nonzero()[0])
+        width = batch["prompt_width"]
+        answer = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX]
+        samples.append({
+            "key": batch["keys"][row], "target": batch["targets"][row], "task": "asr",
+            "num_audio_slots": int(slots.sum()),
+            "prompt_ids": batch["input_ids"][row, start + int(slots.sum()):width],
+            "answer_ids": answer,
+            "features": batch["features"][row, :batch["feature_lengths"][row]],
+            "wav": torch.zeros(1), "sample_rate": 16000})
+    return collate(samples, pad_id=0)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_batched_decoding_equals_one_by_one(tokenizer, batch, num_beams):
+    model = tiny_model(tokenizer, 3).eval()
+    together = model.generate(batch, num_beams=num_beams, max_new_tokens=8)
+    for row in range(len(batch["keys"])):
+        alone = model.generate(_rows(batch, [row]), num_beams=num_beams, max_new_tokens=8)
+        assert alone.texts[0] == together.texts[row]
+        assert alone.token_ids[0] == together.token_ids[row]
+    assert len(set(together.texts)) > 1  # rows differ: audio reaches the decoder
+
+
+def _sequence_logprob(model, batch, row, ids):
+    single = _rows(batch, [row])
+    prompt = model.embed({**single, "input_ids": single["input_ids"],
+                          "audio_slot_mask": single["audio_slot_mask"]})
+    tail = model.llm.get_input_embeddings()(torch.tensor([ids]))
+    logits = model.llm(inputs_embeds=torch.cat([prompt, tail], 1)).logits[0]
+    start = prompt.shape[1] - 1
+    logprobs = logits[start:start + len(ids)].log_softmax(-1)
+    return logprobs[torch.arange(len(ids)), torch.tensor(ids)].sum().item()
+
+
+def test_beam_search_scores_at_least_greedy(tokenizer, batch):
+    model = tiny_model(tokenizer, 5).eval()
+    for row in range(2):
+        single = _rows(batch, [row])
+        eos = tokenizer.eos_token_id
+        greedy = model.generate(single, num_beams=1, max_new_tokens=6, eos_bias=0)
+        beam = model.generate(single, num_beams=4, max_new_tokens=6, eos_bias=0,
+                              length_penalty=0.0)
+        # with length_penalty 0 beam search maximizes the summed log-probability
+        scores = [_sequence_logprob(model, batch, row, ids + ([eos] if len(ids) < 6 else []))
+                  for ids in (beam.token_ids[0], greedy.token_ids[0])]
+        assert scores[0] >= scores[1] - 1e-4
+
+
+def test_sampling_and_repetition_penalty_run(tokenizer, batch):
+    model = tiny_model(tokenizer, 5).eval()
+    torch.manual_seed(0)
+    sampled = model.generate(batch, num_beams=1, do_sample=True, temperature=1.5,
+                             max_new_tokens=6)
+    penalized = model.generate(batch, num_beams=1, repetition_penalty=5.0, max_new_tokens=12)
+    assert len(sampled.texts) == len(penalized.texts) == len(batch["keys"])
+    for ids in penalized.token_ids:  # a strong penalty avoids immediate repeats
+        assert all(a != b for a, b in zip(ids, ids[1:], strict=False))
+
+
+def test_export_import_round_trip_gives_identical_logits(tokenizer, batch, tmp_path):
+    trained = tiny_model(tokenizer, 0).eval()
+    with torch.no_grad():
+        for name, parameter in trained.named_parameters():
+            if "lora_B" in name or name.startswith("projector."):
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    out = export_mooer(trained, tmp_path / "release")
+    assert (out / "adapter_project.pt").is_file()
+    assert json.loads((out / "lora_weights" / "adapter_config.json").read_text())["r"] == 8
+    keys = torch.load(out / "adapter_project.pt", weights_only=True)
+    assert {"encoder_projector.linear1.weight", "encoder_projector.linear2.bias"} <= set(keys)
+    fresh = tiny_model(tokenizer, 0).eval()  # same base weights, untrained adapters
+    before = fresh(batch)["loss"]
+    load_mooer(fresh, out / "adapter_project.pt", out / "lora_weights")
+    expected = trained.llm(inputs_embeds=trained.embed(batch)).logits
+    actual = fresh.llm(inputs_embeds=fresh.embed(batch)).logits
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    assert before != fresh(batch)["loss"]
+    # merging LoRA keeps the outputs
+    load_mooer(fresh, merge=True)
+    torch.testing.assert_close(fresh.llm(inputs_embeds=fresh.embed(batch)).logits, expected,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_bad_release_files_give_clear_errors(tokenizer, tmp_path):
+    model = tiny_model(tokenizer)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model.layer.weight": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="not a MooER adapter_project.pt"):
+        load_adapter_project(model, foreign)
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"encoder_projector.linear1.weight": torch.zeros(3, 3)}, wrong)
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load_adapter_project(model, wrong)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x80\x04garbage")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_adapter_project(model, corrupt)
+    with pytest.raises(CheckpointError, match="no adapter_config.json"):
+        load_lora(model, tmp_path)
+    other = tiny_model(tokenizer, 0, "llm.lora.r=4")
+    export_mooer(other, tmp_path / "r4")
+    with pytest.raises(CheckpointError, match="r=4"):
+        load_lora(model, tmp_path / "r4" / "lora_weights")
+
+
+def test_half_precision_keeps_layernorms_in_fp32(tokenizer, batch):
+    encoder = ParaformerEncoder(output_size=32, linear_units=48, num_blocks=2).eval()
+    reference, _ = encoder(batch["features"], batch["feature_lengths"])
+    half, _ = encoder.to(torch.bfloat16)(batch["features"].bfloat16(), batch["feature_lengths"])
+    assert half.dtype == torch.bfloat16
+    valid = torch.arange(half.shape[1])[None] < batch["feature_lengths"][:, None]
+    assert (half.float() - reference)[valid].abs().max() < 0.1
