@@ -32,6 +32,7 @@ lint: install
 bench: install
 	$(PY) benchmarks/pack.py
 	$(PY) benchmarks/dataloader.py
+	$(PY) benchmarks/model.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache logs outputs demo_out

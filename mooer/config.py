@@ -1,11 +1,39 @@
-"""Hydra/OmegaConf helpers shared by the entry points."""
+"""Hydra/OmegaConf helpers shared by the entry points, notebooks, benchmarks and tests."""
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def register_resolvers() -> None:
     """Register the resolvers the configs use (`${not:...}`); safe to call more than once."""
     if not OmegaConf.has_resolver("not"):
         OmegaConf.register_new_resolver("not", lambda value: not value)
+
+
+def compose_config(config_name: str = "train", overrides: Sequence[str] = (),
+                   output_dir: str = "outputs/compose") -> tuple[DictConfig, dict[str, str]]:
+    """Compose `conf/<config_name>.yaml` with overrides outside a Hydra run, fully resolved.
+
+    Returns the config without its `hydra` node and the chosen option of every group.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = output_dir
+    HydraConfig.instance().set_config(cfg)  # serves ${hydra:...} interpolations
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), choices

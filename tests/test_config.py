@@ -6,15 +6,12 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
-from mooer.config import register_resolvers
+from mooer.config import CONF_DIR as CONF
+from mooer.config import compose_config
 from tests.conftest import REPO
 
-CONF = REPO / "conf"
 TRAIN_GROUPS = ["encoder", "projector", "llm", "task", "data", "strategy", "trainer", "logger",
                 "callbacks", "paths", "experiment"]
 
@@ -24,18 +21,7 @@ def _options(group: str) -> list[str]:
 
 
 def _compose(config_name: str, overrides: list[str]):
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = "/tmp/mooer-test-run"
-    HydraConfig.instance().set_config(cfg)  # serves ${hydra:...} interpolations
-    choices = dict(cfg.hydra.runtime.choices)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation must resolve
-    return OmegaConf.create(resolved), choices
+    return compose_config(config_name, overrides, output_dir="/tmp/mooer-test-run")
 
 
 @pytest.mark.parametrize(("group", "option"),

@@ -1,0 +1,129 @@
+"""SpeechLLM speed: training step (forward + backward) and decoding, on synthetic batches.
+
+    python benchmarks/model.py                        # tiny model on CPU
+    python benchmarks/model.py --recipe mt5k --device cuda --batch 8 --seconds 10
+        # MooER's shapes at random init: Paraformer-large + Qwen2-7B-shaped LLM in bf16, LoRA r=64
+
+Prints samples/s, achieved TFLOP/s and MFU (model FLOPs: 2 x parameters per token forward,
+4 x for forward + backward through a frozen base), peak memory, and the real-time factor of
+decoding (greedy and beam 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from mooer.config import compose_config
+from mooer.data.prompts import IGNORE_INDEX
+from mooer.models.build import build_speech_llm
+from mooer.models.llm import torch_dtype
+
+
+class _Tokenizer:
+    """Just what SpeechLLM.generate needs for synthetic ids."""
+
+    def __init__(self, vocab: int) -> None:
+        self.eos_token_id, self.pad_token_id, self.vocab = vocab - 1, vocab - 2, vocab
+
+    def decode(self, ids, skip_special_tokens=True) -> str:
+        return " ".join(map(str, ids))
+
+
+def synthetic_batch(batch: int, seconds: float, slots_per_frame: int, vocab: int, device,
+                    prompt_tokens: int = 28, answer_tokens: int = 30) -> dict:
+    frames = int(seconds * 100) // 6 + 1  # LFR frames
+    slots = frames // slots_per_frame
+    width = slots + prompt_tokens
+    total = width + answer_tokens
+    input_ids = torch.randint(0, vocab - 2, (batch, total), device=device)
+    labels = torch.full((batch, total), IGNORE_INDEX, device=device)
+    labels[:, width:] = input_ids[:, width:]
+    slot_mask = torch.zeros((batch, total), dtype=torch.bool, device=device)
+    slot_mask[:, :slots] = True
+    return {"input_ids": input_ids, "labels": labels,
+            "attention_mask": torch.ones((batch, total), dtype=torch.long, device=device),
+            "audio_slot_mask": slot_mask, "num_audio_slots": torch.full((batch,), slots),
+            "prompt_width": width, "features": torch.randn(batch, frames, 560, device=device),
+            "feature_lengths": torch.full((batch,), frames, device=device)}
+
+
+def count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipe", choices=["tiny", "mt5k"], default="tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--new_tokens", type=int, default=30)
+    parser.add_argument("--peak_tflops", type=float, default=989.0,
+                        help="the device's dense bf16 peak (H100 SXM: 989)")
+    args = parser.parse_args()
+    overrides = (["encoder=paraformer_tiny", "llm=tiny"] if args.recipe == "tiny" else
+                 ["experiment=mt5k", "encoder.model.checkpoint=null",
+                  "encoder.frontend.cmvn_path=null", "llm.path=null"])
+    cfg, _ = compose_config("train", overrides)
+    vocab = cfg.llm.architecture.vocab_size
+    device = torch.device(args.device)
+    with device:
+        model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, _Tokenizer(vocab))
+    dtype = torch_dtype(cfg.llm.dtype)
+    model.encoder.to(dtype)
+    model.projector.to(dtype)
+    batch = synthetic_batch(args.batch, args.seconds, cfg.projector.downsample, vocab, device)
+    batch["features"] = batch["features"].to(dtype)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    model.train()
+    for step in range(args.steps + 1):
+        if step == 1:
+            sync()
+            started = time.perf_counter()
+        model(batch)["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    sync()
+    step_seconds = (time.perf_counter() - started) / args.steps
+    tokens = batch["input_ids"].numel()
+    frames = batch["features"].shape[0] * batch["features"].shape[1]
+    flops = 4 * count(model.llm) * tokens + 2 * count(model.encoder) * frames
+    achieved = flops / step_seconds / 1e12
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    model.eval()
+    decode = {}
+    for beams in (1, 4):
+        sync()
+        started = time.perf_counter()
+        model.generate(batch, num_beams=beams, max_new_tokens=args.new_tokens, min_new_tokens=
+                       args.new_tokens, eos_bias=0)
+        sync()
+        decode[beams] = (time.perf_counter() - started) / (args.batch * args.seconds)
+    print(f"\nrecipe {args.recipe} on {device}, dtype {cfg.llm.dtype}, batch {args.batch} x "
+          f"{args.seconds:.0f} s, {tokens // args.batch} tokens/row, encoder "
+          f"{count(model.encoder) / 1e6:.1f} M, LLM {count(model.llm) / 1e6:.1f} M, trainable "
+          f"{sum(p.numel() for p in trainable) / 1e6:.2f} M parameters\n")
+    print("| measure | value |\n|---|---|")
+    print(f"| train step (fwd + bwd + AdamW) | {step_seconds * 1000:.0f} ms |")
+    print(f"| train samples/s | {args.batch / step_seconds:.1f} |")
+    print(f"| achieved TFLOP/s | {achieved:.2f} |")
+    print(f"| MFU (peak {args.peak_tflops:.0f} TFLOP/s) | {achieved / args.peak_tflops:.1%} |")
+    print(f"| peak memory | {peak:.1f} GiB |")
+    print(f"| decode RTF, greedy, {args.new_tokens} tokens | {decode[1]:.4f} |")
+    print(f"| decode RTF, beam 4, {args.new_tokens} tokens | {decode[4]:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
