@@ -33,6 +33,7 @@ bench: install
 	$(PY) benchmarks/pack.py
 	$(PY) benchmarks/dataloader.py
 	$(PY) benchmarks/model.py
+	$(PY) benchmarks/decode.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache logs outputs demo_out

@@ -52,11 +52,14 @@ def _distributed() -> tuple[int, int]:
 
 
 class ShardDataset(IterableDataset):
-    """Streams collated batches from a data.list; `set_epoch` reseeds shard and sample order."""
+    """Streams collated batches from a data.list (or a raw Kaldi dir with wav.scp [+ text]);
+    `set_epoch` reseeds shard and sample order."""
 
     def __init__(self, data_list: str | Path, frontend: Callable, prompt_builder: PromptBuilder,
                  slots_for: Callable[[int], int], options: PipelineOptions) -> None:
-        self.urls = P.read_data_list(data_list)
+        self.kaldi_dir = Path(data_list).is_dir()
+        self.urls = (P.read_kaldi_dir(data_list) if self.kaldi_dir
+                     else P.read_data_list(data_list))
         self.frontend, self.prompt_builder, self.slots_for = frontend, prompt_builder, slots_for
         self.options = options
         self.epoch = 0
@@ -64,8 +67,8 @@ class ShardDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def shards(self) -> list[str]:
-        """The shards this process reads this epoch."""
+    def shards(self) -> list:
+        """The shards (or Kaldi dir utterances) this process reads this epoch."""
         rank, world_size = _distributed()
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
@@ -76,12 +79,13 @@ class ShardDataset(IterableDataset):
         o, errors = self.options, P.DataErrors()
         info = get_worker_info()
         seed = o.seed * 1_000_003 + self.epoch * 1009 + (info.id if info else 0)
-        stages: list[Any] = [
-            functools.partial(iter, self.shards()),
-            functools.partial(P.open_shards, errors=errors, allow_pipe=o.allow_pipe),
-            functools.partial(P.tar_samples, errors=errors),
-            functools.partial(P.decode, errors=errors, sample_rate=o.sample_rate),
-        ]
+        stages: list[Any] = [functools.partial(iter, self.shards())]
+        if self.kaldi_dir:
+            stages.append(functools.partial(P.kaldi_samples, errors=errors))
+        else:
+            stages += [functools.partial(P.open_shards, errors=errors, allow_pipe=o.allow_pipe),
+                       functools.partial(P.tar_samples, errors=errors)]
+        stages.append(functools.partial(P.decode, errors=errors, sample_rate=o.sample_rate))
         if not o.inference:
             stages.append(functools.partial(P.filter_length, min_frames=o.min_length,
                                             max_frames=o.max_length, errors=errors))

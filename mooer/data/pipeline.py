@@ -116,6 +116,33 @@ def tar_samples(shards: Iterable[tuple[str, Any]], errors: DataErrors) -> Iterat
             yield current
 
 
+def kaldi_samples(items: Iterable[tuple[str, str, str]], errors: DataErrors) -> Iterator[Sample]:
+    """Utterances of a raw Kaldi dir, (uttid, transcript, audio path) each, in the form
+    tar_samples gives: {key, shard, txt, <audio ext>: bytes}."""
+    for key, text, path in items:
+        extension = path.rsplit(".", 1)[-1].lower() if "." in path else "wav"
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as err:
+            errors.skip("unreadable audio file", f"{path} ({key})", err)
+            continue
+        yield {"key": key, "shard": path, "txt": text.encode("utf-8"),
+               extension if extension in AUDIO_EXTENSIONS else "wav": data}
+
+
+def read_kaldi_dir(directory: str | Path) -> list[tuple[str, str, str]]:
+    """(uttid, transcript, path) of `wav.scp` joined with `text` (empty text when absent)."""
+    from mooer.data.text import read_table
+
+    directory = Path(directory)
+    texts = dict(read_table(directory / "text")) if (directory / "text").is_file() else {}
+    items = [(key, texts.get(key, ""), path) for key, path in read_table(directory / "wav.scp")]
+    if not items:
+        raise ValueError(f"{directory / 'wav.scp'} lists no audio")
+    return items
+
+
 def decode(samples: Iterable[Sample], errors: DataErrors, sample_rate: int = 16000
            ) -> Iterator[Sample]:
     """Text as UTF-8 and audio as float32 mono at `sample_rate` (`wav` tensor), else skipped."""

@@ -40,6 +40,11 @@ def normalize(text: str, mode: str) -> str:
     raise ValueError(f"unknown text normalization {mode!r}; choose one of {', '.join(NORMALIZERS)}")
 
 
+def one_line(text: str) -> str:
+    """Text made safe for a Kaldi table line: newlines, tabs and runs of spaces become one space."""
+    return " ".join(text.split())
+
+
 def split_line(line: str) -> tuple[str, str]:
     """Split a Kaldi table line into (key, value); the value may be empty."""
     parts = line.strip().split(maxsplit=1)

@@ -1,13 +1,146 @@
-"""The evaluation recipe behind evaluate.py."""
+"""The evaluation recipe behind evaluate.py: decode every test set, score it, summarize."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mooer.data.text import one_line, read_table
+from mooer.evaluation.decode import decode, decoding_loader, pick_device
+from mooer.evaluation.model_loading import load_for_decoding
+from mooer.evaluation.scoring import bleu_chrf, format_wer, score
+
+log = logging.getLogger(__name__)
 
 
-def evaluate(cfg: DictConfig) -> None:
-    """Decode and score every configured test set."""
-    raise SystemExit(
-        "mooer: decoding and scoring are not part of this release yet. "
-        "`python evaluate.py --cfg job ...` prints the composed configuration."
-    )
+class UnknownTestSet(ValueError):
+    """A requested test set has no data under test_data_dir."""
+
+
+@dataclass
+class TestSet:
+    name: str
+    source: Path          # a data.list, or a Kaldi dir with wav.scp
+    references: Path | None
+    metric: str           # cer | wer | mer | bleu
+    task: str             # asr | ast
+
+
+@dataclass
+class SetResult:
+    name: str
+    metric: str
+    value: float
+    utterances: int
+    rtf: float
+    utterances_per_second: float
+    chrf: float | None = None
+
+
+def found_sets(test_data_dir: Path) -> list[str]:
+    """Subdirectories of test_data_dir that hold a data.list or a wav.scp."""
+    if not test_data_dir.is_dir():
+        return []
+    return sorted(d.name for d in test_data_dir.iterdir()
+                  if (d / "data.list").is_file() or (d / "wav.scp").is_file())
+
+
+def resolve_sets(cfg: DictConfig) -> list[TestSet]:
+    """The configured sets (group `testsets` plus `extra_testsets`), checked before decoding."""
+    root = Path(cfg.test_data_dir)
+    wanted = {name: dict(meta) for name, meta in (cfg.get("testsets") or {}).items()}
+    for name in cfg.get("extra_testsets") or []:
+        wanted.setdefault(name, {"dir": name, "metric": "mer", "task": "asr"})
+    sets, missing = [], []
+    for name, meta in wanted.items():
+        directory = root / meta.get("dir", name)
+        if (directory / "data.list").is_file():
+            source = directory / "data.list"
+        elif (directory / "wav.scp").is_file():
+            source = directory
+        else:
+            missing.append(f"{name} (looked in {directory})")
+            continue
+        reference_file = directory / meta.get("references", "text")
+        if meta.get("references") and not reference_file.is_file():
+            missing.append(f"{name} (no reference file {reference_file})")
+            continue
+        references = reference_file if reference_file.is_file() else None
+        sets.append(TestSet(name, source, references, meta.get("metric", "mer"),
+                            meta.get("task", "asr")))
+    if missing:
+        found = found_sets(root)
+        raise UnknownTestSet(
+            f"no test data for {', '.join(missing)}. Sets found in {root}: "
+            f"{', '.join(found) if found else 'none'}. Each set is a directory holding data.list "
+            "(+ text) or wav.scp + text; set test_data_dir, or list your own with "
+            "extra_testsets=[name,...]")
+    if not sets:
+        raise UnknownTestSet("no test sets configured: testsets=[...] or extra_testsets=[...]")
+    return sets
+
+
+def write_set(out_dir: Path, test_set: TestSet, hypotheses: dict[str, str],
+              references: dict[str, str]) -> tuple[float, float | None]:
+    """`text` (uttid<TAB>hyp) and `wer` (or `bleu`) files; returns the score (and chrF)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "text").write_text(
+        "".join(f"{k}\t{one_line(hypotheses[k])}\n" for k in sorted(hypotheses)), encoding="utf-8")
+    result = score(references, hypotheses)
+    (out_dir / "wer").write_text(format_wer(result), encoding="utf-8")
+    if test_set.metric == "bleu":
+        bleu, chrf = bleu_chrf(references, hypotheses)
+        (out_dir / "bleu").write_text(f"BLEU {bleu:.2f}\nchrF {chrf:.2f}\n", encoding="utf-8")
+        return bleu, chrf
+    return result.error_rate, None
+
+
+def summary_table(results: list[SetResult]) -> str:
+    lines = ["| test set | metric | score | utterances | RTF | utt/s |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        value = f"{r.value:.2f}" + (f" (chrF {r.chrf:.2f})" if r.chrf is not None else "")
+        lines.append(f"| {r.name} | {r.metric.upper()} | {value} | {r.utterances} | "
+                     f"{r.rtf:.4f} | {r.utterances_per_second:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(cfg: DictConfig) -> list[SetResult]:
+    """Decode and score every configured test set; writes <decode_path>/<set>/{text,wer} and
+    <decode_path>/summary.{md,json}."""
+    try:
+        sets = resolve_sets(cfg)
+    except UnknownTestSet as err:
+        raise SystemExit(f"error: {err}") from None
+    device = pick_device(cfg.device)
+    model, dtype = load_for_decoding(cfg, device, cfg.precision)
+    frontend = instantiate(cfg.encoder.frontend)
+    decoding = OmegaConf.to_container(cfg.decoding, resolve=True)
+    batch_size = decoding.pop("batch_size")
+    decode_path = Path(cfg.decode_path)
+    results = []
+    for test_set in sets:
+        references = dict(read_table(test_set.references)) if test_set.references else None
+        loader = decoding_loader(test_set.source, frontend, model.tokenizer, test_set.task,
+                                 OmegaConf.to_container(cfg.task.prompts),
+                                 list(cfg.encoder.length_convs), cfg.projector.downsample,
+                                 batch_size)
+        decoded = decode(model, loader, decoding, device, dtype,
+                         total=len(references) if references else None, desc=test_set.name)
+        value, chrf = write_set(decode_path / test_set.name, test_set, decoded.hypotheses,
+                                references if references is not None else decoded.references)
+        results.append(SetResult(test_set.name, test_set.metric, value, len(decoded.hypotheses),
+                                 decoded.rtf, decoded.utterances_per_second, chrf))
+        log.info("%s: %s %.2f", test_set.name, test_set.metric, value)
+    decode_path.mkdir(parents=True, exist_ok=True)
+    table = summary_table(results)
+    (decode_path / "summary.md").write_text(table, encoding="utf-8")
+    (decode_path / "summary.json").write_text(
+        json.dumps([asdict(r) for r in results], indent=2), encoding="utf-8")
+    print(table, end="")
+    return results

@@ -1,0 +1,55 @@
+"""Decoding speed of the tiny model on the CPU: utterances/s at batch 1, 8 and 16, greedy and beam 4.
+
+    python benchmarks/decode.py [--num 64] [--new_tokens 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from mooer.config import compose_config
+from mooer.data.features import ParaformerFrontend
+from mooer.data.text import read_table
+from mooer.demo.corpus import draw_specs, write_corpus
+from mooer.demo.tokenizer import train_tokenizer
+from mooer.evaluation.decode import decode, decoding_loader
+from mooer.models.build import build_speech_llm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num", type=int, default=64)
+    parser.add_argument("--new_tokens", type=int, default=12)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/mooer-bench-decode"))
+    args = parser.parse_args()
+    corpus = args.work / "corpus"
+    if not (corpus / "wav.scp").exists():
+        write_corpus(corpus, draw_specs(args.num, seed=21), num_workers=2, progress=False)
+    tokenizer = train_tokenizer([t for _, t in read_table(corpus / "text")], 600)
+    cfg, _ = compose_config("train", ["encoder=paraformer_tiny", "llm=tiny"])
+    torch.manual_seed(0)
+    model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer).eval()
+    frontend = ParaformerFrontend(None)
+    rows = []
+    for beams in (1, 4):
+        for batch_size in (1, 8, 16):
+            loader = decoding_loader(corpus, frontend, tokenizer, "asr", None, [], 2, batch_size)
+            options = {"num_beams": beams, "max_new_tokens": args.new_tokens,
+                       "min_new_tokens": args.new_tokens, "eos_bias": 0}
+            result = decode(model, loader, options, torch.device("cpu"), torch.float32,
+                            desc=f"beam {beams} batch {batch_size}")
+            rows.append((beams, batch_size, result.utterances_per_second, result.rtf))
+    print(f"\n{args.num} utterances, {args.new_tokens} new tokens each, tiny model, "
+          f"{torch.get_num_threads()} threads\n", file=sys.stderr)
+    print("| decoding | batch | utt/s | RTF |\n|---|---|---|---|")
+    for beams, batch_size, rate, rtf in rows:
+        name = "greedy" if beams == 1 else f"beam {beams}"
+        print(f"| {name} | {batch_size} | {rate:.1f} | {rtf:.4f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Build a SpeechLLM for decoding from a config and the weights the user points at."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from mooer.checkpoints import load_mooer, merge_lora
+from mooer.models.build import build_speech_llm
+from mooer.models.llm import torch_dtype
+from mooer.models.speech_llm import SpeechLLM
+from mooer.models.weights import CheckpointError, load_state_dict_file
+
+log = logging.getLogger(__name__)
+LORA_SUBDIRS = ("new_llm", "lora_weights")
+
+
+def load_trainable(model: SpeechLLM, path: str | Path) -> None:
+    """Load one of our training checkpoints (trainable weights under `model.`)."""
+    state = load_state_dict_file(path)
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise CheckpointError(f"{path} has weights this model lacks: {', '.join(unknown[:5])} "
+                              "(is the encoder/llm/projector config the one it was trained with?)")
+    model.load_state_dict(state, strict=False)
+
+
+def load_weights(model: SpeechLLM, checkpoint: str | Path | None, adapter_path: str | None,
+                 lora_dir: str | None) -> None:
+    """`checkpoint` is a MooER-layout dir (adapter_project.pt + new_llm/ or lora_weights/) or
+    one of our checkpoint files; adapter_path/lora_dir are MooER release files."""
+    if checkpoint:
+        checkpoint = Path(checkpoint)
+        if checkpoint.is_dir():
+            if not (checkpoint / "adapter_project.pt").is_file():
+                raise CheckpointError(f"{checkpoint} has no adapter_project.pt: expected a "
+                                      "MooER-layout dir (<name>_merged/ or a release dir)")
+            lora = next((checkpoint / d for d in LORA_SUBDIRS if (checkpoint / d).is_dir()), None)
+            load_mooer(model, checkpoint / "adapter_project.pt", lora)
+        else:
+            load_trainable(model, checkpoint)
+    load_mooer(model, adapter_path, lora_dir)
+
+
+def load_for_decoding(cfg: DictConfig, device: torch.device, precision: str,
+                      tokenizer=None) -> tuple[SpeechLLM, torch.dtype]:
+    """The configured model with its weights, LoRA merged, in eval mode on `device`."""
+    torch.manual_seed(cfg.get("seed", 42))  # pieces without weight files are reproducible
+    model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer)
+    model_cfg = cfg.get("model") or {}
+    load_weights(model, cfg.get("checkpoint"), model_cfg.get("adapter_path"),
+                 model_cfg.get("lora_dir"))
+    merge_lora(model)
+    dtype = torch_dtype(precision)
+    if device.type == "cpu" and dtype != torch.float32:
+        log.info("decoding on the CPU in fp32 (%s is for accelerators)", precision)
+        dtype = torch.float32
+    return model.to(device=device, dtype=dtype).eval(), dtype

@@ -1,0 +1,118 @@
+"""`mooer-transcribe`: speech to text (ASR) or to English (AST) for wav files or a wav.scp.
+
+    mooer-transcribe --wav_path a.wav b.flac --task asr \
+        --encoder_path pretrained_models/paraformer_encoder/paraformer-encoder.pth \
+        --cmvn_path pretrained_models/paraformer_encoder/am.mvn \
+        --llm_path pretrained_models/Qwen2-7B-Instruct \
+        --adapter_path pretrained_models/asr/adapter_project.pt \
+        --lora_dir pretrained_models/asr/lora_weights
+
+Prints `uttid<TAB>text` (with --task asr_ast: `uttid<TAB>transcript<TAB>translation`).
+Extra Hydra overrides (e.g. `llm=qwen2_1_5b`) go after `--`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import soundfile as sf
+
+from mooer.config import compose_config
+from mooer.data.text import one_line, read_table
+from mooer.evaluation.decode import decode, decoding_loader, pick_device
+from mooer.evaluation.model_loading import load_for_decoding
+
+log = logging.getLogger(__name__)
+LONG_AUDIO_SECONDS = 30.0
+
+
+def _kaldi_dir(args: argparse.Namespace, work: Path) -> tuple[Path, list[str]]:
+    """A Kaldi dir for the inputs and the uttids in input order."""
+    if args.wav_scp:
+        rows = read_table(args.wav_scp)
+    else:
+        rows, seen = [], set()
+        for path in args.wav_path:
+            key = Path(path).stem
+            while key in seen:
+                key += "_"
+            seen.add(key)
+            rows.append((key, str(Path(path).resolve())))
+    for key, path in rows:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{key}: audio file {path} not found")
+        try:
+            seconds = sf.info(path).duration
+        except RuntimeError as err:
+            raise ValueError(f"{key}: cannot read {path} ({err})") from err
+        if seconds > LONG_AUDIO_SECONDS:
+            log.warning("%s is %.0f s long; the models were trained on utterances under %.0f s, "
+                        "so split long audio first", key, seconds, LONG_AUDIO_SECONDS)
+    (work / "wav.scp").write_text("".join(f"{k} {p}\n" for k, p in rows), encoding="utf-8")
+    return work, [k for k, _ in rows]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mooer-transcribe",
+                                     description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n", 2)[2])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--wav_path", nargs="+", help="audio files (any rate and channels)")
+    source.add_argument("--wav_scp", type=Path, help="a Kaldi wav.scp (uttid path)")
+    parser.add_argument("--task", choices=["asr", "ast", "asr_ast"], default="asr")
+    parser.add_argument("--encoder_path", help="paraformer-encoder.pth")
+    parser.add_argument("--cmvn_path", help="am.mvn")
+    parser.add_argument("--llm_path", help="LLM directory (Qwen2-7B-Instruct)")
+    parser.add_argument("--adapter_path", help="adapter_project.pt")
+    parser.add_argument("--lora_dir", help="LoRA directory (adapter_config.json + weights)")
+    parser.add_argument("--checkpoint", help="a MooER-layout dir or one of our checkpoints")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--num_beams", type=int, default=4)
+    parser.add_argument("--max_new_tokens", type=int, default=200)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides after --")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = list(args.overrides)
+    for flag, key in (("encoder_path", "encoder.model.checkpoint"),
+                      ("cmvn_path", "encoder.frontend.cmvn_path"), ("llm_path", "llm.path"),
+                      ("adapter_path", "model.adapter_path"), ("lora_dir", "model.lora_dir"),
+                      ("checkpoint", "checkpoint")):
+        if getattr(args, flag):
+            overrides.append(f"{key}={getattr(args, flag)}")
+    cfg, _ = compose_config("evaluate", overrides)
+    device = pick_device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            source, keys = _kaldi_dir(args, Path(tmp))
+        except (FileNotFoundError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        model, dtype = load_for_decoding(cfg, device, args.precision)
+        from hydra.utils import instantiate
+
+        frontend = instantiate(cfg.encoder.frontend)
+        decoding = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}
+        columns = []
+        for task in (["asr", "ast"] if args.task == "asr_ast" else [args.task]):
+            loader = decoding_loader(source, frontend, model.tokenizer, task, None,
+                                     list(cfg.encoder.length_convs), cfg.projector.downsample,
+                                     args.batch_size)
+            columns.append(decode(model, loader, decoding, device, dtype, total=len(keys),
+                                  desc=task).hypotheses)
+    for key in keys:
+        print("\t".join([key, *(one_line(column.get(key, "")) for column in columns)]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""evaluate.py end to end on a tiny model and corpus test sets (shard and raw Kaldi forms),
+mooer-transcribe, and the unknown-set error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from mooer.checkpoints import export_mooer
+from mooer.config import compose_config
+from mooer.data.pack import pack
+from mooer.data.text import read_table
+from mooer.evaluation.run import evaluate
+from mooer.models.build import build_speech_llm
+from tests.conftest import REPO
+
+TINY = ["encoder=paraformer_tiny", "llm=tiny"]
+
+
+@pytest.fixture(scope="module")
+def setup(corpus, tokenizer, tmp_path_factory):
+    """A test_data_dir with demo_test (shards + text + text.en) and raw (wav.scp + text), and a
+    tiny model exported in MooER's layout."""
+    root = tmp_path_factory.mktemp("eval")
+    test_dir = root / "test"
+    shard_dir, raw_dir = test_dir / "demo_test", test_dir / "raw"
+    raw_dir.mkdir(parents=True)
+    for name in ("wav.scp", "text"):
+        shutil.copy(corpus / name, raw_dir / name)
+    pack(corpus / "wav.scp", corpus / "text", shard_dir, num_utts_per_shard=7, progress=False)
+    shutil.copy(corpus / "text", shard_dir / "text")
+    shutil.copy(corpus / "text.en", shard_dir / "text.en")
+    cfg, _ = compose_config("train", TINY)
+    model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer)
+    export_mooer(model, root / "release")
+    # a checkpoint of every weight, as a run that trains the whole tiny model leaves
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
+               root / "full.ckpt")
+    return root, tokenizer.name_or_path
+
+
+def overrides(root: Path, tokenizer_dir: str, *extra: str) -> list[str]:
+    return [*TINY, f"llm.tokenizer_path={tokenizer_dir}", f"test_data_dir={root / 'test'}",
+            f"checkpoint={root / 'release'}", "device=cpu", "decoding.max_new_tokens=4",
+            *extra]
+
+
+def test_evaluate_script_writes_every_file(setup, corpus):
+    root, tokenizer_dir = setup
+    decode_path = root / "decode"
+    result = subprocess.run(
+        [sys.executable, "evaluate.py", *overrides(root, tokenizer_dir,
+                                                   "testsets=[demo_test,demo_test_ast]",
+                                                   "extra_testsets=[raw]",
+                                                   f"decode_path={decode_path}",
+                                                   f"paths.log_dir={root / 'logs'}")],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    keys = sorted(k for k, _ in read_table(corpus / "text"))
+    for name in ("demo_test", "demo_test_ast", "raw"):
+        lines = (decode_path / name / "text").read_text().splitlines()
+        assert [line.split("\t")[0] for line in lines] == keys
+        assert all(line.count("\t") == 1 for line in lines)
+        wer = (decode_path / name / "wer").read_text()
+        assert wer.count("\nutt: ") == 24 and "\nOverall -> " in wer
+    total_chars = sum(len(t) for _, t in read_table(corpus / "text") if t.isascii() is False)
+    overall = (decode_path / "raw" / "wer").read_text().split("Overall -> ")[1]
+    assert int(overall.split("N=")[1].split()[0]) >= total_chars  # every reference token counted
+    assert "BLEU" in (decode_path / "demo_test_ast" / "bleu").read_text()
+    summary = json.loads((decode_path / "summary.json").read_text())
+    assert [s["name"] for s in summary] == ["demo_test", "demo_test_ast", "raw"]
+    assert all(s["utterances"] == 24 and s["rtf"] > 0 for s in summary)
+    assert [s["metric"] for s in summary] == ["mer", "bleu", "mer"]
+    table = (decode_path / "summary.md").read_text()
+    assert "| demo_test_ast | BLEU |" in table and table in result.stdout
+
+
+def test_batched_evaluation_equals_batch_size_one(setup):
+    root, tokenizer_dir = setup
+    texts = []
+    for batch_size in (1, 6):
+        cfg, _ = compose_config("evaluate", overrides(
+            root, tokenizer_dir, "testsets=[demo_test]", f"decoding.batch_size={batch_size}",
+            f"checkpoint={root / 'full.ckpt'}",
+            "decoding.num_beams=2", f"decode_path={root / f'bs{batch_size}'}"))
+        evaluate(cfg)
+        texts.append((root / f"bs{batch_size}" / "demo_test" / "text").read_text())
+    assert texts[0] == texts[1]
+
+
+def test_unknown_test_set_stops_before_decoding(setup):
+    root, tokenizer_dir = setup
+    cfg, _ = compose_config("evaluate", overrides(root, tokenizer_dir, "testsets=[aishell]",
+                                                  "extra_testsets=[nothere]"))
+    with pytest.raises(SystemExit, match=r"no test data for aishell .*nothere .*Sets found in "
+                                         r".*: demo_test, raw"):
+        evaluate(cfg)
+
+
+def test_transcribe_cli(setup, corpus, tmp_path):
+    root, tokenizer_dir = setup
+    stereo = tmp_path / "stereo44k.flac"
+    audio, rate = sf.read(read_table(corpus / "wav.scp")[0][1])
+    import numpy as np
+    from scipy.signal import resample_poly
+
+    sf.write(stereo, np.stack([resample_poly(audio, 441, 160)] * 2, 1), 44100)
+    command = [str(Path(sys.executable).with_name("mooer-transcribe")), "--wav_path",
+               read_table(corpus / "wav.scp")[1][1], str(stereo), "--task", "asr_ast",
+               "--checkpoint", str(root / "release"), "--device", "cpu",
+               "--max_new_tokens", "3", "--", *TINY, f"llm.tokenizer_path={tokenizer_dir}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [
+        Path(read_table(corpus / "wav.scp")[1][1]).stem, "stereo44k"]
+    assert all(line.count("\t") == 2 for line in lines)  # uttid, transcript, translation
+    missing = subprocess.run([*command[:2], str(tmp_path / "none.wav"), *command[4:]],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "not found" in missing.stderr

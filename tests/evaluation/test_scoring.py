@@ -1,0 +1,67 @@
+"""Scoring on hand-worked cases, the wer file format, BLEU/chrF against sacrebleu."""
+
+from __future__ import annotations
+
+import pytest
+import sacrebleu
+
+from mooer.evaluation.scoring import align, bleu_chrf, format_wer, main, score, tokenize
+
+
+def test_tokenize_chars_words_and_normalization():
+    assert tokenize("今天 天气") == ["今", "天", "天", "气"]
+    assert tokenize("hello▁World, ok!") == ["HELLO", "WORLD", "OK"]
+    assert tokenize("我爱 you all 123") == ["我", "爱", "YOU", "ALL", "123"]
+    assert tokenize("") == []
+
+
+@pytest.mark.parametrize(("ref", "hyp", "counts"), [
+    ("a b c d", "a b c d", (4, 0, 0, 0)),
+    ("a b c d", "a x c d", (3, 1, 0, 0)),        # one substitution
+    ("a b c d", "a c d", (3, 0, 1, 0)),          # one deletion
+    ("a b c d", "a b y c d", (4, 0, 0, 1)),      # one insertion
+    ("a b c d", "", (0, 0, 4, 0)),               # empty hypothesis
+    ("", "a b", (0, 0, 0, 2)),
+    ("今天天气很好", "今天天汽很好啊", (5, 1, 0, 1)),  # Chinese: CER
+    ("我有 three apples", "我有 tree apples", (3, 1, 0, 0)),  # mixed: MER
+])
+def test_alignment_counts(ref, hyp, counts):
+    a = align(tokenize(ref), tokenize(hyp))
+    assert (a.correct, a.substitutions, a.deletions, a.insertions) == counts
+    assert len(a.ref) == len(a.hyp)
+
+
+def test_score_rates_and_missing_keys():
+    refs = {"u1": "今天天气很好", "u2": "hello world", "u3": "gone"}
+    hyps = {"u1": "今天天汽很好啊", "u2": "hello word", "extra": "ignored"}
+    result = score(refs, hyps)
+    # N = 6 + 2 + 1, errors = (1 S + 1 I) + 1 S + 1 D
+    assert (result.total.num_ref, result.total.errors) == (9, 4)
+    assert result.error_rate == pytest.approx(400 / 9)
+    assert result.missing == ["u3"]
+    report = format_wer(result)
+    assert "utt: u1\nWER: 33.33 % N=6 C=5 S=1 D=0 I=1\n" in report
+    assert "lab: 今 天 天 气 很 好   \nrec: 今 天 天 汽 很 好 啊" in report
+    assert "Overall -> 44.44 % N=9 C=6 S=2 D=1 I=1" in report
+    assert "Missing hypotheses (scored as deletions): 1: u3" in report
+
+
+def test_bleu_and_chrf_equal_sacrebleu():
+    refs = {"a": "the cat sat on the mat", "b": "i have forty six cars", "c": "see you"}
+    hyps = {"a": "the cat sat on a mat", "b": "i have forty cars", "c": "see you"}
+    bleu, chrf = bleu_chrf(refs, hyps)
+    keys = list(refs)
+    assert bleu == pytest.approx(sacrebleu.corpus_bleu([hyps[k] for k in keys],
+                                                       [[refs[k] for k in keys]]).score)
+    assert chrf == pytest.approx(sacrebleu.corpus_chrf([hyps[k] for k in keys],
+                                                       [[refs[k] for k in keys]]).score)
+    assert 0 < bleu < 100
+
+
+def test_cli_writes_wer_file(tmp_path, capsys):
+    (tmp_path / "ref").write_text("u1 a b c\nu2 d e\n")
+    (tmp_path / "hyp").write_text("u1\ta b x\n")
+    assert main([str(tmp_path / "ref"), str(tmp_path / "hyp"), "--out", str(tmp_path / "wer")]) == 0
+    text = (tmp_path / "wer").read_text()
+    assert "Overall -> 60.00 % N=5 C=2 S=1 D=2 I=0" in text
+    assert main([str(tmp_path / "nope"), str(tmp_path / "hyp")]) == 2
