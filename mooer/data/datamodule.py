@@ -67,30 +67,54 @@ class ShardDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def shards(self) -> list:
-        """The shards (or Kaldi dir utterances) this process reads this epoch."""
+    def plan(self) -> tuple[list, tuple[int, int] | None, bool]:
+        """What this process reads this epoch: (shards, sample slot or None, equalize).
+
+        One rank: shards are dealt to workers. Several ranks (or fewer shards than readers):
+        every process reads every shard and keeps its slot of utterances, equalized so all
+        ranks run the same number of steps (collectives would hang otherwise).
+        """
         rank, world_size = _distributed()
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        return P.shards_for(self.urls, self.epoch, self.options.seed, self.options.training, rank,
-                            world_size, worker, num_workers)
+        slots = world_size * num_workers
+        if world_size == 1 and len(self.urls) >= slots:
+            return (P.shards_for(self.urls, self.epoch, self.options.seed, self.options.training,
+                                 rank, world_size, worker, num_workers), None, False)
+        everything = P.shards_for(self.urls, self.epoch, self.options.seed,
+                                  self.options.training, 0, 1, 0, 1)
+        return everything, (rank * num_workers + worker, slots), world_size > 1
+
+    def shards(self) -> list:
+        """The shards (or Kaldi dir utterances) this process reads this epoch."""
+        return self.plan()[0]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         o, errors = self.options, P.DataErrors()
         info = get_worker_info()
         seed = o.seed * 1_000_003 + self.epoch * 1009 + (info.id if info else 0)
-        stages: list[Any] = [functools.partial(iter, self.shards())]
+        shards, slot, equalize = self.plan()
+        if equalize and o.dynamic_batching:
+            raise ValueError("dynamic_batching gives ranks different numbers of batches, which "
+                             "hangs distributed training: use fixed batching with several ranks")
+        stages: list[Any] = [functools.partial(iter, shards)]
         if self.kaldi_dir:
             stages.append(functools.partial(P.kaldi_samples, errors=errors))
         else:
             stages += [functools.partial(P.open_shards, errors=errors, allow_pipe=o.allow_pipe),
                        functools.partial(P.tar_samples, errors=errors)]
-        stages.append(functools.partial(P.decode, errors=errors, sample_rate=o.sample_rate))
+        if slot is not None:
+            stages.append(functools.partial(P.take_slot, slot=slot[0], slots=slot[1],
+                                            equalize=equalize, errors=errors))
+        stages.append(functools.partial(P.decode, errors=errors, sample_rate=o.sample_rate,
+                                        keep_count=equalize))
         if not o.inference:
             stages.append(functools.partial(P.filter_length, min_frames=o.min_length,
-                                            max_frames=o.max_length, errors=errors))
+                                            max_frames=o.max_length, errors=errors,
+                                            keep_count=equalize))
         stages.append(functools.partial(P.attach_targets, table=o.replace_text,
-                                        replace_type=o.replace_type, errors=errors))
+                                        replace_type=o.replace_type, errors=errors,
+                                        keep_count=equalize))
         if o.training and o.speed_perturb:
             stages.append(functools.partial(P.speed_perturb, speeds=tuple(o.speed_perturb),
                                             seed=seed))
@@ -124,20 +148,26 @@ class EpochDataLoader(DataLoader):
     items skipped for bad data at the end of each pass."""
 
     def __init__(self, dataset: ShardDataset, num_workers: int = 0, start_epoch: int = 0,
-                 name: str = "train", **kwargs: Any) -> None:
+                 name: str = "train", skip_batches: int = 0, **kwargs: Any) -> None:
         super().__init__(dataset, batch_size=None, num_workers=num_workers,
                          persistent_workers=False, **kwargs)
         self.next_epoch, self.name = start_epoch, name
+        self.skip_batches = skip_batches  # of the first pass: where a resumed run stopped
         self.errors: P.DataErrors = P.DataErrors()  # of the last (or current) pass
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.dataset.set_epoch(self.next_epoch)
         self.next_epoch += 1
         self.errors = P.DataErrors()
+        skip, self.skip_batches = self.skip_batches, 0
         for batch in super().__iter__():
             self.errors.update(batch.pop("data_errors", {}))
-            if not batch.get("report_only"):
-                yield batch
+            if batch.get("report_only"):
+                continue
+            if skip:  # the same seeded order as before the interruption, minus what was seen
+                skip -= 1
+                continue
+            yield batch
         skipped = {k: v for k, v in self.errors.items() if k != "filtered by length"}
         if skipped:
             details = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items()))
@@ -183,18 +213,22 @@ class SpeechDataModule(pl.LightningDataModule):
         }
         self.options["test"] = self.options["val"]
 
-    def loader(self, split: str, start_epoch: int = 0) -> EpochDataLoader:
+    def loader(self, split: str, start_epoch: int = 0, skip_batches: int = 0) -> EpochDataLoader:
         path = self.paths[split]
         if not path:
             raise ValueError(f"no {split} data: set data.{split}_data_path to a data.list")
         dataset = ShardDataset(path, self.frontend, self.prompt_builder, self.slots_for,
                                self.options[split])
         return EpochDataLoader(dataset, num_workers=self.num_workers, start_epoch=start_epoch,
-                               name=split)
+                               name=split, skip_batches=skip_batches)
 
     def train_dataloader(self) -> EpochDataLoader:
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        return self.loader("train", start_epoch=epoch)
+        """Starts at the trainer's epoch; a run resumed mid-epoch skips the batches it saw."""
+        if self.trainer is None:
+            return self.loader("train")
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return self.loader("train", start_epoch=self.trainer.current_epoch,
+                           skip_batches=progress.processed)
 
     def val_dataloader(self) -> EpochDataLoader:
         return self.loader("val")

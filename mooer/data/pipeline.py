@@ -116,6 +116,26 @@ def tar_samples(shards: Iterable[tuple[str, Any]], errors: DataErrors) -> Iterat
             yield current
 
 
+def take_slot(samples: Iterable[Sample], slot: int, slots: int, equalize: bool,
+              errors: DataErrors) -> Iterator[Sample]:
+    """Every `slots`-th utterance from `slot` on (sample-level sharding across ranks and
+    workers). With `equalize`, every slot yields exactly len(stream) // slots utterances, so
+    ranks run the same number of steps (at most slots - 1 utterances an epoch are left out)."""
+    held, kept, seen = None, 0, 0
+    for index, sample in enumerate(samples):
+        seen += 1
+        if index % slots == slot:
+            if held is not None:
+                yield held
+                kept += 1
+            held = sample
+    if held is not None:
+        if not equalize or kept + 1 <= seen // slots:
+            yield held
+        else:
+            errors["left out to keep ranks in step"] += 1
+
+
 def kaldi_samples(items: Iterable[tuple[str, str, str]], errors: DataErrors) -> Iterator[Sample]:
     """Utterances of a raw Kaldi dir, (uttid, transcript, audio path) each, in the form
     tar_samples gives: {key, shard, txt, <audio ext>: bytes}."""
@@ -143,27 +163,48 @@ def read_kaldi_dir(directory: str | Path) -> list[tuple[str, str, str]]:
     return items
 
 
-def decode(samples: Iterable[Sample], errors: DataErrors, sample_rate: int = 16000
-           ) -> Iterator[Sample]:
-    """Text as UTF-8 and audio as float32 mono at `sample_rate` (`wav` tensor), else skipped."""
+def decode(samples: Iterable[Sample], errors: DataErrors, sample_rate: int = 16000,
+           keep_count: bool = False) -> Iterator[Sample]:
+    """Text as UTF-8 and audio as float32 mono at `sample_rate` (`wav` tensor), else skipped
+    (with `keep_count`, replaced by the previous good utterance so ranks stay in step)."""
+    return _refill(_decode(samples, errors, sample_rate), keep_count)
+
+
+def _refill(samples: Iterable[Sample | None], keep_count: bool) -> Iterator[Sample]:
+    """Pass samples; a None (a dropped item) becomes a repeat of the last sample if keep_count."""
+    last = None
+    for sample in samples:
+        if sample is not None:
+            last = sample
+            yield sample
+        elif keep_count and last is not None:
+            yield last
+
+
+def _decode(samples: Iterable[Sample], errors: DataErrors, sample_rate: int
+            ) -> Iterator[Sample | None]:
     for sample in samples:
         where = f"{sample['shard']}:{sample['key']}"
         audio_ext = next((ext for ext in sample if ext in AUDIO_EXTENSIONS), None)
         if "txt" not in sample or audio_ext is None:
             errors.skip("incomplete utterance (needs .txt and audio)", where)
+            yield None
             continue
         try:
             text = sample["txt"].decode("utf-8").strip()
         except UnicodeDecodeError as err:
             errors.skip("text is not UTF-8", where, err)
+            yield None
             continue
         try:
             audio, rate = decode_audio(sample[audio_ext])
         except AudioError as err:
             errors.skip("undecodable audio", where, err)
+            yield None
             continue
         if len(audio) == 0:
             errors.skip("empty audio", where)
+            yield None
             continue
         wave = resample(to_mono(audio), rate, sample_rate)
         yield {"key": sample["key"], "shard": sample["shard"], "txt": text,
@@ -171,30 +212,42 @@ def decode(samples: Iterable[Sample], errors: DataErrors, sample_rate: int = 160
 
 
 def filter_length(samples: Iterable[Sample], min_frames: int, max_frames: int,
-                  errors: DataErrors | None = None) -> Iterator[Sample]:
+                  errors: DataErrors | None = None, keep_count: bool = False) -> Iterator[Sample]:
     """Keep utterances of min..max 10 ms frames (MooER's min_length/max_length)."""
-    for sample in samples:
-        frames = len(sample["wav"]) * 100 / sample["sample_rate"]
-        if min_frames <= frames <= max_frames:
-            yield sample
-        elif errors is not None:
-            errors["filtered by length"] += 1
+
+    def judged() -> Iterator[Sample | None]:
+        for sample in samples:
+            frames = len(sample["wav"]) * 100 / sample["sample_rate"]
+            if min_frames <= frames <= max_frames:
+                yield sample
+            else:
+                if errors is not None:
+                    errors["filtered by length"] += 1
+                yield None
+
+    return _refill(judged(), keep_count)
 
 
 def attach_targets(samples: Iterable[Sample], table: Mapping[str, str] | None, replace_type: str,
-                   errors: DataErrors) -> Iterator[Sample]:
+                   errors: DataErrors, keep_count: bool = False) -> Iterator[Sample]:
     """Set `target`: the transcript, or (with a replace_text table) MooER's refined label."""
     from mooer.data.prompts import refine_target
 
-    for sample in samples:
-        if table is None:
-            sample["target"] = sample["txt"]
-        elif sample["key"] in table:
-            sample["target"] = refine_target(sample["txt"], table[sample["key"]], replace_type)
-        else:
-            errors.skip("no entry in the replace_text table", f"{sample['shard']}:{sample['key']}")
-            continue
-        yield sample
+    def targeted() -> Iterator[Sample | None]:
+        for sample in samples:
+            if table is None:
+                sample["target"] = sample["txt"]
+            elif sample["key"] in table:
+                sample["target"] = refine_target(sample["txt"], table[sample["key"]],
+                                                 replace_type)
+            else:
+                errors.skip("no entry in the replace_text table",
+                            f"{sample['shard']}:{sample['key']}")
+                yield None
+                continue
+            yield sample
+
+    return _refill(targeted(), keep_count)
 
 
 def speed_perturb(samples: Iterable[Sample], speeds: tuple[float, ...], seed: int

@@ -1,16 +1,94 @@
-"""The training recipe behind train.py."""
+"""The training recipe behind train.py: data, model, module, callbacks, loggers, trainer, fit."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def device_type(accelerator: str) -> str:
+    """The torch device type a Trainer accelerator name stands for."""
+    if accelerator in ("gpu", "cuda"):
+        return "cuda"
+    if accelerator == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return accelerator
+
+
+def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None:
+    """`last` means `<run dir>/checkpoints/last.ckpt` (resume with hydra.run.dir=<that run>)."""
+    if ckpt_path in (None, "", "none"):
+        return None
+    if ckpt_path == "last":
+        last = checkpoint_dir / "last.ckpt"
+        if not last.exists():
+            raise FileNotFoundError(f"ckpt_path=last: {last} does not exist. Resume inside the "
+                                    "run's directory: hydra.run.dir=<that run dir> ckpt_path=last")
+        return str(last)
+    if not Path(ckpt_path).exists():
+        raise FileNotFoundError(f"ckpt_path {ckpt_path} does not exist")
+    return ckpt_path
+
+
+def build_strategy(cfg: DictConfig, kind: str) -> Any:
+    if cfg.strategy.name == "auto":
+        return "auto"
+    if "DeepSpeed" in cfg.strategy.get("_target_", ""):
+        from mooer.training.strategies import set_deepspeed_accelerator
+
+        set_deepspeed_accelerator(kind)
+    options = {k: v for k, v in cfg.strategy.items() if k != "name"}
+    return instantiate(options, _convert_="all")
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Fit the configured model; returns the metric a sweeper optimizes."""
+    """Fit the configured model; returns the validation loss (what a sweeper minimizes)."""
     if cfg.dry_run:
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return None
-    raise SystemExit(
-        "mooer: the training loop is not part of this release yet. "
-        "`python train.py dry_run=true ...` composes, resolves and prints the configuration."
-    )
+    from mooer.checkpoints import load_mooer
+    from mooer.models.build import build_speech_llm
+    from mooer.models.llm import load_tokenizer
+    from mooer.training.accelerators import register_musa
+    from mooer.training.callbacks import AtomicCheckpointIO, MooerCheckpoint
+    from mooer.training.module import SpeechLLMModule
+
+    pl.seed_everything(cfg.seed, workers=True)
+    kind = device_type(cfg.trainer.accelerator)
+    if kind == "musa" and not register_musa():
+        raise SystemExit("trainer=musa needs torch_musa (Moore Threads' PyTorch extension)")
+    if cfg.get("prepare_data"):
+        instantiate(cfg.prepare_data)
+    tokenizer = load_tokenizer(cfg.llm.get("tokenizer_path") or cfg.llm.path)
+    datamodule = instantiate(cfg.data, frontend=instantiate(cfg.encoder.frontend),
+                             tokenizer=tokenizer, _convert_="all")
+    model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer)
+    load_mooer(model, cfg.model.adapter_path, cfg.model.lora_dir)  # warm start, when given
+    module = SpeechLLMModule(model, OmegaConf.to_container(cfg.optim, resolve=True),
+                             log_interval=cfg.log_interval)
+    output_dir = Path(cfg.paths.output_dir)
+    checkpoint_dir = output_dir / "checkpoints"
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks.append(MooerCheckpoint(
+        dirpath=checkpoint_dir, filename="step_{step}", every_n_train_steps=cfg.save_interval,
+        save_top_k=-1, save_last=True, save_on_train_epoch_end=True, save_merge=cfg.save_merge,
+        auto_insert_metric_name=False))
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    strategy = build_strategy(cfg, kind)
+    plugins = [] if "DeepSpeed" in type(strategy).__name__ else [AtomicCheckpointIO()]
+    trainer: pl.Trainer = instantiate(cfg.trainer, strategy=strategy, callbacks=callbacks,
+                                      logger=loggers, plugins=plugins, _convert_="all")
+    trainer.fit(module, datamodule=datamodule,
+                ckpt_path=resolve_ckpt_path(cfg.ckpt_path, checkpoint_dir))
+    if module.nonfinite_steps:
+        log.warning("%d batches were skipped for a non-finite loss", module.nonfinite_steps)
+    val_loss = trainer.callback_metrics.get("val/loss")
+    return float(val_loss) if val_loss is not None else None

@@ -1,0 +1,54 @@
+"""Callbacks: checkpoints with MooER-layout merged exports, and atomic checkpoint writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from mooer.checkpoints import export_mooer
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes `<path>.partial` then renames it, so a kill mid-save never leaves a truncated
+    checkpoint under the final name (the previous one stays usable)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        partial = f"{path}.partial"
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        os.replace(partial, path)
+
+
+def _gathered(pl_module: pl.LightningModule):
+    """Full parameters on every rank under ZeRO-3 (a no-op otherwise)."""
+    engine = getattr(pl_module.trainer.strategy, "deepspeed_engine", None)
+    if engine is not None and engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(pl_module.parameters()), modifier_rank=None)
+    return contextlib.nullcontext()
+
+
+class MooerCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that, with `save_merge`, also writes `<name>_merged/adapter_project.pt`
+    and `<name>_merged/new_llm/` (MooER's layout; ZeRO shards gathered) after each save."""
+
+    def __init__(self, save_merge: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.save_merge = save_merge
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if not self.save_merge or Path(filepath).stem == "last":
+            return
+        module = trainer.lightning_module
+        with _gathered(module):
+            if trainer.is_global_zero:
+                export_mooer(module.model, Path(filepath).with_suffix("").as_posix() + "_merged",
+                             lora_subdir="new_llm")
+        trainer.strategy.barrier()

@@ -1,0 +1,162 @@
+"""The LightningModule: the only place that knows optimizers, schedules and logging."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from mooer.evaluation.scoring import score
+from mooer.models.speech_llm import SpeechLLM
+from mooer.training.schedule import make_schedule
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a NaN or infinite loss."""
+
+
+class SpeechLLMModule(pl.LightningModule):
+    """Trains a SpeechLLM: loss and token accuracy, validation loss/accuracy and greedy-decoded
+    error rate on a few batches, MooER's log line, throughput, NaN/inf step skipping."""
+
+    def __init__(self, model: SpeechLLM, optim: dict[str, Any], log_interval: int = 100,
+                 val_decode_batches: int = 2, val_max_new_tokens: int = 64,
+                 max_consecutive_nonfinite: int = 20) -> None:
+        super().__init__()
+        self.model = model
+        self.optim = dict(optim)
+        self.log_interval = log_interval
+        self.val_decode_batches = val_decode_batches
+        self.val_max_new_tokens = val_max_new_tokens
+        self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.nonfinite_steps = 0
+        self.consecutive_nonfinite = 0
+        self.val_refs: dict[str, str] = {}
+        self.val_hyps: dict[str, str] = {}
+        self._window = {"samples": 0, "audio_seconds": 0.0, "tokens": 0, "started": None}
+        self.strict_loading = False  # checkpoints hold the trainable weights only
+
+    # -- training -------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        out = self.model(batch)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            return self._skip_nonfinite(loss)
+        self.consecutive_nonfinite = 0
+        size = len(batch["keys"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/acc", out["accuracy"], prog_bar=True, batch_size=size)
+        self._count(batch, int(out["num_tokens"]))
+        return loss
+
+    def _skip_nonfinite(self, loss: torch.Tensor) -> torch.Tensor | None:
+        self.nonfinite_steps += 1
+        self.consecutive_nonfinite += 1
+        log.warning("step %d: loss is %s, skipping this batch (%d such batches so far)",
+                    self.global_step, loss.item(), self.nonfinite_steps)
+        if self.consecutive_nonfinite >= self.max_consecutive_nonfinite:
+            raise NonFiniteLossError(
+                f"{self.consecutive_nonfinite} consecutive batches had a non-finite loss: lower "
+                "optim.lr, use bf16 instead of fp16, or check the data (mooer-data show)")
+        if self.trainer.strategy.__class__.__name__.startswith("DeepSpeed"):
+            # DeepSpeed must see a backward every step: a zero loss leaves weights unchanged
+            return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
+        return None
+
+    def _count(self, batch: dict[str, Any], tokens: int) -> None:
+        window = self._window
+        if window["started"] is None:
+            window["started"] = time.perf_counter()
+        window["samples"] += len(batch["keys"])
+        window["audio_seconds"] += batch["audio_seconds"]
+        window["tokens"] += tokens
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        step = self.global_step
+        if not self.log_interval or step == 0 or step % self.log_interval or outputs is None:
+            return
+        if batch_idx % self.trainer.accumulate_grad_batches:  # log once per optimizer step
+            return
+        window = self._window
+        elapsed = time.perf_counter() - (window["started"] or time.perf_counter())
+        if elapsed > 0:
+            self.log_dict({"throughput/samples_per_s": window["samples"] / elapsed,
+                           "throughput/audio_s_per_s": window["audio_seconds"] / elapsed,
+                           "throughput/tokens_per_s": window["tokens"] / elapsed})
+        self._window = {"samples": 0, "audio_seconds": 0.0, "tokens": 0, "started": None}
+        metrics = self.trainer.callback_metrics
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        if self.trainer.is_global_zero:
+            log.info("Training Epoch: %d/%d, step %d lr %.2e completed (loss: %.2f, acc: %.2f)",
+                     self.current_epoch + 1, self.trainer.max_epochs, step, lr,
+                     float(metrics.get("train/loss", math.nan)),
+                     float(metrics.get("train/acc", math.nan)))
+
+    # -- validation -----------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self.val_refs, self.val_hyps = {}, {}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self.model(batch)
+        size = len(batch["keys"])
+        self.log("val/loss", out["loss"], prog_bar=True, batch_size=size, sync_dist=True)
+        self.log("val/acc", out["accuracy"], batch_size=size, sync_dist=True)
+        if batch_idx < self.val_decode_batches:
+            generated = self.model.generate(batch, num_beams=1,
+                                            max_new_tokens=self.val_max_new_tokens, eos_bias=0)
+            self.val_hyps.update(zip(batch["keys"], generated.texts, strict=True))
+            self.val_refs.update(zip(batch["keys"], batch["targets"], strict=True))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_refs:
+            result = score(self.val_refs, self.val_hyps)
+            errors = torch.tensor([result.total.errors, result.total.num_ref], dtype=torch.float,
+                                  device=self.device)
+            errors = self.trainer.strategy.reduce(errors, reduce_op="sum")
+            # already summed over ranks: the mean of equal values changes nothing
+            self.log("val/error_rate", 100 * errors[0] / errors[1].clamp_min(1),
+                     prog_bar=True, sync_dist=True)
+
+    # -- optimizer ------------------------------------------------------------------------
+    def configure_optimizers(self):
+        o = self.optim
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        if not parameters:
+            raise ValueError("nothing to train: every parameter is frozen (check encoder.freeze, "
+                             "projector.freeze, llm.freeze and llm.lora.enabled)")
+        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(o.get("name", "adam"))
+        if cls is None:
+            raise ValueError(f"optim.name is adam or adamw, got {o.get('name')!r}")
+        optimizer = cls(parameters, lr=o["lr"], weight_decay=o.get("weight_decay", 0.0),
+                        betas=tuple(o.get("betas", (0.9, 0.999))))
+        factor = make_schedule(o.get("scheduler", "warmup_decay"), o.get("warmup_steps", 0),
+                               o.get("total_steps", 1), o.get("warmup_type", "log"),
+                               o.get("min_lr_ratio", 0.0))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints: only what trains ----------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in trainable}
+        checkpoint["nonfinite_steps"] = self.nonfinite_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite_steps = checkpoint.get("nonfinite_steps", 0)
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            trainable = {f"model.{n}" for n, p in self.model.named_parameters()
+                         if p.requires_grad}
+            missing = sorted(trainable - set(state))
+            if missing:
+                raise KeyError(f"the checkpoint lacks trainable weights {missing[:4]}: was it "
+                               "made with the same encoder/projector/llm config?")

@@ -1,0 +1,65 @@
+"""The LightningModule alone: NaN/inf steps skipped and counted, too many stop the run;
+checkpoints keep trainable weights only; the optimizer sees trainable parameters only."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mooer.config import compose_config
+from mooer.models.build import build_speech_llm
+from mooer.training.module import NonFiniteLossError, SpeechLLMModule
+
+
+@pytest.fixture()
+def module(tokenizer):
+    cfg, _ = compose_config("train", ["encoder=paraformer_tiny", "llm=tiny",
+                                      "encoder.freeze=true"])
+    model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer)
+    return SpeechLLMModule(model, {"name": "adamw", "lr": 1e-3, "scheduler": "constant"},
+                           log_interval=0, max_consecutive_nonfinite=3)
+
+
+def test_nonfinite_loss_is_skipped_counted_and_bounded(module, monkeypatch):
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(), global_step=0)
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    nan = {"loss": torch.tensor(float("nan")), "accuracy": torch.tensor(0.0),
+           "num_tokens": torch.tensor(3)}
+    monkeypatch.setattr(module.model, "forward", lambda batch: nan)
+    assert module.training_step({"keys": ["a"]}, 0) is None
+    assert module.training_step({"keys": ["a"]}, 1) is None
+    assert module.nonfinite_steps == 2
+    finite = {**nan, "loss": torch.tensor(1.5)}
+    monkeypatch.setattr(module.model, "forward", lambda batch: finite)
+    assert module.training_step({"keys": ["a"], "audio_seconds": 1.0}, 2) == 1.5
+    assert module.consecutive_nonfinite == 0
+    monkeypatch.setattr(module.model, "forward", lambda batch: nan)
+    module.training_step({"keys": ["a"]}, 3)
+    module.training_step({"keys": ["a"]}, 4)
+    with pytest.raises(NonFiniteLossError, match="3 consecutive batches"):
+        module.training_step({"keys": ["a"]}, 5)
+
+
+def test_checkpoint_keeps_only_trainable_weights(module):
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    trainable = {f"model.{n}" for n, p in module.model.named_parameters() if p.requires_grad}
+    assert set(checkpoint["state_dict"]) == trainable
+    assert not any(k.startswith("model.encoder.") for k in checkpoint["state_dict"])
+    module.on_load_checkpoint(checkpoint)  # complete: no error
+    del checkpoint["state_dict"][sorted(trainable)[0]]
+    with pytest.raises(KeyError, match="lacks trainable weights"):
+        module.on_load_checkpoint(checkpoint)
+
+
+def test_optimizer_gets_trainable_parameters_only(module):
+    config = module.configure_optimizers()
+    optimized = {id(p) for group in config["optimizer"].param_groups for p in group["params"]}
+    trainable = {id(p) for p in module.model.parameters() if p.requires_grad}
+    assert optimized == trainable and len(trainable) < len(list(module.model.parameters()))
+    assert config["lr_scheduler"]["interval"] == "step"
+    module.optim["name"] = "sgd"
+    with pytest.raises(ValueError, match="adam or adamw"):
+        module.configure_optimizers()
