@@ -34,6 +34,7 @@ bench: install
 	$(PY) benchmarks/dataloader.py
 	$(PY) benchmarks/model.py
 	$(PY) benchmarks/decode.py
+	$(PY) benchmarks/train_step.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache logs outputs demo_out

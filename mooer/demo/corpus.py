@@ -24,10 +24,10 @@ from mooer.demo.espeak import Espeak, EspeakError
 from mooer.demo.grammar import KINDS, sample_sentence
 
 SAMPLE_RATE = 16000
-ZH_VOICES = ("cmn", "cmn+f1", "cmn+f2", "cmn+f3", "cmn+f4", "cmn+m1", "cmn+m2", "cmn+m3", "cmn+m4",
-             "cmn+m5")
-EN_VOICES = ("en-us", "en-us+f1", "en-us+f2", "en-us+f3", "en-us+f4", "en-us+m1", "en-us+m2",
-             "en-us+m3", "en-us+m4", "en-us+m5")
+ZH_VOICES = ("cmn", "cmn+f1", "cmn+f2", "cmn+f3", "cmn+f4", "cmn+f5", "cmn+m1", "cmn+m2",
+             "cmn+m3", "cmn+m4", "cmn+m5", "cmn+m6", "cmn+m7")
+EN_VOICES = ("en-us", "en-us+f1", "en-us+f2", "en-us+f3", "en-us+f4", "en-us+f5", "en-us+m1",
+             "en-us+m2", "en-us+m3", "en-us+m4", "en-us+m5", "en-us+m6", "en-us+m7")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mooer.checkpoints import load_mooer, merge_lora
 from mooer.models.build import build_speech_llm
@@ -45,6 +45,25 @@ def load_weights(model: SpeechLLM, checkpoint: str | Path | None, adapter_path: 
         else:
             load_trainable(model, checkpoint)
     load_mooer(model, adapter_path, lora_dir)
+
+
+def apply_run_dir(cfg: DictConfig) -> DictConfig:
+    """With `run_dir` (a training run), take its model config and last checkpoint."""
+    run_dir = cfg.get("run_dir")
+    if not run_dir:
+        return cfg
+    saved = Path(run_dir) / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(f"run_dir {run_dir} has no .hydra/config.yaml: give the "
+                                "directory a `python train.py` run wrote")
+    trained = OmegaConf.load(saved)
+    cfg = cfg.copy()
+    for key in ("encoder", "projector", "llm"):  # resolved where they were written
+        cfg[key] = OmegaConf.to_container(trained[key], resolve=True)
+    cfg.task.prompts = OmegaConf.to_container(trained.task.prompts, resolve=True)
+    if not cfg.get("checkpoint"):
+        cfg.checkpoint = str(Path(run_dir) / "checkpoints" / "last.ckpt")
+    return cfg
 
 
 def load_for_decoding(cfg: DictConfig, device: torch.device, precision: str,

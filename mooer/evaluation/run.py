@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mooer.data.text import one_line, read_table
 from mooer.evaluation.decode import decode, decoding_loader, pick_device
-from mooer.evaluation.model_loading import load_for_decoding
+from mooer.evaluation.model_loading import apply_run_dir, load_for_decoding
 from mooer.evaluation.scoring import bleu_chrf, format_wer, score
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ def summary_table(results: list[SetResult]) -> str:
 def evaluate(cfg: DictConfig) -> list[SetResult]:
     """Decode and score every configured test set; writes <decode_path>/<set>/{text,wer} and
     <decode_path>/summary.{md,json}."""
+    cfg = apply_run_dir(cfg)
     try:
         sets = resolve_sets(cfg)
     except UnknownTestSet as err:

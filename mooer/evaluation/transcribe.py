@@ -24,7 +24,7 @@ import soundfile as sf
 from mooer.config import compose_config
 from mooer.data.text import one_line, read_table
 from mooer.evaluation.decode import decode, decoding_loader, pick_device
-from mooer.evaluation.model_loading import load_for_decoding
+from mooer.evaluation.model_loading import apply_run_dir, load_for_decoding
 
 log = logging.getLogger(__name__)
 LONG_AUDIO_SECONDS = 30.0
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--adapter_path", help="adapter_project.pt")
     parser.add_argument("--lora_dir", help="LoRA directory (adapter_config.json + weights)")
     parser.add_argument("--checkpoint", help="a MooER-layout dir or one of our checkpoints")
+    parser.add_argument("--run_dir", help="a training run dir (its config and last checkpoint)")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--num_beams", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=200)
@@ -86,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     for flag, key in (("encoder_path", "encoder.model.checkpoint"),
                       ("cmvn_path", "encoder.frontend.cmvn_path"), ("llm_path", "llm.path"),
                       ("adapter_path", "model.adapter_path"), ("lora_dir", "model.lora_dir"),
-                      ("checkpoint", "checkpoint")):
+                      ("checkpoint", "checkpoint"), ("run_dir", "run_dir")):
         if getattr(args, flag):
             overrides.append(f"{key}={getattr(args, flag)}")
-    cfg, _ = compose_config("evaluate", overrides)
+    cfg = apply_run_dir(compose_config("evaluate", overrides)[0])
     device = pick_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         try:
