@@ -52,7 +52,7 @@ def collate(samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         labels[row, prompt_width:answer_end] = sample["answer_ids"]
         attention_mask[row, start:answer_end] = 1
         features[row, :frames[row]] = sample["features"]
-    return {
+    batch = {
         "keys": [s["key"] for s in samples],
         "targets": [s["target"] for s in samples],
         "tasks": [s["task"] for s in samples],
@@ -66,3 +66,8 @@ def collate(samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         "feature_lengths": torch.tensor(frames),
         "audio_seconds": float(sum(len(s["wav"]) / s["sample_rate"] for s in samples)),
     }
+    if "transcript_ids" in samples[0]:
+        transcripts = [s["transcript_ids"] for s in samples]
+        batch["transcript_lengths"] = torch.tensor([len(t) for t in transcripts])
+        batch["transcript_ids"] = torch.nn.utils.rnn.pad_sequence(transcripts, batch_first=True)
+    return batch

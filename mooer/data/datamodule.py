@@ -40,6 +40,7 @@ class PipelineOptions:
     speed_perturb: Sequence[float] = ()
     spec_augment: bool = False
     inference: bool = False        # no answers: prompts only (decoding)
+    transcripts: bool = False      # also the transcript's token ids (a CTC loss needs them)
     allow_pipe: bool = False
     replace_text: dict[str, str] | None = field(default=None, repr=False)
     replace_type: str = "replace"
@@ -123,7 +124,7 @@ class ShardDataset(IterableDataset):
             stages.append(functools.partial(P.spec_augment, seed=seed + 1))
         stages.append(functools.partial(P.tokenize, prompt_builder=self.prompt_builder,
                                         slots_for=self.slots_for, epoch=self.epoch,
-                                        inference=o.inference))
+                                        inference=o.inference, transcripts=o.transcripts))
         if o.training and o.shuffle_buffer > 1:
             stages.append(functools.partial(P.shuffle, buffer_size=o.shuffle_buffer, seed=seed + 2))
         if o.sort_buffer > 1:

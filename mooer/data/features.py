@@ -151,6 +151,24 @@ def write_kaldi_cmvn(path: str | Path, shift: torch.Tensor, scale: torch.Tensor)
         f"<Rescale> {dim} {dim}\n<LearnRateCoef> 0 [ {vector(scale)} ]\n</Nnet>\n")
 
 
+def estimate_cmvn(waveforms, frontend: ParaformerFrontend | None = None, sample_rate: int = 16000
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shift, scale) that make the LFR features zero-mean, unit-variance over `waveforms`:
+    what an `am.mvn` holds, for models trained from scratch."""
+    frontend = frontend or ParaformerFrontend(None)
+    total, total_sq, count = 0.0, 0.0, 0
+    for wave in waveforms:
+        features = frontend(torch.as_tensor(wave), sample_rate).double()
+        total = total + features.sum(0)
+        total_sq = total_sq + features.square().sum(0)
+        count += len(features)
+    if count == 0:
+        raise ValueError("no audio to estimate CMVN from")
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(1e-10).sqrt()
+    return (-mean).float(), (1.0 / std).float()
+
+
 class ParaformerFrontend:
     """MooER's Paraformer input: Kaldi fbank 80 -> LFR 7/6 -> CMVN, giving [frames, 560]."""
 

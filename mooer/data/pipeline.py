@@ -311,12 +311,18 @@ def spec_augment(samples: Iterable[Sample], seed: int, num_freq_masks: int = 2,
 
 
 def tokenize(samples: Iterable[Sample], prompt_builder, slots_for: Callable[[int], int],
-             epoch: int = 0, inference: bool = False, group_size: int = 64) -> Iterator[Sample]:
+             epoch: int = 0, inference: bool = False, group_size: int = 64,
+             transcripts: bool = False) -> Iterator[Sample]:
     """Prompt and answer token ids plus the number of audio slots of each utterance; answers
-    of `group_size` utterances are tokenized in one call."""
+    of `group_size` utterances are tokenized in one call. With `transcripts`, the transcript's
+    token ids too (`transcript_ids`, for a CTC loss), whatever the task's answer is."""
     for group in groups(samples, group_size):
         prompted = prompt_builder.many([s.get("target", s["txt"]) for s in group],
                                        [s["key"] for s in group], epoch, inference)
+        if transcripts:
+            ids = prompt_builder.tokenizer([s["txt"].replace("▁", " ") for s in group])
+            for sample, transcript in zip(group, ids["input_ids"], strict=True):
+                sample["transcript_ids"] = torch.tensor(transcript, dtype=torch.long)
         for sample, p in zip(group, prompted, strict=True):
             sample.update(task=p.task, prompt_ids=p.prompt_ids, answer_ids=p.answer_ids,
                           target=p.target, num_audio_slots=slots_for(len(sample["features"])))

@@ -52,6 +52,19 @@ def _unseen_voices(data_dir: Path, corpus: Path, test_keys: set[str], num: int, 
         (out / table).write_bytes((kaldi / table).read_bytes())
 
 
+def _write_cmvn(path: Path, corpus: Path, train_keys: list[str], seed: int,
+                sample: int = 500) -> None:
+    """Global CMVN of the LFR features over (a sample of) the training audio, as am.mvn."""
+    import soundfile as sf
+
+    from mooer.data.features import estimate_cmvn, write_kaldi_cmvn
+
+    paths = dict(read_table(corpus / "wav.scp"))
+    keys = random.Random(seed).sample(train_keys, min(sample, len(train_keys)))
+    waves = (sf.read(paths[k], dtype="float32")[0] for k in keys)
+    write_kaldi_cmvn(path, *estimate_cmvn(waves))
+
+
 def _subset(corpus: Path, out: Path, keys: set[str]) -> Path:
     """A Kaldi dir with the `keys` utterances of `corpus` (all of its tables)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -104,5 +117,6 @@ def ensure_demo_data(data_dir: str | Path, num: int = 32, seed: int = 0, dev_num
     train_texts = [t for k, t in read_table(corpus / "text") if k in split_keys["train"]]
     train_texts += [t for k, t in read_table(corpus / "text.en") if k in split_keys["train"]]
     train_tokenizer(train_texts, vocab_size, out_dir=data_dir / "tokenizer")
+    _write_cmvn(data_dir / "am.mvn", corpus, sorted(split_keys["train"]), seed)
     done.write_text("ok\n")
     return data_dir

@@ -24,4 +24,5 @@ def build_speech_llm(encoder: DictConfig, projector: DictConfig, llm: DictConfig
         tokenizer=tokenizer,
         freeze_encoder=encoder.freeze,
         freeze_projector=projector.get("freeze", False),
+        ctc_weight=encoder.get("ctc_weight", 0.0),
     )

@@ -32,10 +32,17 @@ class SpeechLLM(nn.Module):
     """Speech encoder + projector + causal LM (optionally LoRA-wrapped)."""
 
     def __init__(self, encoder: nn.Module, projector: nn.Module, llm: nn.Module, tokenizer=None,
-                 freeze_encoder: bool = True, freeze_projector: bool = False) -> None:
+                 freeze_encoder: bool = True, freeze_projector: bool = False,
+                 ctc_weight: float = 0.0) -> None:
         super().__init__()
         self.encoder, self.projector, self.llm = encoder, projector, llm
         self.tokenizer = tokenizer
+        # an auxiliary CTC head on the encoder teaches it the acoustics early (models trained
+        # from scratch); its blank is the last class
+        self.ctc_weight = ctc_weight
+        if ctc_weight > 0:
+            vocab = len(tokenizer) if tokenizer is not None else llm.config.vocab_size
+            self.ctc_head = nn.Linear(encoder.output_size, vocab + 1)
         self.freeze_encoder = freeze_encoder
         if freeze_encoder:
             self.encoder.requires_grad_(False)
@@ -54,14 +61,20 @@ class SpeechLLM(nn.Module):
     def encode_audio(self, features: torch.Tensor, lengths: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected audio embeddings [B, S, llm_dim] and valid lengths [B]."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            states, state_lengths = self.encoder(features, lengths)
+        states, state_lengths = self._encode(features, lengths)
         return self.projector(states), self.projector.output_lengths(state_lengths)
 
-    def embed(self, batch: dict[str, Any]) -> torch.Tensor:
+    def _encode(self, features: torch.Tensor, lengths: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+            return self.encoder(features, lengths)
+
+    def embed(self, batch: dict[str, Any], encoded: tuple | None = None) -> torch.Tensor:
         """Token embeddings with the audio slots replaced by projected audio."""
         embeddings = self.llm.get_input_embeddings()(batch["input_ids"])
-        audio, audio_lengths = self.encode_audio(batch["features"], batch["feature_lengths"])
+        states, state_lengths = encoded or self._encode(batch["features"],
+                                                        batch["feature_lengths"])
+        audio, audio_lengths = self.projector(states), self.projector.output_lengths(state_lengths)
         slots = batch["num_audio_slots"].tolist()
         for row, (have, want) in enumerate(zip(audio_lengths.tolist(), slots, strict=True)):
             if have < want:
@@ -73,16 +86,32 @@ class SpeechLLM(nn.Module):
         return embeddings.masked_scatter(mask, frames.to(embeddings.dtype))
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Loss over labelled positions and next-token accuracy there."""
-        out = self.llm(inputs_embeds=self.embed(batch), attention_mask=batch["attention_mask"],
+        """Loss over labelled positions and next-token accuracy there (plus the weighted CTC
+        loss of the transcript on the encoder, when a CTC head is configured)."""
+        encoded = self._encode(batch["features"], batch["feature_lengths"])
+        out = self.llm(inputs_embeds=self.embed(batch, encoded),
+                       attention_mask=batch["attention_mask"],
                        position_ids=position_ids_from_mask(batch["attention_mask"]),
                        labels=batch["labels"])
         predictions = out.logits[:, :-1].argmax(-1)
         targets = batch["labels"][:, 1:]
         labelled = targets != IGNORE_INDEX
         correct = (predictions == targets) & labelled
-        return {"loss": out.loss, "accuracy": correct.sum() / labelled.sum().clamp_min(1),
-                "num_tokens": labelled.sum()}
+        result = {"loss": out.loss, "llm_loss": out.loss,
+                  "accuracy": correct.sum() / labelled.sum().clamp_min(1),
+                  "num_tokens": labelled.sum()}
+        if self.ctc_weight > 0 and "transcript_ids" in batch:
+            result["ctc_loss"] = self.ctc_loss(*encoded, batch["transcript_ids"],
+                                               batch["transcript_lengths"])
+            result["loss"] = out.loss + self.ctc_weight * result["ctc_loss"]
+        return result
+
+    def ctc_loss(self, states: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
+                 target_lengths: torch.Tensor) -> torch.Tensor:
+        """CTC of the transcript tokens on the encoder states (mean over utterances)."""
+        log_probs = self.ctc_head(states).float().log_softmax(-1).transpose(0, 1)
+        return nn.functional.ctc_loss(log_probs, targets, lengths, target_lengths,
+                                      blank=self.ctc_head.out_features - 1, zero_infinity=True)
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], num_beams: int = 4, max_new_tokens: int = 200,

@@ -52,6 +52,8 @@ class SpeechLLMModule(pl.LightningModule):
         size = len(batch["keys"])
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/acc", out["accuracy"], prog_bar=True, batch_size=size)
+        if "ctc_loss" in out:
+            self.log("train/ctc_loss", out["ctc_loss"], batch_size=size)
         self._count(batch, int(out["num_tokens"]))
         return loss
 

@@ -146,3 +146,14 @@ def test_waveform_frontend_normalizes():
     out = WaveformFrontend()(wave, 16000)
     assert out.shape == (16000, 1)
     assert abs(out.mean().item()) < 1e-5 and abs(out.std().item() - 1) < 1e-3
+
+
+def test_estimated_cmvn_normalizes_the_features(waves, tmp_path):
+    from mooer.data.features import estimate_cmvn
+
+    shift, scale = estimate_cmvn(waves)
+    write_kaldi_cmvn(tmp_path / "am.mvn", shift, scale)
+    frontend = ParaformerFrontend(tmp_path / "am.mvn")
+    features = torch.cat([frontend(torch.from_numpy(w), 16000) for w in waves])
+    assert features.mean(0).abs().max() < 1e-3
+    assert (features.std(0) - 1).abs().max() < 1e-2

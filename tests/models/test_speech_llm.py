@@ -275,3 +275,28 @@ def test_half_precision_keeps_layernorms_in_fp32(tokenizer, batch):
     assert half.dtype == torch.bfloat16
     valid = torch.arange(half.shape[1])[None] < batch["feature_lengths"][:, None]
     assert (half.float() - reference)[valid].abs().max() < 0.1
+
+
+def test_ctc_auxiliary_loss(tokenizer, shards):
+    dm = SpeechDataModule(ParaformerFrontend(None), tokenizer, val_data_path=str(shards),
+                          val_batch_size=4, min_length=0, sort_buffer=0, transcripts=True)
+    batch = next(iter(dm.val_dataloader()))
+    lengths = batch["transcript_lengths"]
+    for row in range(len(batch["keys"])):
+        ids = batch["transcript_ids"][row, :lengths[row]]
+        assert tokenizer.decode(ids) == batch["targets"][row]  # ASR task: the transcript
+    model = tiny_model(tokenizer, 0, "+encoder.ctc_weight=0.5").train()
+    out = model(batch)
+    assert out["ctc_loss"] > 0
+    torch.testing.assert_close(out["loss"], out["llm_loss"] + 0.5 * out["ctc_loss"])
+    out["loss"].backward()
+    assert model.ctc_head.weight.grad is not None and model.ctc_head.weight.grad.abs().sum() > 0
+    assert "ctc_head.weight" not in export_keys(model)
+
+
+def export_keys(model) -> set[str]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export_mooer(model, tmp)
+        return set(torch.load(f"{tmp}/adapter_project.pt", weights_only=True))
