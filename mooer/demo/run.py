@@ -4,7 +4,7 @@ Synthesizes a bilingual corpus, packs it, trains a BPE tokenizer and a small spe
 scratch (ASR + AST), evaluates the held-out sets with evaluate.py, transcribes a fresh sentence
 with mooer-transcribe, plots the training curves and prints a table.
 
-    python -m mooer.demo.run [--out demo_out] [--num 3000] [--max_steps 1400]
+    python -m mooer.demo.run [--out demo_out] [--num 3000] [--max_steps 2600]
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("demo_out"))
     parser.add_argument("--num", type=int, default=3000, help="utterances to synthesize")
-    parser.add_argument("--max_steps", type=int, default=1400, help="training steps")
+    parser.add_argument("--max_steps", type=int, default=2600, help="training steps")
     parser.add_argument("--dev_num", type=int, default=150)
     parser.add_argument("--test_num", type=int, default=300)
     parser.add_argument("--unseen_voices_num", type=int, default=200)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     run([python, "evaluate.py", f"run_dir={run_dir}", f"paths.data_dir={data_root}",
          f"test_data_dir={data_root / 'demo' / 'test'}",
          "testsets=[demo_test,demo_unseen_voices,demo_test_ast]", f"decode_path={decode_path}",
-         "decoding.num_beams=1", "decoding.batch_size=32", "decoding.max_new_tokens=48",
+         "decoding.num_beams=4", "decoding.batch_size=32", "decoding.max_new_tokens=48",
          "device=cpu", f"hydra.run.dir={out / 'evaluate'}"], out / "evaluate.log")
     evaluated = time.perf_counter()
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from mooer.data.collate import audio_slots
 from mooer.data.datamodule import EpochDataLoader, PipelineOptions, ShardDataset
-from mooer.data.prompts import PROMPTS, PromptBuilder
+from mooer.data.prompts import PROMPTS, QWEN_TEMPLATE, PromptBuilder
 from mooer.models.speech_llm import SpeechLLM
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,11 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def decoding_loader(source: str | Path, frontend, tokenizer, task: str, prompts: dict | None,
-                    convs, downsample: int, batch_size: int, num_workers: int = 0
-                    ) -> EpochDataLoader:
+                    convs, downsample: int, batch_size: int, num_workers: int = 0,
+                    template: str = QWEN_TEMPLATE) -> EpochDataLoader:
     """Prompt-only batches of a data.list or Kaldi dir, sorted by length to pad little."""
-    builder = PromptBuilder(tokenizer, {**PROMPTS, **(prompts or {})}, task=task)
+    builder = PromptBuilder(tokenizer, {**PROMPTS, **(prompts or {})}, task=task,
+                            template=template)
     options = PipelineOptions(training=False, inference=True, batch_size=batch_size,
                               sort_buffer=batch_size * 16, min_length=0, max_length=10**9)
     dataset = ShardDataset(source, frontend, builder,

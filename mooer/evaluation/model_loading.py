@@ -61,6 +61,7 @@ def apply_run_dir(cfg: DictConfig) -> DictConfig:
     for key in ("encoder", "projector", "llm"):  # resolved where they were written
         cfg[key] = OmegaConf.to_container(trained[key], resolve=True)
     cfg.task.prompts = OmegaConf.to_container(trained.task.prompts, resolve=True)
+    cfg.task.prompt_template = trained.task.prompt_template
     if not cfg.get("checkpoint"):
         cfg.checkpoint = str(Path(run_dir) / "checkpoints" / "last.ckpt")
     return cfg

@@ -130,7 +130,7 @@ def evaluate(cfg: DictConfig) -> list[SetResult]:
         loader = decoding_loader(test_set.source, frontend, model.tokenizer, test_set.task,
                                  OmegaConf.to_container(cfg.task.prompts),
                                  list(cfg.encoder.length_convs), cfg.projector.downsample,
-                                 batch_size)
+                                 batch_size, template=cfg.task.prompt_template)
         decoded = decode(model, loader, decoding, device, dtype,
                          total=len(references) if references else None, desc=test_set.name)
         value, chrf = write_set(decode_path / test_set.name, test_set, decoded.hypotheses,

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import soundfile as sf
+from omegaconf import OmegaConf
 
 from mooer.config import compose_config
 from mooer.data.text import one_line, read_table
@@ -105,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         decoding = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}
         columns = []
         for task in (["asr", "ast"] if args.task == "asr_ast" else [args.task]):
-            loader = decoding_loader(source, frontend, model.tokenizer, task, None,
+            loader = decoding_loader(source, frontend, model.tokenizer, task,
+                                     OmegaConf.to_container(cfg.task.prompts),
                                      list(cfg.encoder.length_convs), cfg.projector.downsample,
-                                     args.batch_size)
+                                     args.batch_size, template=cfg.task.prompt_template)
             columns.append(decode(model, loader, decoding, device, dtype, total=len(keys),
                                   desc=task).hypotheses)
     for key in keys:
