@@ -24,6 +24,14 @@ def _check_source(path: str | Path | None, config: dict | None, what: str) -> No
                                 "point encoder.model.path at it (nothing is fetched at run time)")
 
 
+def _load_or_build(model_cls, config_cls, path, config, what: str):
+    """`model_cls` from a local dir, or built from a config dict at random init."""
+    _check_source(path, config, what)
+    if path is not None:
+        return model_cls.from_pretrained(str(path), local_files_only=True)
+    return model_cls(config_cls(**config))
+
+
 def _lengths_mask(lengths: torch.Tensor, time: int) -> torch.Tensor:
     return (torch.arange(time, device=lengths.device)[None, :] < lengths[:, None]).long()
 
@@ -71,9 +79,7 @@ class HubertEncoder(nn.Module):
         super().__init__()
         from transformers import HubertConfig, HubertModel
 
-        _check_source(path, config, "HuBERT")
-        self.model = (HubertModel.from_pretrained(str(path), local_files_only=True) if path
-                      else HubertModel(HubertConfig(**config)))
+        self.model = _load_or_build(HubertModel, HubertConfig, path, config, "HuBERT")
         self.output_size = self.model.config.hidden_size
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor
@@ -94,9 +100,8 @@ class W2vBert2Encoder(nn.Module):
         super().__init__()
         from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
 
-        _check_source(path, config, "w2v-BERT 2.0")
-        self.model = (Wav2Vec2BertModel.from_pretrained(str(path), local_files_only=True) if path
-                      else Wav2Vec2BertModel(Wav2Vec2BertConfig(**config)))
+        self.model = _load_or_build(Wav2Vec2BertModel, Wav2Vec2BertConfig, path, config,
+                                    "w2v-BERT 2.0")
         self.output_size = self.model.config.hidden_size
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor
