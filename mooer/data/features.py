@@ -239,8 +239,11 @@ class WhisperFrontend:
     def __call__(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
         if sample_rate != self.sample_rate:
             raise ValueError(f"WhisperFrontend expects {self.sample_rate} Hz, got {sample_rate}")
-        stft = torch.stft(torch.as_tensor(waveform).float(), self.n_fft, self.hop_length,
-                          window=self.window, return_complex=True)
+        # transformers pads the audio with zeros (to 30 s) before its centered STFT, so the last
+        # frames see zeros, not a reflection of the audio's end
+        wave = torch.nn.functional.pad(torch.as_tensor(waveform).float(), (0, self.n_fft // 2))
+        stft = torch.stft(wave, self.n_fft, self.hop_length, window=self.window,
+                          return_complex=True)[:, : self.num_frames(len(waveform)) + 1]
         power = stft[:, :-1].abs().square()
         log_spec = torch.matmul(self.mel.T, power).clamp_min(1e-10).log10()
         log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)

@@ -274,7 +274,12 @@ def test_half_precision_keeps_layernorms_in_fp32(tokenizer, batch):
     half, _ = encoder.to(torch.bfloat16)(batch["features"].bfloat16(), batch["feature_lengths"])
     assert half.dtype == torch.bfloat16
     valid = torch.arange(half.shape[1])[None] < batch["feature_lengths"][:, None]
-    assert (half.float() - reference)[valid].abs().max() < 0.1
+    assert (half.float() - reference)[valid].abs().max() < 0.25  # bf16 rounding, 2 blocks
+    norm = encoder.after_norm
+    x = torch.randn(4, 32, dtype=torch.bfloat16) * 100
+    expected = torch.nn.functional.layer_norm(x.float(), (32,), norm.weight.float(),
+                                              norm.bias.float(), norm.eps).bfloat16()
+    assert norm(x).dtype == torch.bfloat16 and torch.equal(norm(x), expected)
 
 
 def test_ctc_auxiliary_loss(tokenizer, shards):
