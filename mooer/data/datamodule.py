@@ -86,10 +86,6 @@ class ShardDataset(IterableDataset):
                                   self.options.training, 0, 1, 0, 1)
         return everything, (rank * num_workers + worker, slots), world_size > 1
 
-    def shards(self) -> list:
-        """The shards (or Kaldi dir utterances) this process reads this epoch."""
-        return self.plan()[0]
-
     def __iter__(self) -> Iterator[dict[str, Any]]:
         o, errors = self.options, P.DataErrors()
         info = get_worker_info()
