@@ -61,6 +61,19 @@ def decoding_loader(source: str | Path, frontend, tokenizer, task: str, prompts:
     return EpochDataLoader(dataset, num_workers=num_workers, name=str(source))
 
 
+def config_loader(cfg, source: str | Path, tokenizer, task: str, batch_size: int,
+                  frontend=None) -> EpochDataLoader:
+    """`decoding_loader` with the frontend, prompts, template and slot arithmetic of `cfg`
+    (an evaluate config, after apply_run_dir when decoding a training run)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    return decoding_loader(source, frontend or instantiate(cfg.encoder.frontend), tokenizer,
+                           task, OmegaConf.to_container(cfg.task.prompts, resolve=True),
+                           list(cfg.encoder.length_convs), cfg.projector.downsample, batch_size,
+                           template=cfg.task.prompt_template)
+
+
 def to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     moved["features"] = moved["features"].to(dtype)

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mooer.data.text import one_line, read_table
-from mooer.evaluation.decode import decode, decoding_loader, pick_device
+from mooer.evaluation.decode import config_loader, decode, pick_device
 from mooer.evaluation.model_loading import apply_run_dir, load_for_decoding
 from mooer.evaluation.scoring import bleu_chrf, format_wer, score
 
@@ -127,10 +127,8 @@ def evaluate(cfg: DictConfig) -> list[SetResult]:
     results = []
     for test_set in sets:
         references = dict(read_table(test_set.references)) if test_set.references else None
-        loader = decoding_loader(test_set.source, frontend, model.tokenizer, test_set.task,
-                                 OmegaConf.to_container(cfg.task.prompts),
-                                 list(cfg.encoder.length_convs), cfg.projector.downsample,
-                                 batch_size, template=cfg.task.prompt_template)
+        loader = config_loader(cfg, test_set.source, model.tokenizer, test_set.task,
+                               batch_size, frontend)
         decoded = decode(model, loader, decoding, device, dtype,
                          total=len(references) if references else None, desc=test_set.name)
         value, chrf = write_set(decode_path / test_set.name, test_set, decoded.hypotheses,

@@ -20,11 +20,10 @@ import tempfile
 from pathlib import Path
 
 import soundfile as sf
-from omegaconf import OmegaConf
 
 from mooer.config import compose_config
 from mooer.data.text import one_line, read_table
-from mooer.evaluation.decode import decode, decoding_loader, pick_device
+from mooer.evaluation.decode import config_loader, decode, pick_device
 from mooer.evaluation.model_loading import apply_run_dir, load_for_decoding
 
 log = logging.getLogger(__name__)
@@ -102,14 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         model, dtype = load_for_decoding(cfg, device, args.precision)
         from hydra.utils import instantiate
 
-        frontend = instantiate(cfg.encoder.frontend)
+        frontend = instantiate(cfg.encoder.frontend)  # built once for both tasks
         decoding = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}
         columns = []
         for task in (["asr", "ast"] if args.task == "asr_ast" else [args.task]):
-            loader = decoding_loader(source, frontend, model.tokenizer, task,
-                                     OmegaConf.to_container(cfg.task.prompts),
-                                     list(cfg.encoder.length_convs), cfg.projector.downsample,
-                                     args.batch_size, template=cfg.task.prompt_template)
+            loader = config_loader(cfg, source, model.tokenizer, task, args.batch_size, frontend)
             columns.append(decode(model, loader, decoding, device, dtype, total=len(keys),
                                   desc=task).hypotheses)
     for key in keys:
