@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,8 @@ class PipelineOptions:
     max_frames_in_batch: int = 12000
     max_tokens_in_batch: int | None = None
     speed_perturb: Sequence[float] = ()
-    spec_augment: bool = False
+    # True (defaults) or the keyword arguments of pipeline.spec_augment
+    spec_augment: bool | Mapping[str, Any] = False
     inference: bool = False        # no answers: prompts only (decoding)
     transcripts: bool = False      # also the transcript's token ids (a CTC loss needs them)
     allow_pipe: bool = False
@@ -117,7 +118,8 @@ class ShardDataset(IterableDataset):
                                             seed=seed))
         stages.append(functools.partial(P.compute_features, frontend=self.frontend))
         if o.training and o.spec_augment:
-            stages.append(functools.partial(P.spec_augment, seed=seed + 1))
+            settings = dict(o.spec_augment) if isinstance(o.spec_augment, Mapping) else {}
+            stages.append(functools.partial(P.spec_augment, seed=seed + 1, **settings))
         stages.append(functools.partial(P.tokenize, prompt_builder=self.prompt_builder,
                                         slots_for=self.slots_for, epoch=self.epoch,
                                         inference=o.inference, transcripts=o.transcripts))

@@ -291,19 +291,26 @@ def compute_features(samples: Iterable[Sample], frontend: Callable, group_size: 
 
 
 def spec_augment(samples: Iterable[Sample], seed: int, num_freq_masks: int = 2,
-                 max_freq_width: int = 30, num_time_masks: int = 2, max_time_width: int = 40
-                 ) -> Iterator[Sample]:
-    """Zero random frequency bands and time spans of the features (SpecAugment without warping)."""
+                 max_freq_width: int = 30, num_time_masks: int = 2, max_time_width: int = 40,
+                 max_time_fraction: float = 0.2, band: int | None = None) -> Iterator[Sample]:
+    """Zero random frequency bands and time spans of the features (SpecAugment without warping).
+
+    `band`: the bins of one frame in stacked features (80 for Paraformer's LFR, 7 x 80 wide): a
+    frequency mask then zeroes the same bins of every stacked frame. A time mask is at most
+    `max_time_width` frames and `max_time_fraction` of the utterance.
+    """
     rng = random.Random(seed)
     for sample in samples:
         features = sample["features"].clone()
         frames, dim = features.shape
+        bins = band if band and dim % band == 0 else dim
+        banded = features.view(frames, dim // bins, bins)
         for _ in range(num_freq_masks):
-            width = rng.randint(0, min(max_freq_width, dim))
-            start = rng.randint(0, dim - width)
-            features[:, start:start + width] = 0
+            width = rng.randint(0, min(max_freq_width, bins))
+            start = rng.randint(0, bins - width)
+            banded[:, :, start:start + width] = 0
         for _ in range(num_time_masks):
-            width = rng.randint(0, min(max_time_width, frames // 5))
+            width = rng.randint(0, min(max_time_width, int(frames * max_time_fraction)))
             start = rng.randint(0, max(0, frames - width))
             features[start:start + width, :] = 0
         sample["features"] = features

@@ -54,11 +54,20 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.dry_run:
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return None
+    from mooer.training.launch import isolate_job, run_job_in_subprocess
+
+    if isolate_job():  # each sweep job in a process of its own (see mooer.training.launch)
+        return run_job_in_subprocess()
+    return _fit(cfg)
+
+
+def _fit(cfg: DictConfig) -> float | None:
     from mooer.checkpoints import load_mooer
     from mooer.models.build import build_speech_llm
     from mooer.models.llm import load_tokenizer
     from mooer.training.accelerators import register_musa
     from mooer.training.callbacks import AtomicCheckpointIO, MooerCheckpoint
+    from mooer.training.launch import write_result
     from mooer.training.module import SpeechLLMModule
 
     pl.seed_everything(cfg.seed, workers=True)
@@ -91,4 +100,7 @@ def train(cfg: DictConfig) -> float | None:
     if module.nonfinite_steps:
         log.warning("%d batches were skipped for a non-finite loss", module.nonfinite_steps)
     val_loss = trainer.callback_metrics.get("val/loss")
-    return float(val_loss) if val_loss is not None else None
+    val_loss = float(val_loss) if val_loss is not None else None
+    if trainer.is_global_zero:
+        write_result(output_dir, val_loss)
+    return val_loss

@@ -4,6 +4,7 @@ processes, exports MooER's layout, and sweeps."""
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 import time
@@ -124,12 +125,29 @@ def test_two_process_strategies_train_save_and_export(tmp_path, data_dir, strate
         assert not list(checkpoints.glob("*.partial"))
 
 
-def test_multirun_sweep_gives_one_run_dir_per_job(tmp_path, data_dir):
-    run_train(tmp_path / "sweep", data_dir, *LORA, "llm.lora.r=4,8", "trainer.max_steps=2",
-              multirun=True)
-    jobs = sorted((tmp_path / "sweep").glob("[0-9]*"))
-    assert len(jobs) == 2
-    ranks = sorted(OmegaConf.load(job / ".hydra" / "config.yaml").llm.lora.r for job in jobs)
-    assert ranks == [4, 8]
+def test_multirun_sweep_gives_one_run_dir_per_job_also_with_two_processes(tmp_path, data_dir):
+    """`-m trainer.devices=1,2 llm.lora.r=4,8`: four jobs, each in its own directory; the
+    2-process jobs run as single runs in their own process, whose second rank is that job's (with
+    Lightning alone, the child re-runs the whole sweep and the first 2-process job after a
+    1-process one hangs)."""
+    run_train(tmp_path / "sweep", data_dir, *LORA, "strategy=ddp", "trainer.devices=1,2",
+              "llm.lora.r=4,8", "trainer.max_steps=2", multirun=True)
+    jobs = sorted((tmp_path / "sweep").glob("[0-9]*"), key=lambda p: int(p.name))
+    assert len(jobs) == 4
+    seen = []
     for job in jobs:
-        assert (job / "checkpoints" / "last.ckpt").is_file()
+        config = OmegaConf.load(job / ".hydra" / "config.yaml")
+        seen.append((config.trainer.devices, config.llm.lora.r))
+        state = torch.load(job / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        lora_a = [v for k, v in state.items() if "lora_A" in k]
+        assert lora_a and all(v.shape[0] == config.llm.lora.r for v in lora_a)
+        rank1_log = job / "train_ddp_process_1.log"
+        if config.trainer.devices == 2:
+            assert "GLOBAL_RANK: 1, MEMBER: 2/2" in rank1_log.read_text()
+            assert "GLOBAL_RANK: 0, MEMBER: 1/2" in (job / "train.log").read_text()
+        else:
+            assert not rank1_log.exists()
+            assert "MEMBER: 1/1" in (job / "train.log").read_text()
+        assert json.loads((job / "fit_result.json").read_text()) == {"val_loss": None}
+        assert not (job / "multirun.yaml").exists()  # no child started a sweep of its own
+    assert seen == [(1, 4), (1, 8), (2, 4), (2, 8)]
