@@ -190,7 +190,8 @@ class SpeechDataModule(pl.LightningDataModule):
                  val_data_path: str | None = None, test_data_path: str | None = None,
                  task: str = "asr", prompts: dict[str, str] | None = None,
                  prompt_template: str | None = None, replace_text_path: str | None = None,
-                 replace_type: str = "replace", encoder_convs: Sequence[Sequence[int]] = (),
+                 replace_type: str = "replace", task_weights: dict[str, float] | None = None,
+                 encoder_convs: Sequence[Sequence[int]] = (),
                  downsample: int = 2, batch_size: int = 8, val_batch_size: int = 8,
                  num_workers: int = 0, seed: int = 42, **options: Any) -> None:
         super().__init__()
@@ -200,7 +201,7 @@ class SpeechDataModule(pl.LightningDataModule):
         prompt_task = "instruction" if replace_type == "instruction" else task
         builder_args = {"template": prompt_template} if prompt_template else {}
         self.prompt_builder = PromptBuilder(tokenizer, prompts, task=prompt_task, seed=seed,
-                                            **builder_args)
+                                            task_weights=task_weights, **builder_args)
         self.slots_for = functools.partial(audio_slots, convs=[list(c) for c in encoder_convs],
                                            downsample=downsample)
         self.num_workers = num_workers

@@ -53,8 +53,13 @@ class PromptBuilder:
     """Tokenizes prompts once per task and answers per utterance."""
 
     def __init__(self, tokenizer, prompts: Mapping[str, str] | None = None,
-                 template: str = QWEN_TEMPLATE, task: str = "asr", seed: int = 0) -> None:
+                 template: str = QWEN_TEMPLATE, task: str = "asr", seed: int = 0,
+                 task_weights: Mapping[str, float] | None = None) -> None:
         self.tokenizer = tokenizer
+        self.task_weights = dict(task_weights) if task_weights else None
+        if self.task_weights and (min(self.task_weights.values()) < 0
+                                  or sum(self.task_weights.values()) <= 0):
+            raise ValueError(f"task weights must be >= 0 with a positive sum: {self.task_weights}")
         self.prompts = dict(prompts or PROMPTS)
         if task not in self.prompts and task != "instruction":
             raise ValueError(f"task {task!r} has no prompt; prompts are given for "
@@ -69,13 +74,18 @@ class PromptBuilder:
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
 
     def choose_task(self, target: str | Mapping[str, str], key: str, epoch: int = 0) -> str:
-        """The task of an utterance: fixed, or (instruction mode) drawn from (seed, epoch, key)."""
+        """The task of an utterance: fixed, or (instruction mode) drawn from (seed, epoch, key),
+        uniformly or by `task_weights`."""
         if isinstance(target, str):
             return self.task
         tasks = sorted(t for t in target if t in self.prompts)
         if not tasks:
             raise ValueError(f"no prompt for any of the tasks {sorted(target)} of {key}")
         rng = random.Random(zlib.crc32(f"{self.seed}:{epoch}:{key}".encode()))
+        if self.task_weights:
+            weights = [self.task_weights.get(t, 0.0) for t in tasks]
+            if sum(weights) > 0:
+                return rng.choices(tasks, weights=weights)[0]
         return rng.choice(tasks)
 
     def __call__(self, target: str | Mapping[str, str], key: str = "", epoch: int = 0,

@@ -4,7 +4,7 @@ Synthesizes a bilingual corpus, packs it, trains a BPE tokenizer and a small spe
 scratch (ASR + AST), evaluates the held-out sets with evaluate.py, transcribes a fresh sentence
 with mooer-transcribe, plots the training curves and prints a table.
 
-    python -m mooer.demo.run [--out demo_out] [--num 3000] [--max_steps 2600]
+    python -m mooer.demo.run [--out demo_out] [--num 3000] [--max_steps 2800]
 """
 
 from __future__ import annotations
@@ -88,10 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("demo_out"))
     parser.add_argument("--num", type=int, default=3000, help="utterances to synthesize")
-    parser.add_argument("--max_steps", type=int, default=2600, help="training steps")
+    parser.add_argument("--max_steps", type=int, default=2800, help="training steps")
     parser.add_argument("--dev_num", type=int, default=150)
     parser.add_argument("--test_num", type=int, default=300)
     parser.add_argument("--unseen_voices_num", type=int, default=200)
+    parser.add_argument("--english_ratio", type=float, default=0.3,
+                        help="share of utterances spoken in English (the rest in Mandarin)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = args.out.resolve()
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     data_root = out / "data"
     ensure_demo_data(data_root / "demo", num=args.num, seed=args.seed, dev_num=args.dev_num,
                      test_num=args.test_num, unseen_voices_num=args.unseen_voices_num,
-                     vocab_size=1500)
+                     english_ratio=args.english_ratio, vocab_size=1500)
     prepared = time.perf_counter()
 
     print(f"[2/5] training (experiment=demo, {args.max_steps} steps)", flush=True)
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
          f"trainer.max_steps={args.max_steps}", "trainer.enable_progress_bar=false",
          f"prepare_data.num={args.num}", f"prepare_data.dev_num={args.dev_num}",
          f"prepare_data.test_num={args.test_num}",
-         f"prepare_data.unseen_voices_num={args.unseen_voices_num}", f"hydra.run.dir={run_dir}"],
+         f"prepare_data.unseen_voices_num={args.unseen_voices_num}",
+         f"prepare_data.english_ratio={args.english_ratio}", f"hydra.run.dir={run_dir}"],
         out / "train.log")
     trained = time.perf_counter()
     curves = plot_curves(run_dir)

@@ -89,21 +89,29 @@ class SpeechLLM(nn.Module):
         """Loss over labelled positions and next-token accuracy there (plus the weighted CTC
         loss of the transcript on the encoder, when a CTC head is configured)."""
         encoded = self._encode(batch["features"], batch["feature_lengths"])
+        labels = batch["labels"]
+        # logits only from the first position that predicts a label on: prompts and audio are
+        # most of the sequence, and [batch, positions, vocabulary] logits are the largest tensor
+        labelled_positions = (labels != IGNORE_INDEX).any(0).nonzero()
+        first = max(int(labelled_positions[0]) - 1, 0) if len(labelled_positions) else labels.shape[1] - 1
         out = self.llm(inputs_embeds=self.embed(batch, encoded),
                        attention_mask=batch["attention_mask"],
                        position_ids=position_ids_from_mask(batch["attention_mask"]),
-                       labels=batch["labels"])
-        predictions = out.logits[:, :-1].argmax(-1)
-        targets = batch["labels"][:, 1:]
+                       logits_to_keep=labels.shape[1] - first)
+        logits = out.logits[:, :-1]
+        targets = labels[:, first + 1:]
+        loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                           ignore_index=IGNORE_INDEX)
+        predictions = logits.argmax(-1)
         labelled = targets != IGNORE_INDEX
         correct = (predictions == targets) & labelled
-        result = {"loss": out.loss, "llm_loss": out.loss,
+        result = {"loss": loss, "llm_loss": loss,
                   "accuracy": correct.sum() / labelled.sum().clamp_min(1),
                   "num_tokens": labelled.sum()}
         if self.ctc_weight > 0 and "transcript_ids" in batch:
             result["ctc_loss"] = self.ctc_loss(*encoded, batch["transcript_ids"],
                                                batch["transcript_lengths"])
-            result["loss"] = out.loss + self.ctc_weight * result["ctc_loss"]
+            result["loss"] = loss + self.ctc_weight * result["ctc_loss"]
         return result
 
     def ctc_loss(self, states: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,

@@ -224,3 +224,20 @@ def test_datamodule_from_composed_config(task, shards, tokenizer, corpus):
     assert batch["num_audio_slots"].tolist() == (batch["feature_lengths"] // 2).tolist()
     expected = {"asr": {"asr"}, "ast": {"ast"}, "asr_ast": {"asr", "ast"}}[task]
     assert set(batch["tasks"]) <= expected
+
+
+def test_spec_augment_masks_the_same_bins_of_every_stacked_frame():
+    from mooer.data.pipeline import spec_augment
+
+    features = torch.randn(50, 7 * 80) + 5  # no zeros of its own
+    [sample] = spec_augment([{"features": features}], seed=3, num_freq_masks=1,
+                            max_freq_width=10, num_time_masks=0, band=80)
+    zero_columns = (sample["features"] == 0).all(0).view(7, 80)
+    assert 0 < zero_columns[0].sum() <= 10
+    assert torch.equal(zero_columns, zero_columns[:1].expand(7, 80))  # one band, 7 frames
+    assert not (sample["features"] == 0).all(1).any()  # no time mask asked for
+    [timed] = spec_augment([{"features": features}], seed=3, num_freq_masks=0,
+                           num_time_masks=1, max_time_width=40, max_time_fraction=0.1)
+    masked_rows = (timed["features"] == 0).all(1).sum()
+    assert masked_rows <= 5  # at most a tenth of 50 frames
+    assert not (features == 0).any()  # the input is not changed in place

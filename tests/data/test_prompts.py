@@ -53,3 +53,17 @@ def test_instruction_task_is_seeded_per_utterance(tokenizer):
 def test_unknown_task(tokenizer):
     with pytest.raises(ValueError, match="has no prompt"):
         PromptBuilder(tokenizer, task="summarize")
+
+
+def test_task_weights_set_how_often_each_task_is_drawn(tokenizer):
+    target = refine_target("二十", "twenty", "instruction")
+    keys = [f"utt{i}" for i in range(2000)]
+    weighted = PromptBuilder(tokenizer, task="instruction", task_weights={"asr": 0.8, "ast": 0.2})
+    share = sum(weighted.choose_task(target, k) == "asr" for k in keys) / len(keys)
+    assert 0.77 < share < 0.83
+    uniform = PromptBuilder(tokenizer, task="instruction")
+    assert 0.46 < sum(uniform.choose_task(target, k) == "asr" for k in keys) / len(keys) < 0.54
+    only_ast = PromptBuilder(tokenizer, task="instruction", task_weights={"asr": 0, "ast": 1})
+    assert {only_ast.choose_task(target, k) for k in keys} == {"ast"}
+    with pytest.raises(ValueError, match="task weights"):
+        PromptBuilder(tokenizer, task="instruction", task_weights={"asr": -1, "ast": 1})

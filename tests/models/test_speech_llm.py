@@ -148,6 +148,10 @@ def test_loss_counts_only_answer_tokens(tokenizer, batch):
     labelled = targets != IGNORE_INDEX
     manual = torch.nn.functional.cross_entropy(logits[:, :-1][labelled], targets[labelled])
     torch.testing.assert_close(out["loss"], manual, rtol=1e-5, atol=1e-5)
+    hf_loss = model.llm(inputs_embeds=model.embed(batch), attention_mask=batch["attention_mask"],
+                        position_ids=(batch["attention_mask"].cumsum(-1) - 1).clamp_min(0),
+                        labels=batch["labels"]).loss  # transformers' own loss over all logits
+    torch.testing.assert_close(out["loss"], hf_loss, rtol=1e-5, atol=1e-5)
     assert out["num_tokens"] == sum(len(t) for t in batch["labels"][batch["labels"] != -100]
                                     .split(1)) == labelled.sum()
     expected_accuracy = (logits[:, :-1].argmax(-1)[labelled] == targets[labelled]).float().mean()
