@@ -45,9 +45,10 @@ def _quoted(value: str) -> str:
 
 def job_command() -> tuple[list[str], str]:
     """The command line (and working directory) that runs the current multirun job alone."""
-    import __main__
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_original_cwd, to_absolute_path
+
+    import __main__
 
     config = HydraConfig.get()
     if __main__.__spec__ is None:
