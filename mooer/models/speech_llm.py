@@ -61,20 +61,22 @@ class SpeechLLM(nn.Module):
     def encode_audio(self, features: torch.Tensor, lengths: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected audio embeddings [B, S, llm_dim] and valid lengths [B]."""
-        states, state_lengths = self._encode(features, lengths)
-        return self.projector(states), self.projector.output_lengths(state_lengths)
+        return self._project(*self._encode(features, lengths))
 
     def _encode(self, features: torch.Tensor, lengths: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
             return self.encoder(features, lengths)
 
+    def _project(self, states: torch.Tensor, lengths: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.projector(states), self.projector.output_lengths(lengths)
+
     def embed(self, batch: dict[str, Any], encoded: tuple | None = None) -> torch.Tensor:
         """Token embeddings with the audio slots replaced by projected audio."""
         embeddings = self.llm.get_input_embeddings()(batch["input_ids"])
-        states, state_lengths = encoded or self._encode(batch["features"],
-                                                        batch["feature_lengths"])
-        audio, audio_lengths = self.projector(states), self.projector.output_lengths(state_lengths)
+        audio, audio_lengths = self._project(
+            *(encoded or self._encode(batch["features"], batch["feature_lengths"])))
         slots = batch["num_audio_slots"].tolist()
         for row, (have, want) in enumerate(zip(audio_lengths.tolist(), slots, strict=True)):
             if have < want:
