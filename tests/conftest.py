@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` on 2 cores: one thread per worker. With torch's default of one thread per core
+    # each worker (and the train.py runs it starts, which inherit this) spins on the other's core,
+    # and a 27 s training test took 198 s in CI.
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from mooer.demo.corpus import draw_specs, write_corpus
 
