@@ -23,7 +23,8 @@ def module(tokenizer):
 
 
 def test_nonfinite_loss_is_skipped_counted_and_bounded(module, monkeypatch):
-    module._trainer = SimpleNamespace(strategy=SimpleNamespace(), global_step=0)
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(), global_step=0,
+                                      log_every_n_steps=1, fast_dev_run=False)
     monkeypatch.setattr(module, "log", lambda *a, **k: None)
     nan = {"loss": torch.tensor(float("nan")), "accuracy": torch.tensor(0.0),
            "num_tokens": torch.tensor(3)}
@@ -40,6 +41,34 @@ def test_nonfinite_loss_is_skipped_counted_and_bounded(module, monkeypatch):
     module.training_step({"keys": ["a"]}, 4)
     with pytest.raises(NonFiniteLossError, match="3 consecutive batches"):
         module.training_step({"keys": ["a"]}, 5)
+
+
+def test_step_metrics_are_logged_only_on_the_steps_that_are_read(module, monkeypatch):
+    """Loggers write every log_every_n_steps optimizer steps and MooER's line comes every
+    log_interval: those steps (counted from 1) log; the others skip Lightning's cost."""
+    logged = []
+    monkeypatch.setattr(module, "log", lambda name, *a, **k: logged.append((step, name)))
+    out = {"loss": torch.tensor(1.5), "accuracy": torch.tensor(0.5), "num_tokens": torch.tensor(3),
+           "ctc_loss": torch.tensor(2.0)}
+    monkeypatch.setattr(module.model, "forward", lambda batch: out)
+    module.log_interval = 6
+    for step in range(12):
+        module._trainer = SimpleNamespace(strategy=SimpleNamespace(), global_step=step,
+                                          log_every_n_steps=4, fast_dev_run=False)
+        module.training_step({"keys": ["a"], "audio_seconds": 1.0}, step)
+    assert sorted({s + 1 for s, _ in logged}) == [4, 6, 8, 12]
+    assert [n for s, n in logged if s == 3] == ["train/loss", "train/acc", "train/ctc_loss"]
+    assert int(module._window["tokens"]) == 36 and module._window["samples"] == 12
+
+
+def test_batch_transfer_moves_tensors_and_keeps_the_rest(module):
+    batch = {"keys": ["a", "b"], "features": torch.ones(2, 3), "audio_seconds": 2.5,
+             "labels": torch.zeros(2, 4, dtype=torch.long)}
+    moved = module.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert moved["features"].device.type == "meta" and moved["labels"].dtype == torch.long
+    assert moved["keys"] == ["a", "b"] and moved["audio_seconds"] == 2.5
+    nested = module.transfer_batch_to_device([torch.ones(1)], torch.device("meta"), 0)
+    assert nested[0].device.type == "meta"
 
 
 def test_checkpoint_keeps_only_trainable_weights(module):
