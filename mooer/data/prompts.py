@@ -64,6 +64,10 @@ class PromptBuilder:
         if task not in self.prompts and task != "instruction":
             raise ValueError(f"task {task!r} has no prompt; prompts are given for "
                              f"{', '.join(self.prompts)}")
+        unknown = sorted(set(self.task_weights or ()) - set(self.prompts))
+        if unknown:  # a typo or a prompt-less task would silently change the mix
+            raise ValueError(f"task weights name {', '.join(unknown)}, which have no prompt; "
+                             f"prompts are given for {', '.join(self.prompts)}")
         self.task, self.seed = task, seed
         self.template = template
         self.prompt_ids = {name: torch.tensor(tokenizer.encode(template.format(text)),
@@ -86,6 +90,8 @@ class PromptBuilder:
             weights = [self.task_weights.get(t, 0.0) for t in tasks]
             if sum(weights) > 0:
                 return rng.choices(tasks, weights=weights)[0]
+            raise ValueError(f"{key}: its tasks {tasks} all have weight 0 in task weights "
+                             f"{self.task_weights}")
         return rng.choice(tasks)
 
     def __call__(self, target: str | Mapping[str, str], key: str = "", epoch: int = 0,

@@ -67,3 +67,6 @@ def test_task_weights_set_how_often_each_task_is_drawn(tokenizer):
     assert {only_ast.choose_task(target, k) for k in keys} == {"ast"}
     with pytest.raises(ValueError, match="task weights"):
         PromptBuilder(tokenizer, task="instruction", task_weights={"asr": -1, "ast": 1})
+    # weight on a task without a prompt (or a typo) would silently change the mix: refused
+    with pytest.raises(ValueError, match="name asr_ast, which have no prompt"):
+        PromptBuilder(tokenizer, task="instruction", task_weights={"asr": 0, "asr_ast": 1})
