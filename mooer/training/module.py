@@ -66,8 +66,12 @@ class SpeechLLMModule(pl.LightningModule):
         last one logged)."""
         step = self.global_step + 1  # the step this batch is part of, as the loggers count it
         every = self.trainer.log_every_n_steps
-        return bool((every and step % every == 0) or (self.log_interval and step % self.log_interval == 0)
+        return bool((every and step % every == 0) or self._log_line_due(step)
                     or self.trainer.fast_dev_run)
+
+    def _log_line_due(self, step: int) -> bool:
+        """Whether MooER's log line follows optimizer step `step` (counted from 1)."""
+        return bool(self.log_interval) and step > 0 and step % self.log_interval == 0
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Our batches are flat dicts: move their tensors, without Lightning's walk through the
@@ -101,8 +105,8 @@ class SpeechLLMModule(pl.LightningModule):
         window["tokens"] += tokens
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        step = self.global_step
-        if not self.log_interval or step == 0 or step % self.log_interval or outputs is None:
+        step = self.global_step  # already advanced past this batch's optimizer step
+        if not self._log_line_due(step) or outputs is None:
             return
         if batch_idx % self.trainer.accumulate_grad_batches:  # log once per optimizer step
             return
