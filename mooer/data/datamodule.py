@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,54 +66,55 @@ class ShardDataset(IterableDataset):
         self.frontend, self.prompt_builder, self.slots_for = frontend, prompt_builder, slots_for
         self.options = options
         self.epoch = 0
+        self.rank, self.world_size = 0, 1  # set by the loader in the main process, for workers
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def plan(self) -> tuple[list, tuple[int, int] | None, bool]:
-        """What this process reads this epoch: (shards, sample slot or None, equalize).
+    def deal(self, rank: int, world_size: int, worker: int, num_workers: int
+             ) -> tuple[list, tuple[int, int] | None]:
+        """What one reader, (rank, worker), reads this epoch: (shards, utterance slot or None).
 
-        One rank: shards are dealt to workers. Several ranks (or fewer shards than readers):
-        every process reads every shard and keeps its slot of utterances, equalized so all
-        ranks run the same number of steps (collectives would hang otherwise).
+        Shards are dealt to ranks, then to each rank's workers: each shard is opened by one
+        process (workers left without a shard stay idle). With fewer shards than ranks, every
+        process reads every shard and keeps its slot of utterances.
         """
-        rank, world_size = _distributed()
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        slots = world_size * num_workers
-        if world_size == 1 and len(self.urls) >= slots:
-            return (P.shards_for(self.urls, self.epoch, self.options.seed, self.options.training,
-                                 rank, world_size, worker, num_workers), None, False)
-        everything = P.shards_for(self.urls, self.epoch, self.options.seed,
-                                  self.options.training, 0, 1, 0, 1)
-        return everything, (rank * num_workers + worker, slots), world_size > 1
+        o = self.options
+        if len(self.urls) >= world_size:
+            return P.shards_for(self.urls, self.epoch, o.seed, o.training, rank, world_size,
+                                worker, num_workers), None
+        everything = P.shards_for(self.urls, self.epoch, o.seed, o.training, 0, 1, 0, 1)
+        return everything, (rank * num_workers + worker, world_size * num_workers)
+
+    def shard_name(self, item: Any) -> str:
+        """The name batches report a shard by (a Kaldi item's audio path)."""
+        return item[2] if self.kaldi_dir else item
+
+    def shard_size(self, item: Any) -> int | None:
+        """Utterances in one shard without reading its audio; None where that cannot be told."""
+        return 1 if self.kaldi_dir else P.count_utterances(item)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         o, errors = self.options, P.DataErrors()
+        finished: dict[str, int] = {}  # shard name -> utterances, once read to the end
         info = get_worker_info()
         seed = o.seed * 1_000_003 + self.epoch * 1009 + (info.id if info else 0)
-        shards, slot, equalize = self.plan()
-        if equalize and o.dynamic_batching:
-            raise ValueError("dynamic_batching gives ranks different numbers of batches, which "
-                             "hangs distributed training: use fixed batching with several ranks")
+        shards, slot = self.deal(self.rank, self.world_size,
+                                 *((info.id, info.num_workers) if info else (0, 1)))
         stages: list[Any] = [functools.partial(iter, shards)]
         if self.kaldi_dir:
-            stages.append(functools.partial(P.kaldi_samples, errors=errors))
+            stages.append(functools.partial(P.kaldi_samples, errors=errors, finished=finished))
         else:
             stages += [functools.partial(P.open_shards, errors=errors, allow_pipe=o.allow_pipe),
-                       functools.partial(P.tar_samples, errors=errors)]
+                       functools.partial(P.tar_samples, errors=errors, finished=finished)]
         if slot is not None:
-            stages.append(functools.partial(P.take_slot, slot=slot[0], slots=slot[1],
-                                            equalize=equalize, errors=errors))
-        stages.append(functools.partial(P.decode, errors=errors, sample_rate=o.sample_rate,
-                                        keep_count=equalize))
+            stages.append(functools.partial(P.take_slot, slot=slot[0], slots=slot[1]))
+        stages.append(functools.partial(P.decode, errors=errors, sample_rate=o.sample_rate))
         if not o.inference:
             stages.append(functools.partial(P.filter_length, min_frames=o.min_length,
-                                            max_frames=o.max_length, errors=errors,
-                                            keep_count=equalize))
+                                            max_frames=o.max_length, errors=errors))
         stages.append(functools.partial(P.attach_targets, table=o.replace_text,
-                                        replace_type=o.replace_type, errors=errors,
-                                        keep_count=equalize))
+                                        replace_type=o.replace_type, errors=errors))
         if o.training and o.speed_perturb:
             stages.append(functools.partial(P.speed_perturb, speeds=tuple(o.speed_perturb),
                                             seed=seed))
@@ -132,19 +134,49 @@ class ShardDataset(IterableDataset):
                                             max_tokens=o.max_tokens_in_batch))
         else:
             stages.append(functools.partial(P.batch_fixed, batch_size=o.batch_size))
-        reported = P.DataErrors()
+        reported, reported_shards = P.DataErrors(), set()
+
+        def news() -> dict[str, Any]:
+            """What the main process has not heard yet: skips and shards read to the end."""
+            fresh = {"data_errors": dict(errors - reported),
+                     "finished_shards": {k: v for k, v in finished.items()
+                                         if k not in reported_shards}}
+            reported.update(fresh["data_errors"])
+            reported_shards.update(fresh["finished_shards"])
+            return fresh
+
         for samples in wds.DataPipeline(*stages):
-            batch = collate(samples, self.prompt_builder.pad_id)
-            batch["data_errors"] = dict(errors - reported)
-            reported.update(batch["data_errors"])
-            yield batch
-        if errors - reported:  # skips after the last batch still reach the epoch report
-            yield {"data_errors": dict(errors - reported), "report_only": True}
+            yield {**collate(samples, self.prompt_builder.pad_id), **news()}
+        yield {**news(), "report_only": True}  # what happened after the last batch
+
+
+_JOIN_GROUP: Any = None
+
+
+def _join_group() -> Any:
+    """A gloo group for the per-step join (a CPU all-reduce, whatever the training backend);
+    made once, by every rank at its first pass over a loader."""
+    global _JOIN_GROUP
+    if _JOIN_GROUP is None:
+        _JOIN_GROUP = torch.distributed.new_group(backend="gloo")
+    return _JOIN_GROUP
+
+
+def joined(batches: Iterable[Any], group: Any) -> Iterator[Any]:
+    """WeNet's join: before each step the ranks agree (an all-reduce of 0/1) whether every one of
+    them still has a batch; the first to run out ends the epoch for all, so none waits forever
+    in a collective the others never reach."""
+    for batch in itertools.chain(batches, [None]):
+        has_batch = torch.tensor(0 if batch is None else 1)
+        torch.distributed.all_reduce(has_batch, op=torch.distributed.ReduceOp.MIN, group=group)
+        if not has_batch:
+            return
+        yield batch
 
 
 class EpochDataLoader(DataLoader):
-    """A DataLoader over a ShardDataset that advances the epoch on every pass and reports the
-    items skipped for bad data at the end of each pass."""
+    """A DataLoader over a ShardDataset that advances the epoch on every pass, ends each pass on
+    every rank together, and reports what a pass skipped for bad data or left unread."""
 
     def __init__(self, dataset: ShardDataset, num_workers: int = 0, start_epoch: int = 0,
                  name: str = "train", skip_batches: int = 0, **kwargs: Any) -> None:
@@ -153,25 +185,101 @@ class EpochDataLoader(DataLoader):
         self.next_epoch, self.name = start_epoch, name
         self.skip_batches = skip_batches  # of the first pass: where a resumed run stopped
         self.errors: P.DataErrors = P.DataErrors()  # of the last (or current) pass
+        # of the last pass, summed over ranks: what the first rank to run out left unread
+        self.unread: dict[str, int] = {}
+        self.warned = False
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        self.dataset.set_epoch(self.next_epoch)
+        epoch = self.next_epoch
+        self.dataset.set_epoch(epoch)
         self.next_epoch += 1
-        self.errors = P.DataErrors()
+        self.errors, self.unread = P.DataErrors(), {}
+        rank, world_size = self.dataset.rank, self.dataset.world_size = _distributed()
+        self._warn_idle_readers(rank, world_size)
+        finished: dict[str, int] = {}
+        consumed, state = 0, {"exhausted": False}
+
+        def batches() -> Iterator[dict[str, Any]]:
+            for batch in super(EpochDataLoader, self).__iter__():
+                self.errors.update(batch.pop("data_errors", {}))
+                finished.update(batch.pop("finished_shards", {}))
+                if not batch.get("report_only"):
+                    yield batch
+            state["exhausted"] = True
+
+        group = _join_group() if world_size > 1 else None
+        stream = joined(batches(), group) if group is not None else batches()
         skip, self.skip_batches = self.skip_batches, 0
-        for batch in super().__iter__():
-            self.errors.update(batch.pop("data_errors", {}))
-            if batch.get("report_only"):
-                continue
+        for batch in stream:
+            consumed += len(batch["keys"])
             if skip:  # the same seeded order as before the interruption, minus what was seen
                 skip -= 1
                 continue
             yield batch
+        self._report_skips(epoch)
+        if group is not None:
+            self._report_unread(epoch, rank, world_size, group, finished, consumed,
+                                state["exhausted"])
+
+    def _warn_idle_readers(self, rank: int, world_size: int) -> None:
+        readers, shards = world_size * max(1, self.num_workers), len(self.dataset.urls)
+        if self.warned or rank != 0 or shards >= readers or self.dataset.kaldi_dir:
+            return
+        self.warned = True
+        if shards < world_size:
+            log.warning("%s: %d shards for %d ranks: every process reads every shard and keeps "
+                        "its share of utterances. Pack at least %d shards (mooer-pack "
+                        "--num_utts_per_shard) so each shard is read by one process", self.name,
+                        shards, world_size, readers)
+        else:
+            log.warning("%s: %d shards for %d ranks x %d workers: some workers stay idle. Pack at "
+                        "least %d shards", self.name, shards, world_size, self.num_workers, readers)
+
+    def _report_skips(self, epoch: int) -> None:
         skipped = {k: v for k, v in self.errors.items() if k != "filtered by length"}
         if skipped:
             details = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items()))
-            log.warning("%s epoch %d: skipped %d items for bad data (%s)", self.name,
-                        self.next_epoch - 1, sum(skipped.values()), details)
+            log.warning("%s epoch %d: skipped %d items for bad data (%s)", self.name, epoch,
+                        sum(skipped.values()), details)
+
+    def _report_unread(self, epoch: int, rank: int, world_size: int, group: Any,
+                       finished: dict[str, int], consumed: int, exhausted: bool) -> None:
+        """Sum over ranks what the join left unread: utterances dealt to a rank that it neither
+        trained on nor skipped, and shards not read to their end (-1 utterances: not countable,
+        remote shards)."""
+        utterances = shards = unknown = 0
+        if not exhausted:
+            utterances, shards, unknown = self._unread_on_this_rank(rank, world_size, finished,
+                                                                    consumed)
+        totals = torch.tensor([utterances, shards, unknown])
+        torch.distributed.all_reduce(totals, group=group)
+        utterances, shards, unknown = (int(v) for v in totals)
+        self.unread = {"utterances": utterances, "shards": shards, "uncounted_shards": unknown}
+        if rank == 0 and (utterances or shards):
+            log.info("%s epoch %d: the ranks ended together when the first ran out; left unread "
+                     "%d utterances%s in %d partly or un-read shards over %d ranks (another "
+                     "epoch's order reads them)", self.name, epoch, utterances,
+                     f" (+ those of {unknown} remote shards)" if unknown else "", shards,
+                     world_size)
+
+    def _unread_on_this_rank(self, rank: int, world_size: int, finished: dict[str, int],
+                             consumed: int) -> tuple[int, int, int]:
+        dataset, workers = self.dataset, max(1, self.num_workers)
+        deals = [dataset.deal(rank, world_size, w, workers) for w in range(workers)]
+        names = {dataset.shard_name(u): u for shards, _ in deals for u in shards}
+        sizes, unknown = {}, 0
+        for name, item in names.items():
+            size = finished[name] if name in finished else dataset.shard_size(item)
+            if size is None:
+                unknown += 1
+            sizes[name] = size or 0
+        total = sum(sizes.values())
+        if deals[0][1] is not None:  # utterance-level dealing: this rank's slots of the whole
+            slots = world_size * workers
+            total = sum(len(range(slot, total, slots)) for _, (slot, _) in deals)
+        skipped = sum(v for k, v in self.errors.items() if k != "unreadable shard")
+        unread_shards = len([n for n in names if n not in finished])
+        return max(0, total - consumed - skipped), unread_shards, unknown
 
 
 def read_replace_table(path: str | Path | None) -> dict[str, str] | None:

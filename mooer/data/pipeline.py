@@ -53,12 +53,29 @@ def read_data_list(path: str | Path) -> list[str]:
 def shards_for(urls: list[str], epoch: int, seed: int, shuffle: bool, rank: int, world_size: int,
                worker: int, num_workers: int) -> list[str]:
     """This (rank, worker)'s shards of an epoch: one seeded permutation shared by every process,
-    dealt round-robin, so each shard is read exactly once per epoch across ranks and workers."""
+    dealt round-robin to ranks, then each rank's deal to its workers (MooER's order), so each
+    shard is read by exactly one process per epoch."""
     order = list(urls)
     if shuffle:
         random.Random(seed * 100_003 + epoch).shuffle(order)
-    slot, slots = rank * num_workers + worker, world_size * num_workers
-    return order[slot::slots]
+    return order[rank::world_size][worker::num_workers]
+
+
+def count_utterances(url: str) -> int | None:
+    """Utterances in a local shard, from its tar headers alone (member data is seeked over, not
+    read), grouped as tar_samples groups them; None for a stream or an unreadable file."""
+    if "://" in url or url.startswith("pipe:"):
+        return None
+    count, last = 0, None
+    try:
+        with tarfile.open(url, mode="r:") as tar:
+            for member in tar:
+                key = member.name.rpartition(".")[0]
+                if member.isfile() and key and key != last:
+                    count, last = count + 1, key
+    except (tarfile.TarError, OSError, EOFError):
+        return None
+    return count
 
 
 def open_shards(urls: Iterable[str], errors: DataErrors, allow_pipe: bool = False
@@ -83,11 +100,14 @@ def open_shards(urls: Iterable[str], errors: DataErrors, allow_pipe: bool = Fals
         yield url, stream
 
 
-def tar_samples(shards: Iterable[tuple[str, Any]], errors: DataErrors) -> Iterator[Sample]:
+def tar_samples(shards: Iterable[tuple[str, Any]], errors: DataErrors,
+                finished: dict[str, int] | None = None) -> Iterator[Sample]:
     """Group each shard's members into utterances on the LAST dot of the member name
-    (`spk1.utt.001.wav` -> key `spk1.utt.001`); a damaged shard is read up to the damage."""
+    (`spk1.utt.001.wav` -> key `spk1.utt.001`); a damaged shard is read up to the damage.
+    `finished[url]`: the utterances a shard gave, set once it is read to its end."""
     for url, stream in shards:
         current: Sample | None = None
+        given = 0
         try:
             with tarfile.open(fileobj=stream, mode="r|*") as tar:
                 for member in tar:
@@ -98,6 +118,7 @@ def tar_samples(shards: Iterable[tuple[str, Any]], errors: DataErrors) -> Iterat
                         errors.skip("member without extension", f"{url}:{member.name}")
                         continue
                     if current is not None and current["key"] != key:
+                        given += 1
                         yield current
                         current = None
                     if current is None:
@@ -113,33 +134,27 @@ def tar_samples(shards: Iterable[tuple[str, Any]], errors: DataErrors) -> Iterat
         finally:
             stream.close()
         if current is not None:
+            given += 1
             yield current
+        if finished is not None:
+            finished[url] = given
 
 
-def take_slot(samples: Iterable[Sample], slot: int, slots: int, equalize: bool,
-              errors: DataErrors) -> Iterator[Sample]:
-    """Every `slots`-th utterance from `slot` on (sample-level sharding across ranks and
-    workers). With `equalize`, every slot yields exactly len(stream) // slots utterances, so
-    ranks run the same number of steps (at most slots - 1 utterances an epoch are left out)."""
-    held, kept, seen = None, 0, 0
+def take_slot(samples: Iterable[Sample], slot: int, slots: int) -> Iterator[Sample]:
+    """Every `slots`-th utterance from `slot` on: utterance-level dealing, for a data.list with
+    fewer shards than ranks (every process then reads every shard)."""
     for index, sample in enumerate(samples):
-        seen += 1
         if index % slots == slot:
-            if held is not None:
-                yield held
-                kept += 1
-            held = sample
-    if held is not None:
-        if not equalize or kept + 1 <= seen // slots:
-            yield held
-        else:
-            errors["left out to keep ranks in step"] += 1
+            yield sample
 
 
-def kaldi_samples(items: Iterable[tuple[str, str, str]], errors: DataErrors) -> Iterator[Sample]:
+def kaldi_samples(items: Iterable[tuple[str, str, str]], errors: DataErrors,
+                  finished: dict[str, int] | None = None) -> Iterator[Sample]:
     """Utterances of a raw Kaldi dir, (uttid, transcript, audio path) each, in the form
-    tar_samples gives: {key, shard, txt, <audio ext>: bytes}."""
+    tar_samples gives: {key, shard, txt, <audio ext>: bytes}; `finished[path]` as tar_samples'."""
     for key, text, path in items:
+        if finished is not None:
+            finished[path] = 1
         extension = path.rsplit(".", 1)[-1].lower() if "." in path else "wav"
         try:
             with open(path, "rb") as f:
@@ -163,48 +178,27 @@ def read_kaldi_dir(directory: str | Path) -> list[tuple[str, str, str]]:
     return items
 
 
-def decode(samples: Iterable[Sample], errors: DataErrors, sample_rate: int = 16000,
-           keep_count: bool = False) -> Iterator[Sample]:
-    """Text as UTF-8 and audio as float32 mono at `sample_rate` (`wav` tensor), else skipped
-    (with `keep_count`, replaced by the previous good utterance so ranks stay in step)."""
-    return _refill(_decode(samples, errors, sample_rate), keep_count)
-
-
-def _refill(samples: Iterable[Sample | None], keep_count: bool) -> Iterator[Sample]:
-    """Pass samples; a None (a dropped item) becomes a repeat of the last sample if keep_count."""
-    last = None
-    for sample in samples:
-        if sample is not None:
-            last = sample
-            yield sample
-        elif keep_count and last is not None:
-            yield last
-
-
-def _decode(samples: Iterable[Sample], errors: DataErrors, sample_rate: int
-            ) -> Iterator[Sample | None]:
+def decode(samples: Iterable[Sample], errors: DataErrors, sample_rate: int = 16000
+           ) -> Iterator[Sample]:
+    """Text as UTF-8 and audio as float32 mono at `sample_rate` (`wav` tensor), else skipped."""
     for sample in samples:
         where = f"{sample['shard']}:{sample['key']}"
         audio_ext = next((ext for ext in sample if ext in AUDIO_EXTENSIONS), None)
         if "txt" not in sample or audio_ext is None:
             errors.skip("incomplete utterance (needs .txt and audio)", where)
-            yield None
             continue
         try:
             text = sample["txt"].decode("utf-8").strip()
         except UnicodeDecodeError as err:
             errors.skip("text is not UTF-8", where, err)
-            yield None
             continue
         try:
             audio, rate = decode_audio(sample[audio_ext])
         except AudioError as err:
             errors.skip("undecodable audio", where, err)
-            yield None
             continue
         if len(audio) == 0:
             errors.skip("empty audio", where)
-            yield None
             continue
         wave = resample(to_mono(audio), rate, sample_rate)
         yield {"key": sample["key"], "shard": sample["shard"], "txt": text,
@@ -212,42 +206,30 @@ def _decode(samples: Iterable[Sample], errors: DataErrors, sample_rate: int
 
 
 def filter_length(samples: Iterable[Sample], min_frames: int, max_frames: int,
-                  errors: DataErrors | None = None, keep_count: bool = False) -> Iterator[Sample]:
+                  errors: DataErrors | None = None) -> Iterator[Sample]:
     """Keep utterances of min..max 10 ms frames (MooER's min_length/max_length)."""
-
-    def judged() -> Iterator[Sample | None]:
-        for sample in samples:
-            frames = len(sample["wav"]) * 100 / sample["sample_rate"]
-            if min_frames <= frames <= max_frames:
-                yield sample
-            else:
-                if errors is not None:
-                    errors["filtered by length"] += 1
-                yield None
-
-    return _refill(judged(), keep_count)
+    for sample in samples:
+        frames = len(sample["wav"]) * 100 / sample["sample_rate"]
+        if min_frames <= frames <= max_frames:
+            yield sample
+        elif errors is not None:
+            errors["filtered by length"] += 1
 
 
 def attach_targets(samples: Iterable[Sample], table: Mapping[str, str] | None, replace_type: str,
-                   errors: DataErrors, keep_count: bool = False) -> Iterator[Sample]:
+                   errors: DataErrors) -> Iterator[Sample]:
     """Set `target`: the transcript, or (with a replace_text table) MooER's refined label."""
     from mooer.data.prompts import refine_target
 
-    def targeted() -> Iterator[Sample | None]:
-        for sample in samples:
-            if table is None:
-                sample["target"] = sample["txt"]
-            elif sample["key"] in table:
-                sample["target"] = refine_target(sample["txt"], table[sample["key"]],
-                                                 replace_type)
-            else:
-                errors.skip("no entry in the replace_text table",
-                            f"{sample['shard']}:{sample['key']}")
-                yield None
-                continue
-            yield sample
-
-    return _refill(targeted(), keep_count)
+    for sample in samples:
+        if table is None:
+            sample["target"] = sample["txt"]
+        elif sample["key"] in table:
+            sample["target"] = refine_target(sample["txt"], table[sample["key"]], replace_type)
+        else:
+            errors.skip("no entry in the replace_text table", f"{sample['shard']}:{sample['key']}")
+            continue
+        yield sample
 
 
 def speed_perturb(samples: Iterable[Sample], speeds: tuple[float, ...], seed: int

@@ -76,12 +76,13 @@ def _subset(corpus: Path, out: Path, keys: set[str]) -> Path:
 
 def ensure_demo_data(data_dir: str | Path, num: int = 32, seed: int = 0, dev_num: int = 0,
                      test_num: int = 0, vocab_size: int = 512, english_ratio: float = 0.3,
-                     unseen_voices_num: int = 0, num_workers: int = 2) -> Path:
+                     unseen_voices_num: int = 0, num_workers: int = 2,
+                     shard_size: int = 200) -> Path:
     """Synthesize `num` utterances into `data_dir` unless already there, split them by sentence
     (a sentence's utterances all land in one split), pack `train/`, `dev/` (`dev_num` 0: the
     training set itself, for overfitting checks) and `test/demo_test/`, and train `tokenizer/`.
     With `unseen_voices_num`, `test/demo_unseen_voices/` holds the test sentences spoken by voices
-    that no training utterance uses."""
+    that no training utterance uses. `shard_size`: utterances per shard."""
     data_dir = Path(data_dir)
     done = data_dir / ".complete"
     if done.exists():
@@ -108,7 +109,8 @@ def ensure_demo_data(data_dir: str | Path, num: int = 32, seed: int = 0, dev_num
             continue
         kaldi = _subset(corpus, data_dir / "kaldi" / name, keys)
         out = data_dir / name if name != "test" else data_dir / "test" / "demo_test"
-        pack(kaldi / "wav.scp", kaldi / "text", out, num_utts_per_shard=200, progress=False)
+        pack(kaldi / "wav.scp", kaldi / "text", out, num_utts_per_shard=shard_size,
+             progress=False)
         for table in ("text", "text.en"):
             (out / table).write_bytes((kaldi / table).read_bytes())
     if unseen_voices_num and split_keys["test"]:
