@@ -256,10 +256,10 @@ class EpochDataLoader(DataLoader):
         utterances, shards, unknown = (int(v) for v in totals)
         self.unread = {"utterances": utterances, "shards": shards, "uncounted_shards": unknown}
         if rank == 0 and (utterances or shards):
-            log.info("%s epoch %d: the ranks ended together when the first ran out; left unread "
-                     "%d utterances%s in %d partly or un-read shards over %d ranks (another "
-                     "epoch's order reads them)", self.name, epoch, utterances,
-                     f" (+ those of {unknown} remote shards)" if unknown else "", shards,
+            log.info("%s epoch %d: the ranks ended together when the first ran out, leaving "
+                     "unread %d utterances%s (%d shards not read to their end) over %d ranks; "
+                     "another epoch's order reads them", self.name, epoch, utterances,
+                     f" and those of {unknown} remote shards" if unknown else "", shards,
                      world_size)
 
     def _unread_on_this_rank(self, rank: int, world_size: int, finished: dict[str, int],
@@ -334,9 +334,11 @@ class SpeechDataModule(pl.LightningDataModule):
         """Starts at the trainer's epoch; a run resumed mid-epoch skips the batches it saw."""
         if self.trainer is None:
             return self.loader("train")
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress
+        if progress.is_last_batch:  # the checkpoint closed its epoch: Lightning goes on with the next
+            return self.loader("train", start_epoch=self.trainer.current_epoch + 1)
         return self.loader("train", start_epoch=self.trainer.current_epoch,
-                           skip_batches=progress.processed)
+                           skip_batches=progress.current.processed)
 
     def val_dataloader(self) -> EpochDataLoader:
         return self.loader("val")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +50,25 @@ def build_strategy(cfg: DictConfig, kind: str) -> Any:
     return instantiate(options, _convert_="all")
 
 
+def require_shared_run_dir() -> None:
+    """Ranks started by torchrun, SLURM or DeepSpeed's launcher each resolve the default run
+    dir's timestamp themselves, seconds apart: they must be given one directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    world_size = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
+    if world_size > 1 and HydraConfig.initialized() and not any(
+            o.startswith("hydra.run.dir=") for o in HydraConfig.get().overrides.hydra):
+        raise SystemExit(f"{world_size} ranks were launched without hydra.run.dir: each would write "
+                         "its own timestamped run dir. Add hydra.run.dir=<a directory every node "
+                         "sees> to the command (the same on every node)")
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fit the configured model; returns the validation loss (what a sweeper minimizes)."""
     if cfg.dry_run:
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return None
+    require_shared_run_dir()
     from mooer.training.launch import isolate_job, run_job_in_subprocess
 
     if isolate_job():  # each sweep job in a process of its own (see mooer.training.launch)

@@ -148,3 +148,92 @@ def test_multirun_sweep_gives_one_run_dir_per_job_also_with_two_processes(tmp_pa
         assert json.loads((job / "fit_result.json").read_text()) == {"val_loss": None}
         assert not (job / "multirun.yaml").exists()  # no child started a sweep of its own
     assert seen == [(1, 4), (1, 8), (2, 4), (2, 8)]
+
+
+@pytest.fixture(scope="module")
+def sharded_data_dir(tmp_path_factory) -> Path:
+    """The tiny corpus in 7 shards of at most 5 utterances: uneven deals over 2 ranks."""
+    from mooer.demo.prepare import ensure_demo_data
+
+    path = tmp_path_factory.mktemp("sharded")
+    ensure_demo_data(path / "tiny", num=32, seed=0, vocab_size=400, shard_size=5)
+    return path
+
+
+def _losses_and_epochs(run_dir: Path) -> dict[int, tuple[float, str]]:
+    return {int(r["step"]): (float(r["train/loss"]), r["epoch"]) for r in metrics(run_dir)
+            if r.get("train/loss")}
+
+
+def test_two_rank_resume_continues_the_loss_curve_exactly(tmp_path, sharded_data_dir):
+    """Weights, optimizer, schedule and each rank's data position: 20 steps straight equal 10 +
+    resume + 10 on 2 ranks (uneven shards, so the join ends epochs), epoch numbers included."""
+    common = ["strategy=ddp", "trainer.devices=2", "optim.total_steps=20",
+              "optim.warmup_steps=5", "save_interval=10", "trainer.log_every_n_steps=1",
+              "trainer.check_val_every_n_epoch=100"]
+    run_train(tmp_path / "straight", sharded_data_dir, *common, "trainer.max_steps=20")
+    output = run_train(tmp_path / "resumed", sharded_data_dir, *common, "trainer.max_steps=10")
+    assert "the ranks ended together when the first ran out" in output
+    run_train(tmp_path / "resumed", sharded_data_dir, *common, "trainer.max_steps=20",
+              "ckpt_path=last")
+    straight = _losses_and_epochs(tmp_path / "straight")
+    resumed = _losses_and_epochs(tmp_path / "resumed")
+    assert sorted(straight) == list(range(20))
+    for step in range(10, 20):
+        assert resumed[step][0] == pytest.approx(straight[step][0], abs=1e-6), step
+        assert resumed[step][1] == straight[step][1], step  # the same epoch, not one more
+
+
+def test_two_ranks_with_dynamic_batching_end_every_epoch(tmp_path, sharded_data_dir):
+    """Ranks with different numbers of dynamic batches end each epoch together (no hang)."""
+    run_dir = tmp_path / "dynamic"
+    output = run_train(run_dir, sharded_data_dir, "strategy=ddp", "trainer.devices=2",
+                       "data.dynamic_batching=true", "data.max_frames_in_batch=300",
+                       "trainer.max_steps=-1", "trainer.max_epochs=3",
+                       "trainer.check_val_every_n_epoch=100", timeout=240)
+    assert "`max_epochs=3` reached" in output
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["epoch"] == 3 and state["global_step"] > 6  # three epochs, all ranks
+
+
+def test_two_nodes_with_torchrun_train_save_and_resume(tmp_path, sharded_data_dir):
+    """`torchrun --nnodes 2 --nproc_per_node 1 --node_rank {0,1}` on one machine, ZeRO-2."""
+    import socket
+
+    run_dir = tmp_path / "two_nodes"
+
+    def both_nodes(*overrides: str) -> list[str]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        nodes = [subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node",
+             "1", "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port",
+             str(port), "train.py", "experiment=tiny", f"paths.data_dir={sharded_data_dir}",
+             "trainer.enable_progress_bar=false", "strategy=zero2", "trainer.num_nodes=2",
+             "trainer.devices=1", "save_interval=4", "trainer.log_every_n_steps=1",
+             f"hydra.run.dir={run_dir}", *overrides],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for node in (0, 1)]
+        outputs = [node.communicate(timeout=300)[0] for node in nodes]
+        assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:]
+        return outputs
+
+    both_nodes("trainer.max_steps=8")
+    assert (run_dir / "checkpoints" / "step_8.ckpt" / "latest").is_file()
+    log = (run_dir / "train.log").read_text()
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log
+    both_nodes("trainer.max_steps=12", "ckpt_path=last")
+    assert (run_dir / "checkpoints" / "step_12.ckpt" / "latest").is_file()
+    steps = sorted(_losses_and_epochs(run_dir))
+    assert steps == list(range(12))  # the resumed run went on from step 8
+    assert "Restored all states from the checkpoint" in (run_dir / "train.log").read_text()
+
+
+def test_ranks_from_a_launcher_need_one_run_dir(tmp_path, sharded_data_dir):
+    result = subprocess.run(
+        [sys.executable, "train.py", "experiment=tiny", f"paths.data_dir={sharded_data_dir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**__import__("os").environ, "WORLD_SIZE": "2", "RANK": "1"})
+    assert result.returncode != 0
+    assert "without hydra.run.dir" in result.stderr
