@@ -38,6 +38,7 @@ class PipelineOptions:
     dynamic_batching: bool = False
     max_frames_in_batch: int = 12000
     max_tokens_in_batch: int | None = None
+    bucket_ratio: float = 1.1      # dynamic batching: longest / shortest utterance of a batch
     speed_perturb: Sequence[float] = ()
     # True (defaults) or the keyword arguments of pipeline.spec_augment
     spec_augment: bool | Mapping[str, Any] = False
@@ -127,12 +128,13 @@ class ShardDataset(IterableDataset):
                                         inference=o.inference, transcripts=o.transcripts))
         if o.training and o.shuffle_buffer > 1:
             stages.append(functools.partial(P.shuffle, buffer_size=o.shuffle_buffer, seed=seed + 2))
-        if o.sort_buffer > 1:
-            stages.append(functools.partial(P.sort_by_length, buffer_size=o.sort_buffer))
-        if o.dynamic_batching:
+        if o.dynamic_batching:  # duration buckets: no sort buffer needed
             stages.append(functools.partial(P.batch_dynamic, max_frames=o.max_frames_in_batch,
-                                            max_tokens=o.max_tokens_in_batch))
+                                            max_tokens=o.max_tokens_in_batch,
+                                            bucket_ratio=o.bucket_ratio))
         else:
+            if o.sort_buffer > 1:
+                stages.append(functools.partial(P.sort_by_length, buffer_size=o.sort_buffer))
             stages.append(functools.partial(P.batch_fixed, batch_size=o.batch_size))
         reported, reported_shards = P.DataErrors(), set()
 

@@ -8,6 +8,7 @@ shuffle -> sort -> batches. Bad items are skipped with one warning each and coun
 from __future__ import annotations
 
 import logging
+import math
 import random
 import tarfile
 from collections import Counter
@@ -356,21 +357,27 @@ def batch_fixed(samples: Iterable[Sample], batch_size: int) -> Iterator[list[Sam
     return groups(samples, batch_size)
 
 
-def batch_dynamic(samples: Iterable[Sample], max_frames: int, max_tokens: int | None = None
-                  ) -> Iterator[list[Sample]]:
-    """Batches whose padded size stays within budget: longest features x count <= max_frames and
-    longest sequence x count <= max_tokens. An utterance over budget alone forms its own batch."""
-    batch: list[Sample] = []
-    longest_frames = longest_tokens = 0
+def batch_dynamic(samples: Iterable[Sample], max_frames: int, max_tokens: int | None = None,
+                  bucket_ratio: float = 1.1) -> Iterator[list[Sample]]:
+    """Batches of utterances of similar length whose padded size stays within budget (duration
+    buckets, as lhotse's and WeNet's bucketing samplers): an utterance of f feature frames joins
+    bucket floor(log f / log bucket_ratio), so a batch's lengths differ by at most that ratio; a
+    bucket's batch is given out when the next utterance would take longest frames x count past
+    `max_frames` (or longest sequence x count past `max_tokens`). The partial batches follow at the
+    end, shortest bucket first. An utterance over budget alone forms its own batch."""
+    log_ratio = math.log(bucket_ratio)
+    open_batches: dict[int, tuple[list[Sample], int, int]] = {}
     for sample in samples:
         frames, tokens = len(sample["features"]), sequence_length(sample)
-        grown_frames, grown_tokens = max(longest_frames, frames), max(longest_tokens, tokens)
+        bucket = int(math.log(max(frames, 1)) / log_ratio)
+        batch, longest_frames, longest_tokens = open_batches.get(bucket, ([], 0, 0))
+        longest_frames, longest_tokens = max(longest_frames, frames), max(longest_tokens, tokens)
         size = len(batch) + 1
-        over = grown_frames * size > max_frames or (max_tokens and grown_tokens * size > max_tokens)
+        over = longest_frames * size > max_frames or (max_tokens and longest_tokens * size > max_tokens)
         if batch and over:
             yield batch
-            batch, grown_frames, grown_tokens = [], frames, tokens
+            batch, longest_frames, longest_tokens = [], frames, tokens
         batch.append(sample)
-        longest_frames, longest_tokens = grown_frames, grown_tokens
-    if batch:
-        yield batch
+        open_batches[bucket] = (batch, longest_frames, longest_tokens)
+    for bucket in sorted(open_batches):
+        yield open_batches[bucket][0]

@@ -125,3 +125,22 @@ def test_two_ranks_two_workers_read_each_utterance_once_or_count_it_unread(
             trained = {k.split("-")[0] for batch in ranks[rank][epoch]["batches"] for k in batch}
             assert trained <= dealt
     assert unread_seen[0] > 0 or unread_seen[1] > 0  # uneven shards: the join left some
+
+
+def test_bucketed_dynamic_batches_hold_similar_lengths_within_budget():
+    from mooer.data.pipeline import batch_dynamic, sequence_length
+
+    rng = random.Random(1)
+    samples = [{"key": i, "features": torch.zeros(int(rng.lognormvariate(3.5, 0.8)) + 1, 2),
+                "num_audio_slots": 3, "prompt_ids": [0] * 5, "answer_ids": [0] * rng.randint(1, 30)}
+               for i in range(500)]
+    out = list(batch_dynamic(iter(samples), max_frames=2000, max_tokens=1500, bucket_ratio=1.1))
+    assert sorted(s["key"] for b in out for s in b) == list(range(500))  # each exactly once
+    real = padded = 0
+    for batch in out:
+        lengths = [len(s["features"]) for s in batch]
+        assert max(lengths) * len(batch) <= 2000 or len(batch) == 1
+        assert max(map(sequence_length, batch)) * len(batch) <= 1500 or len(batch) == 1
+        assert max(lengths) < min(lengths) * 1.1  # one duration bucket
+        real, padded = real + sum(lengths), padded + max(lengths) * len(batch)
+    assert real / padded > 0.9
