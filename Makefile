@@ -35,6 +35,7 @@ bench: install
 	$(PY) benchmarks/model.py
 	$(PY) benchmarks/decode.py
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/scale.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache logs outputs demo_out
