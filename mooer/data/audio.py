@@ -18,6 +18,16 @@ class AudioError(ValueError):
     """Audio that cannot be used: unreadable, empty, or malformed."""
 
 
+MIN_SAMPLE_RATE = 4000  # below any real recording: a header claiming less is damaged or hostile
+UNKNOWN_SIZE = 0xFFFFFFFF  # a streamed WAV's size fields: the data runs to the end of the file
+
+
+def check_rate(rate: int) -> None:
+    if rate < MIN_SAMPLE_RATE:
+        raise AudioError(f"sample rate {rate} Hz is implausible (under {MIN_SAMPLE_RATE} Hz): "
+                         "the header is damaged, or resample the file first")
+
+
 @dataclass(frozen=True)
 class WavInfo:
     """What a canonical PCM WAV header says."""
@@ -53,7 +63,13 @@ def parse_pcm_wav(data: bytes) -> WavInfo | None:
             rate, channels, bits = fmt
             if channels == 0 or bits == 0 or rate == 0:
                 raise AudioError("WAV header has zero channels, bits or sample rate")
+            if bits < 8 or bits % 8:
+                raise AudioError(f"WAV header says {bits} bits per sample: PCM needs 8, 16, 24 "
+                                 "or 32")
+            check_rate(rate)
             available = len(data) - body
+            if size == UNKNOWN_SIZE:
+                size = available - available % (channels * bits // 8)
             if size > available:
                 raise AudioError(f"truncated WAV: header says {size} data bytes, file has {available}")
             return WavInfo(rate, channels, bits, size // (channels * bits // 8), body)
@@ -89,6 +105,9 @@ def read_audio(source: str | bytes, start: float = 0.0, end: float | None = None
             samples = f.read(max(0, last - first), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(f"unreadable audio: {err}") from err
+    check_rate(rate)
+    if not np.isfinite(samples).all():
+        raise AudioError("audio holds NaN or infinite samples")
     return samples, rate
 
 

@@ -48,6 +48,17 @@ class PipelineOptions:
     replace_text: dict[str, str] | None = field(default=None, repr=False)
     replace_type: str = "replace"
 
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_frames_in_batch", "sample_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"data.{name} must be a positive integer, got {value!r}")
+        if self.bucket_ratio <= 1:
+            raise ValueError(f"data.bucket_ratio must be above 1, got {self.bucket_ratio}")
+        if self.min_length > self.max_length:
+            raise ValueError(f"data.min_length {self.min_length} is above data.max_length "
+                             f"{self.max_length}")
+
 
 def _distributed() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -238,11 +249,13 @@ class EpochDataLoader(DataLoader):
                         "least %d shards", self.name, shards, world_size, self.num_workers, readers)
 
     def _report_skips(self, epoch: int) -> None:
+        filtered = self.errors.get("filtered by length", 0)
         skipped = {k: v for k, v in self.errors.items() if k != "filtered by length"}
-        if skipped:
+        if skipped or filtered:
             details = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items()))
-            log.warning("%s epoch %d: skipped %d items for bad data (%s)", self.name, epoch,
-                        sum(skipped.values()), details)
+            log.warning("%s epoch %d: skipped %d items for bad data%s; %d utterances filtered by "
+                        "length (data.min_length..max_length)", self.name, epoch,
+                        sum(skipped.values()), f" ({details})" if details else "", filtered)
 
     def _report_unread(self, epoch: int, rank: int, world_size: int, group: Any,
                        finished: dict[str, int], consumed: int, exhausted: bool) -> None:

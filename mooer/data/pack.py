@@ -11,7 +11,9 @@ and why. Shards appear under their final name only once complete.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+import logging
 import os
 import random
 import sys
@@ -27,7 +29,9 @@ from mooer.data.audio import AudioError, parse_pcm_wav, read_audio, resample, to
 from mooer.data.parallel import parallel_map
 from mooer.data.text import normalize, read_table
 
+log = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = frozenset({"wav", "flac", "ogg", "opus", "mp3", "sph", "aiff", "aif", "au"})
+LONG_SECONDS = 30.0  # longer utterances pack with a warning: training filters them by max_length
 TEXT_NORMS = {"true": "mooer", "false": "none", "mooer": "mooer", "llm": "llm", "none": "none"}
 PARTIAL_SUFFIX = ".partial"
 
@@ -51,6 +55,7 @@ class ShardResult:
     packed: int = 0
     audio_bytes: int = 0
     seconds: float = 0.0
+    long: int = 0  # utterances over LONG_SECONDS
     rejects: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -98,12 +103,12 @@ def collect_items(wav_scp: Path, text: Path, segments: Path | None, text_norm: s
                   ) -> tuple[list[Item], list[tuple[str, str]]]:
     """Join wav.scp, text and (optionally) segments; return items in text order and rejects."""
     rejects: list[tuple[str, str]] = []
-    audio = _keyed(read_table(wav_scp), "wav.scp", rejects)
-    transcripts = _keyed(read_table(text), "text", rejects)
+    audio = _keyed(read_table(wav_scp, rejects), "wav.scp", rejects)
+    transcripts = _keyed(read_table(text, rejects), "text", rejects)
     if segments is None:
         sources = {key: (path, 0.0, None) for key, path in audio.items()}
     else:
-        sources = _segment_sources(read_table(segments), audio, rejects)
+        sources = _segment_sources(read_table(segments, rejects), audio, rejects)
     rejected = {key for key, _ in rejects}
     items = []
     for key, transcript in transcripts.items():
@@ -115,6 +120,9 @@ def collect_items(wav_scp: Path, text: Path, segments: Path | None, text_norm: s
         normalized = normalize(transcript, text_norm)
         if "/" in key:
             rejects.append((key, "uttid contains '/', which cannot be a tar member name"))
+        elif any(ord(c) < 32 or ord(c) == 127 for c in key):
+            rejects.append((key, "uttid contains a control character, which a tar member name "
+                                 "cannot keep"))
         elif path.rstrip().endswith("|"):
             rejects.append((key, "wav.scp command pipes are not supported: extract the audio to files"))
         elif not normalized.strip():
@@ -171,18 +179,28 @@ def write_shard(job: tuple[str, list[Item], int]) -> ShardResult:
     result = ShardResult(path)
     partial = path + PARTIAL_SUFFIX
     mtime = int(time.time())
-    with tarfile.open(partial, "w", format=tarfile.GNU_FORMAT) as tar:
-        for item in items:
-            try:
-                audio, extension, seconds = load_audio_member(item, sample_rate)
-            except AudioError as err:
-                result.rejects.append((item.uttid, str(err)))
-                continue
-            _add_member(tar, f"{item.uttid}.txt", item.text.encode("utf-8"), mtime)
-            _add_member(tar, f"{item.uttid}.{extension}", audio, mtime)
-            result.packed += 1
-            result.audio_bytes += len(audio)
-            result.seconds += seconds
+    try:
+        with tarfile.open(partial, "w", format=tarfile.GNU_FORMAT) as tar:
+            for item in items:
+                try:
+                    audio, extension, seconds = load_audio_member(item, sample_rate)
+                except AudioError as err:
+                    result.rejects.append((item.uttid, str(err)))
+                    continue
+                if seconds > LONG_SECONDS:
+                    result.long += 1
+                    log.warning("%s: %.1f s is longer than %.0f s: training leaves it out above "
+                                "data.max_length (20 s by default); segment long recordings",
+                                item.uttid, seconds, LONG_SECONDS)
+                _add_member(tar, f"{item.uttid}.txt", item.text.encode("utf-8"), mtime)
+                _add_member(tar, f"{item.uttid}.{extension}", audio, mtime)
+                result.packed += 1
+                result.audio_bytes += len(audio)
+                result.seconds += seconds
+    except OSError:  # a full disk: no partial left behind (a kill leaves one; the next run clears it)
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise
     if result.packed:
         os.replace(partial, path)
     else:
@@ -200,6 +218,7 @@ class PackSummary:
     seconds_of_audio: float
     audio_bytes: int
     elapsed: float
+    long: int = 0
 
 
 def pack(wav_scp: Path, text: Path, write_dir: Path, write_prefix: str = "data.list",
@@ -209,15 +228,15 @@ def pack(wav_scp: Path, text: Path, write_dir: Path, write_prefix: str = "data.l
          progress: bool = True) -> PackSummary:
     """Pack a Kaldi data dir into shards; see the module docstring for the layout."""
     started = time.perf_counter()
-    if num_utts_per_shard <= 0:
-        raise ValueError("--num_utts_per_shard must be positive")
+    list_names = _list_names(write_prefix, write_num, num_utts_per_shard)
+    write_dir = _writable(write_dir)
     items, rejects = collect_items(wav_scp, text, segments, TEXT_NORMS.get(text_norm, text_norm))
     if shuffle:
         random.Random(seed).shuffle(items)
-    write_dir = write_dir.resolve()
-    write_dir.mkdir(parents=True, exist_ok=True)
     for stale in write_dir.glob(f"{shard_prefix}_*.tar{PARTIAL_SUFFIX}"):
         stale.unlink()  # left by an interrupted run
+    for name in list_names:  # an old list must not outlive a re-pack that rewrites its shards
+        (write_dir / name).unlink(missing_ok=True)
     chunks = [items[i:i + num_utts_per_shard] for i in range(0, len(items), num_utts_per_shard)]
     jobs = [(str(write_dir / f"{shard_prefix}_{index:09d}.tar"), chunk, sample_rate)
             for index, chunk in enumerate(chunks)]
@@ -230,21 +249,50 @@ def pack(wav_scp: Path, text: Path, write_dir: Path, write_prefix: str = "data.l
     shards = [r.path for r in results if r.packed]
     for result in results:
         rejects.extend(result.rejects)
-    _write_lists(write_dir, write_prefix, shards, write_num)
+    _write_lists(write_dir, list_names, shards)
     with open(write_dir / "rejects.tsv", "w", encoding="utf-8") as f:
-        f.writelines(f"{uttid}\t{reason}\n" for uttid, reason in rejects)
+        f.writelines(f"{printable(uttid)}\t{reason}\n" for uttid, reason in rejects)
     return PackSummary(shards, sum(r.packed for r in results), rejects,
                        sum(r.seconds for r in results), sum(r.audio_bytes for r in results),
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, sum(r.long for r in results))
 
 
-def _write_lists(write_dir: Path, write_prefix: str, shards: list[str], write_num: int) -> None:
-    """Write the shard list(s); with write_num > 1, '#' in the prefix takes the list index."""
+def printable(uttid: str) -> str:
+    """An uttid with control characters written as \\xNN, for one-line reports."""
+    return "".join(c if ord(c) >= 32 and ord(c) != 127 else f"\\x{ord(c):02x}" for c in uttid)
+
+
+def _list_names(write_prefix: str, write_num: int, num_utts_per_shard: int) -> list[str]:
+    """The shard list file names, checked before anything is written."""
+    if num_utts_per_shard <= 0:
+        raise ValueError("--num_utts_per_shard must be positive")
+    if write_num < 1:
+        raise ValueError(f"--write_num must be at least 1, got {write_num}")
     if write_num > 1 and "#" not in write_prefix:
         raise ValueError("--write_num > 1 needs a '#' in --write_prefix (e.g. data.#.list)")
-    per_list = -(-len(shards) // write_num) if shards else 0
-    for index in range(write_num):
-        name = write_prefix.replace("#", str(index))
+    if not write_prefix or "/" in write_prefix or write_prefix in (".", ".."):
+        raise ValueError(f"--write_prefix {write_prefix!r} must be a file name in --write_dir, "
+                         "without '/'")
+    return [write_prefix.replace("#", str(index)) for index in range(write_num)]
+
+
+def _writable(write_dir: Path) -> Path:
+    """write_dir, made and checked writable before any shard is packed."""
+    write_dir = write_dir.resolve()
+    try:
+        write_dir.mkdir(parents=True, exist_ok=True)
+        probe = write_dir / f".mooer-pack-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"cannot write to --write_dir {write_dir}: {err.strerror or err}") from err
+    return write_dir
+
+
+def _write_lists(write_dir: Path, list_names: list[str], shards: list[str]) -> None:
+    """Write the shard list(s), each atomically and only after all shards are in place."""
+    per_list = -(-len(shards) // len(list_names)) if shards else 0
+    for index, name in enumerate(list_names):
         part = shards[index * per_list:(index + 1) * per_list]
         tmp = write_dir / f".{name}.tmp"
         tmp.write_text("".join(f"{s}\n" for s in part), encoding="utf-8")
@@ -266,6 +314,9 @@ def format_summary(summary: PackSummary, write_dir: Path) -> str:
         lines.extend(f"  {count:6d}  {reason}" for reason, count in reasons.most_common())
     else:
         lines.append("rejected 0 utterances")
+    if summary.long:
+        lines.append(f"{summary.long} utterances are longer than {LONG_SECONDS:.0f} s (warned "
+                     "above): training leaves them out above data.max_length")
     return "\n".join(lines)
 
 
@@ -311,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
                        progress=not args.no_progress)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a shard that cannot be written
+        print(f"error: writing shards to {args.write_dir} failed: {err}", file=sys.stderr)
         return 2
     print(format_summary(summary, args.write_dir.resolve()))
     if summary.packed == 0:

@@ -101,39 +101,69 @@ def open_shards(urls: Iterable[str], errors: DataErrors, allow_pipe: bool = Fals
         yield url, stream
 
 
+class _DamageCountingTarFile(tarfile.TarFile):
+    """A TarFile read with ignore_zeros, which steps over a damaged header block by block to the
+    next valid one as GNU tar does; each damaged run of blocks is recorded by its offset."""
+
+    damaged: list[int]
+    _skip_end = -1
+    _run_damaged = False
+
+    def _dbg(self, level: int, msg: str) -> None:
+        if not hasattr(self, "damaged"):
+            self.damaged = []
+        if self.offset != self._skip_end:  # a new run of skipped blocks
+            self._run_damaged = False
+        self._skip_end = self.offset + tarfile.BLOCKSIZE
+        # zero blocks end an archive; anything else that is not a header is damage
+        if "end of file header" not in msg and not self._run_damaged:
+            self._run_damaged = True
+            self.damaged.append(self.offset)
+
+
 def tar_samples(shards: Iterable[tuple[str, Any]], errors: DataErrors,
                 finished: dict[str, int] | None = None) -> Iterator[Sample]:
     """Group each shard's members into utterances on the LAST dot of the member name
-    (`spk1.utt.001.wav` -> key `spk1.utt.001`); a damaged shard is read up to the damage.
-    `finished[url]`: the utterances a shard gave, set once it is read to its end."""
+    (`spk1.utt.001.wav` -> key `spk1.utt.001`). A damaged member header is stepped over to the
+    next valid one (its utterance is left incomplete, so counted); a shard cut short is read up
+    to the damage. `finished[url]`: the utterances a shard gave, set once it is read to its end."""
     for url, stream in shards:
         current: Sample | None = None
-        given = 0
+        given, failure = 0, None
+        tar = None
         try:
-            with tarfile.open(fileobj=stream, mode="r|*") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    key, _, extension = member.name.rpartition(".")
-                    if not key:
-                        errors.skip("member without extension", f"{url}:{member.name}")
-                        continue
-                    if current is not None and current["key"] != key:
-                        given += 1
-                        yield current
-                        current = None
-                    if current is None:
-                        current = {"key": key, "shard": url}
-                    data = tar.extractfile(member).read()
-                    if len(data) != member.size:
-                        raise tarfile.ReadError(f"member {member.name} is truncated")
-                    current[extension.lower()] = data
+            tar = _DamageCountingTarFile.open(fileobj=stream, mode="r|*", ignore_zeros=True)
+            for member in tar:
+                if not member.isfile():
+                    if not member.isdir():
+                        errors.skip("member is not a regular file", f"{url}:{member.name}")
+                    continue
+                key, _, extension = member.name.rpartition(".")
+                if not key:
+                    errors.skip("member without extension", f"{url}:{member.name}")
+                    continue
+                if current is not None and current["key"] != key:
+                    given += 1
+                    yield current
+                    current = None
+                if current is None:
+                    current = {"key": key, "shard": url}
+                data = tar.extractfile(member).read()
+                if len(data) != member.size:
+                    raise tarfile.ReadError(f"member {member.name} is truncated")
+                current[extension.lower()] = data
         except (tarfile.TarError, OSError, EOFError) as err:
-            where = f"{url}:{current['key']}" if current else url
-            errors.skip("damaged shard", where, err)
+            failure = (f"{url}:{current['key']}" if current else url, err)
             current = None  # an utterance cut by the damage is not used
-        finally:
-            stream.close()
+        try:
+            stream.close()  # a remote stream reports here that it could not be fetched
+        except Exception as err:  # noqa: BLE001 (curl's exit status comes as any error)
+            errors.skip("unreadable shard", url, err)
+            continue
+        for offset in getattr(tar, "damaged", []):
+            errors.skip("damaged tar header", url, f"at byte {offset}: the member there is lost")
+        if failure is not None:
+            errors.skip("damaged shard", *failure)
         if current is not None:
             given += 1
             yield current

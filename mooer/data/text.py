@@ -53,10 +53,12 @@ def split_line(line: str) -> tuple[str, str]:
     return parts[0].lstrip(BOM), parts[1] if len(parts) > 1 else ""
 
 
-def read_table(path: str | Path) -> list[tuple[str, str]]:
+def read_table(path: str | Path, bad_lines: list[tuple[str, str]] | None = None
+               ) -> list[tuple[str, str]]:
     """Read a Kaldi table (wav.scp, text, utt2spk...) as (key, value) pairs in file order.
 
-    Blank lines are skipped; a file that is not UTF-8 raises a ValueError naming the line.
+    Blank lines are skipped; a line that is not UTF-8 raises a ValueError naming it, or with
+    `bad_lines` is left out and listed there as (`<file name>:<line>`, reason).
     """
     rows = []
     with open(path, "rb") as f:
@@ -64,7 +66,11 @@ def read_table(path: str | Path) -> list[tuple[str, str]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise ValueError(f"{path}:{number} is not UTF-8 ({err}); re-encode the file") from err
+                reason = f"{path}:{number} is not UTF-8 ({err}); re-encode the file"
+                if bad_lines is None:
+                    raise ValueError(reason) from err
+                bad_lines.append((f"{Path(path).name}:{number}", f"line is not UTF-8: {reason}"))
+                continue
             key, value = split_line(line)
             if key:
                 rows.append((key, value))

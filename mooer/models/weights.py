@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,21 +15,53 @@ class CheckpointError(RuntimeError):
     """A weight file that is missing, unreadable, or does not fit the model."""
 
 
+def _deepspeed_classes() -> list[type]:
+    """The classes DeepSpeed's optimizer-state files hold besides tensors (its loss scaler, ZeRO
+    stage and fragment addresses): allowed in weights_only loading, nothing else is."""
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+    except ImportError:
+        return []
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """torch.load with weights_only=True (tensors, plain containers, DeepSpeed's few classes):
+    a pickle that would call anything else is refused, never run."""
+    try:
+        with torch.serialization.safe_globals(_deepspeed_classes()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found is None:  # not a pickle stream at all
+            raise CheckpointError(f"{path} is not a readable checkpoint: empty, truncated or not "
+                                  "written by torch.save (not a pickle)") from None
+        raise CheckpointError(f"{path} holds objects that are not weights ({found.group(1)}): "
+                              "refused, since unpickling them could run code. Use checkpoints "
+                              "this project or MooER wrote") from None
+    except Exception as err:  # corrupt archives raise many kinds of errors
+        raise CheckpointError(f"{path} is not a readable checkpoint: empty, truncated or not "
+                              f"written by torch.save ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''})") from None
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from `.pt`/`.pth`/`.bin` (weights_only) or `.safetensors`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weight file {path} not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix != ".safetensors":
+        state = safe_torch_load(path)
+    else:
+        from safetensors.torch import load_file
 
+        try:
             state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt archives raise many kinds of errors
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})"
-                              ) from err
+        except Exception as err:  # corrupt archives raise many kinds of errors
+            raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
+                                  f"{err})") from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -21,6 +21,10 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a NaN or infinite loss."""
 
 
+class EmptyEpochError(RuntimeError):
+    """A training epoch gave no batch: no data, or all of it skipped or filtered."""
+
+
 class SpeechLLMModule(pl.LightningModule):
     """Trains a SpeechLLM: loss and token accuracy, validation loss/accuracy and greedy-decoded
     error rate on a few batches, MooER's log line, throughput, NaN/inf step skipping."""
@@ -124,6 +128,17 @@ class SpeechLLMModule(pl.LightningModule):
                      self.current_epoch + 1, self.trainer.max_epochs, step, lr,
                      float(metrics.get("train/loss", math.nan)),
                      float(metrics.get("train/acc", math.nan)))
+
+    def on_train_epoch_end(self) -> None:
+        """An epoch without a single batch stops the run (before its checkpoint is written)."""
+        if self.trainer.fit_loop.epoch_loop.batch_progress.current.processed:
+            return
+        errors = getattr(self.trainer.train_dataloader, "errors", None) or {}
+        why = ", ".join(f"{reason}: {count}" for reason, count in sorted(errors.items()))
+        raise EmptyEpochError(
+            f"train epoch {self.current_epoch} gave no batch to train on "
+            f"({why or 'the data list gave no utterances'}). Check data.train_data_path, and "
+            "data.min_length/max_length (10 ms frames) against your durations")
 
     # -- validation -----------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

@@ -39,6 +39,39 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None
     return ckpt_path
 
 
+TRAINER_NUMBERS = ("max_steps", "max_epochs", "min_steps", "min_epochs", "accumulate_grad_batches",
+                   "log_every_n_steps", "check_val_every_n_epoch", "val_check_interval",
+                   "limit_train_batches", "limit_val_batches", "num_sanity_val_steps",
+                   "gradient_clip_val", "num_nodes")
+
+
+def check_trainer_numbers(trainer_cfg: DictConfig) -> None:
+    """Numbers the Trainer compares only mid-run (`max_steps=abc` failed after the model was
+    built): checked before anything is built, each error naming its key."""
+    for key in TRAINER_NUMBERS:
+        value = trainer_cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise SystemExit(f"error: trainer.{key} must be a number, got {value!r}")
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Refuse a resume checkpoint that holds more than tensors, plain containers and the few
+    classes Lightning and DeepSpeed write, before anything unpickles it without weights_only
+    (DeepSpeed does); name empty, truncated or foreign files."""
+    from mooer.models.weights import CheckpointError, safe_torch_load
+
+    path = Path(path)
+    files = sorted(path.rglob("*.pt")) if path.is_dir() else [path]
+    if not files:
+        raise SystemExit(f"error: {path} holds no checkpoint files (*.pt): not a checkpoint of "
+                         "this project")
+    for file in files:
+        try:
+            safe_torch_load(file)
+        except CheckpointError as err:
+            raise SystemExit(f"error: cannot resume from {path}: {err}") from None
+
+
 def build_strategy(cfg: DictConfig, kind: str) -> Any:
     if cfg.strategy.name == "auto":
         return "auto"
@@ -83,8 +116,14 @@ def _fit(cfg: DictConfig) -> float | None:
     from mooer.training.accelerators import register_musa
     from mooer.training.callbacks import AtomicCheckpointIO, MooerCheckpoint
     from mooer.training.launch import write_result
-    from mooer.training.module import SpeechLLMModule
+    from mooer.training.module import EmptyEpochError, SpeechLLMModule
 
+    check_trainer_numbers(cfg.trainer)
+    output_dir = Path(cfg.paths.output_dir)
+    checkpoint_dir = output_dir / "checkpoints"
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, checkpoint_dir)
+    if ckpt_path:
+        verify_checkpoint(ckpt_path)
     pl.seed_everything(cfg.seed, workers=True)
     kind = device_type(cfg.trainer.accelerator)
     if kind == "musa" and not register_musa():
@@ -98,8 +137,6 @@ def _fit(cfg: DictConfig) -> float | None:
     load_mooer(model, cfg.model.adapter_path, cfg.model.lora_dir)  # warm start, when given
     module = SpeechLLMModule(model, OmegaConf.to_container(cfg.optim, resolve=True),
                              log_interval=cfg.log_interval)
-    output_dir = Path(cfg.paths.output_dir)
-    checkpoint_dir = output_dir / "checkpoints"
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     callbacks.append(MooerCheckpoint(
         dirpath=checkpoint_dir, filename="step_{step}", every_n_train_steps=cfg.save_interval,
@@ -110,8 +147,10 @@ def _fit(cfg: DictConfig) -> float | None:
     plugins = [] if "DeepSpeed" in type(strategy).__name__ else [AtomicCheckpointIO()]
     trainer: pl.Trainer = instantiate(cfg.trainer, strategy=strategy, callbacks=callbacks,
                                       logger=loggers, plugins=plugins, _convert_="all")
-    trainer.fit(module, datamodule=datamodule,
-                ckpt_path=resolve_ckpt_path(cfg.ckpt_path, checkpoint_dir))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except EmptyEpochError as err:
+        raise SystemExit(f"error: {err}") from None
     if module.nonfinite_steps:
         log.warning("%d batches were skipped for a non-finite loss", module.nonfinite_steps)
     val_loss = trainer.callback_metrics.get("val/loss")
