@@ -136,7 +136,8 @@ class ShardDataset(IterableDataset):
             stages.append(functools.partial(P.spec_augment, seed=seed + 1, **settings))
         stages.append(functools.partial(P.tokenize, prompt_builder=self.prompt_builder,
                                         slots_for=self.slots_for, epoch=self.epoch,
-                                        inference=o.inference, transcripts=o.transcripts))
+                                        inference=o.inference, transcripts=o.transcripts,
+                                        errors=errors))
         if o.training and o.shuffle_buffer > 1:
             stages.append(functools.partial(P.shuffle, buffer_size=o.shuffle_buffer, seed=seed + 2))
         if o.dynamic_batching:  # duration buckets: no sort buffer needed

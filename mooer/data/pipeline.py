@@ -331,12 +331,22 @@ def spec_augment(samples: Iterable[Sample], seed: int, num_freq_masks: int = 2,
 
 
 def tokenize(samples: Iterable[Sample], prompt_builder, slots_for: Callable[[int], int],
-             epoch: int = 0, inference: bool = False, group_size: int = 64,
+             errors: DataErrors, epoch: int = 0, inference: bool = False, group_size: int = 64,
              transcripts: bool = False) -> Iterator[Sample]:
     """Prompt and answer token ids plus the number of audio slots of each utterance; answers
     of `group_size` utterances are tokenized in one call. With `transcripts`, the transcript's
-    token ids too (`transcript_ids`, for a CTC loss), whatever the task's answer is."""
-    for group in groups(samples, group_size):
+    token ids too (`transcript_ids`, for a CTC loss), whatever the task's answer is. An utterance
+    too short to give the encoder one audio slot is skipped."""
+
+    def long_enough(sample: Sample) -> bool:
+        if slots_for(len(sample["features"])) > 0:
+            return True
+        seconds = len(sample["wav"]) / sample["sample_rate"]
+        errors.skip("too short for the encoder", f"{sample['shard']}:{sample['key']}",
+                    f"({seconds:.3f} s)")
+        return False
+
+    for group in groups(filter(long_enough, samples), group_size):
         prompted = prompt_builder.many([s.get("target", s["txt"]) for s in group],
                                        [s["key"] for s in group], epoch, inference)
         if transcripts:

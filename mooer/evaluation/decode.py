@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ class Decoded:
     references: dict[str, str]  # the transcripts the data carried
     audio_seconds: float
     elapsed: float
+    duplicates: list[str] = field(default_factory=list)  # uttids the data held more than once
 
     @property
     def rtf(self) -> float:
@@ -84,13 +85,20 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
            device: torch.device, dtype: torch.dtype, total: int | None = None,
            desc: str = "decoding") -> Decoded:
     """Generate every utterance of `loader`; a progress bar counts utterances."""
-    hypotheses, references, seconds = {}, {}, 0.0
+    hypotheses, references, seconds, duplicates, seen = {}, {}, 0.0, [], set()
     started = time.perf_counter()
     with tqdm(total=total, desc=desc, unit="utt") as bar:
         for batch in loader:
+            for key in batch["keys"]:
+                if key in seen:
+                    duplicates.append(key)
+                seen.add(key)
             generated = model.generate(to_device(batch, device, dtype), **decoding)
             hypotheses.update(zip(batch["keys"], generated.texts, strict=True))
             references.update(zip(batch["keys"], batch["targets"], strict=True))
             seconds += batch["audio_seconds"]
             bar.update(len(batch["keys"]))
-    return Decoded(hypotheses, references, seconds, time.perf_counter() - started)
+    if duplicates:
+        log.warning("%s: %d uttids came more than once (the last hypothesis is kept): %s", desc,
+                    len(duplicates), " ".join(sorted(set(duplicates))[:10]))
+    return Decoded(hypotheses, references, seconds, time.perf_counter() - started, duplicates)

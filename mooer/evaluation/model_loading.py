@@ -27,6 +27,12 @@ def load_trainable(model: SpeechLLM, path: str | Path) -> None:
     if unknown:
         raise CheckpointError(f"{path} has weights this model lacks: {', '.join(unknown[:5])} "
                               "(is the encoder/llm/projector config the one it was trained with?)")
+    missing = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in state)
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks {len(missing)} of the weights this config trains "
+            f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): it was not "
+            "trained with this encoder/projector/llm config (give run_dir= to use the run's)")
     model.load_state_dict(state, strict=False)
 
 
@@ -57,14 +63,32 @@ def apply_run_dir(cfg: DictConfig) -> DictConfig:
         raise FileNotFoundError(f"run_dir {run_dir} has no .hydra/config.yaml: give the "
                                 "directory a `python train.py` run wrote")
     trained = OmegaConf.load(saved)
+    hydra_file = Path(run_dir) / ".hydra" / "hydra.yaml"
+    train_cwd = (Path(OmegaConf.load(hydra_file).hydra.runtime.cwd) if hydra_file.is_file()
+                 else Path.cwd())
     cfg = cfg.copy()
     for key in ("encoder", "projector", "llm"):  # resolved where they were written
-        cfg[key] = OmegaConf.to_container(trained[key], resolve=True)
+        cfg[key] = _anchored(OmegaConf.to_container(trained[key], resolve=True), train_cwd)
     cfg.task.prompts = OmegaConf.to_container(trained.task.prompts, resolve=True)
     cfg.task.prompt_template = trained.task.prompt_template
     if not cfg.get("checkpoint"):
         cfg.checkpoint = str(Path(run_dir) / "checkpoints" / "last.ckpt")
     return cfg
+
+
+PATH_KEYS = frozenset({"path", "tokenizer_path", "cmvn_path", "checkpoint"})
+
+
+def _anchored(node, train_cwd: Path):
+    """A run's model config with its relative file paths made absolute from the directory the
+    run was started in, so that decoding works from any directory."""
+    if isinstance(node, dict):
+        return {k: (str(train_cwd / v) if k in PATH_KEYS and isinstance(v, str) and v
+                    and not Path(v).is_absolute() and (train_cwd / v).exists()
+                    else _anchored(v, train_cwd)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_anchored(v, train_cwd) for v in node]
+    return node
 
 
 def load_for_decoding(cfg: DictConfig, device: torch.device, precision: str,

@@ -86,13 +86,16 @@ def resolve_sets(cfg: DictConfig) -> list[TestSet]:
 
 
 def write_set(out_dir: Path, test_set: TestSet, hypotheses: dict[str, str],
-              references: dict[str, str]) -> tuple[float, float | None]:
+              references: dict[str, str], duplicates: list[str] = ()) -> tuple[float, float | None]:
     """`text` (uttid<TAB>hyp) and `wer` (or `bleu`) files; returns the score (and chrF)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "text").write_text(
         "".join(f"{k}\t{one_line(hypotheses[k])}\n" for k in sorted(hypotheses)), encoding="utf-8")
     result = score(references, hypotheses)
-    (out_dir / "wer").write_text(format_wer(result), encoding="utf-8")
+    if result.extra:
+        log.warning("%s: %d hypotheses have no reference and are not scored (listed in %s): %s",
+                    test_set.name, len(result.extra), out_dir / "wer", " ".join(result.extra[:10]))
+    (out_dir / "wer").write_text(format_wer(result, duplicates), encoding="utf-8")
     if test_set.metric == "bleu":
         bleu, chrf = bleu_chrf(references, hypotheses)
         (out_dir / "bleu").write_text(f"BLEU {bleu:.2f}\nchrF {chrf:.2f}\n", encoding="utf-8")
@@ -132,7 +135,8 @@ def evaluate(cfg: DictConfig) -> list[SetResult]:
         decoded = decode(model, loader, decoding, device, dtype,
                          total=len(references) if references else None, desc=test_set.name)
         value, chrf = write_set(decode_path / test_set.name, test_set, decoded.hypotheses,
-                                references if references is not None else decoded.references)
+                                references if references is not None else decoded.references,
+                                decoded.duplicates)
         results.append(SetResult(test_set.name, test_set.metric, value, len(decoded.hypotheses),
                                  decoded.rtf, decoded.utterances_per_second, chrf))
         log.info("%s: %s %.2f", test_set.name, test_set.metric, value)

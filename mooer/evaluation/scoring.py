@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,11 +123,13 @@ def _rate(a: Alignment) -> float:
 
 @dataclass
 class Score:
-    """Totals over a test set, the per-utterance alignments and the keys without hypothesis."""
+    """Totals over a test set, the per-utterance alignments, the keys without hypothesis and
+    the hypotheses without reference (not scored)."""
 
     total: Alignment
     utterances: dict[str, Alignment] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
 
     @property
     def error_rate(self) -> float:
@@ -144,11 +147,13 @@ def score(refs: dict[str, str], hyps: dict[str, str]) -> Score:
         result.utterances[key] = a
         for name in ("correct", "substitutions", "deletions", "insertions"):
             setattr(total, name, getattr(total, name) + getattr(a, name))
+    result.extra = sorted(set(hyps) - set(refs))
     return result
 
 
-def format_wer(result: Score) -> str:
-    """The `wer` file: per-utterance alignments, then `Overall -> x.xx % N=.. C=.. S=.. D=.. I=..`."""
+def format_wer(result: Score, duplicates: Iterable[str] = ()) -> str:
+    """The `wer` file: per-utterance alignments, then `Overall -> x.xx % N=.. C=.. S=.. D=.. I=..`,
+    then the keys left out of the score (missing or extra hypotheses, uttids decoded twice)."""
     lines = []
     for key, a in result.utterances.items():
         lines += ["", f"utt: {key}", f"WER: {_rate(a):4.2f} % {_counts(a)}"]
@@ -162,6 +167,13 @@ def format_wer(result: Score) -> str:
     if result.missing:
         lines.append(f"Missing hypotheses (scored as deletions): {len(result.missing)}: "
                      + " ".join(result.missing))
+    if result.extra:
+        lines.append(f"Hypotheses without a reference (not scored): {len(result.extra)}: "
+                     + " ".join(result.extra))
+    duplicates = sorted(duplicates)
+    if duplicates:
+        lines.append(f"Uttids decoded more than once (the last hypothesis kept): "
+                     f"{len(duplicates)}: " + " ".join(duplicates))
     return "\n".join(lines) + "\n"
 
 
@@ -178,6 +190,14 @@ def bleu_chrf(refs: dict[str, str], hyps: dict[str, str], tokenize_as: str = "13
     return bleu.score, chrf.score
 
 
+def _files(*paths: Path) -> tuple[Path, ...]:
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} {'is a directory' if path.is_dir() else 'does not exist'}"
+                                    ": give a Kaldi text file (uttid text per line)")
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mooer-score", description=__doc__.split("\n")[0])
     parser.add_argument("ref", type=Path, help="Kaldi text with references")
@@ -185,16 +205,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the wer file here")
     parser.add_argument("--bleu", action="store_true", help="also print BLEU and chrF")
     args = parser.parse_args(argv)
-    for path in (args.ref, args.hyp):
-        if not path.is_file():
-            print(f"error: {path} does not exist", file=sys.stderr)
-            return 2
-    refs, hyps = dict(read_table(args.ref)), dict(read_table(args.hyp))
+    try:
+        refs, hyps = (dict(read_table(path)) for path in _files(args.ref, args.hyp))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not refs:
+        print(f"error: {args.ref} holds no references: nothing to score", file=sys.stderr)
+        return 2
     result = score(refs, hyps)
     report = format_wer(result)
     if args.out:
         args.out.write_text(report, encoding="utf-8")
-        print(report.strip().splitlines()[-2 if result.missing else -1])
+        print(report[report.index("Overall -> "):], end="")  # the totals and what was left out
     else:
         print(report, end="")
     if args.bleu:

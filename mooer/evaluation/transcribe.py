@@ -7,7 +7,9 @@
         --adapter_path pretrained_models/asr/adapter_project.pt \
         --lora_dir pretrained_models/asr/lora_weights
 
-Prints `uttid<TAB>text` (with --task asr_ast: `uttid<TAB>transcript<TAB>translation`).
+Prints `uttid<TAB>text` (with --task asr_ast: `uttid<TAB>transcript<TAB>translation`); the uttid
+of a --wav_path file is its name without extension. Inputs that cannot be transcribed (shorter
+than 0.1 s) are named on stderr and the exit status is 1.
 Extra Hydra overrides (e.g. `llm=qwen2_1_5b`) go after `--`.
 """
 
@@ -28,10 +30,12 @@ from mooer.evaluation.model_loading import apply_run_dir, load_for_decoding
 
 log = logging.getLogger(__name__)
 LONG_AUDIO_SECONDS = 30.0
+MIN_AUDIO_SECONDS = 0.1  # shorter audio gives the encoder no frame to attend to
 
 
-def _kaldi_dir(args: argparse.Namespace, work: Path) -> tuple[Path, list[str]]:
-    """A Kaldi dir for the inputs and the uttids in input order."""
+def _kaldi_dir(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, str], list[str]]:
+    """A Kaldi dir for the inputs under internal uttids (`utt000001`...: file names may hold
+    spaces), the name each is printed as, and the inputs too short to decode."""
     if args.wav_scp:
         rows = read_table(args.wav_scp)
     else:
@@ -42,18 +46,25 @@ def _kaldi_dir(args: argparse.Namespace, work: Path) -> tuple[Path, list[str]]:
                 key += "_"
             seen.add(key)
             rows.append((key, str(Path(path).resolve())))
-    for key, path in rows:
+    names, too_short, lines = {}, [], []
+    for index, (key, path) in enumerate(rows):
         if not Path(path).is_file():
             raise FileNotFoundError(f"{key}: audio file {path} not found")
         try:
             seconds = sf.info(path).duration
         except RuntimeError as err:
             raise ValueError(f"{key}: cannot read {path} ({err})") from err
+        if seconds < MIN_AUDIO_SECONDS:
+            too_short.append(f"{key} ({seconds:.3f} s)")
+            continue
         if seconds > LONG_AUDIO_SECONDS:
             log.warning("%s is %.0f s long; the models were trained on utterances under %.0f s, "
                         "so split long audio first", key, seconds, LONG_AUDIO_SECONDS)
-    (work / "wav.scp").write_text("".join(f"{k} {p}\n" for k, p in rows), encoding="utf-8")
-    return work, [k for k, _ in rows]
+        uttid = f"utt{index:06d}"
+        names[uttid] = key
+        lines.append(f"{uttid} {path}\n")
+    (work / "wav.scp").write_text("".join(lines), encoding="utf-8")
+    return work, names, too_short
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,9 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            source, keys = _kaldi_dir(args, Path(tmp))
+            source, names, too_short = _kaldi_dir(args, Path(tmp))
         except (FileNotFoundError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
+            return 2
+        if too_short:
+            print(f"skipped, shorter than {MIN_AUDIO_SECONDS} s: {', '.join(too_short)}",
+                  file=sys.stderr)
+        if not names:
+            print("error: nothing to transcribe", file=sys.stderr)
             return 2
         model, dtype = load_for_decoding(cfg, device, args.precision)
         from hydra.utils import instantiate
@@ -106,11 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         columns = []
         for task in (["asr", "ast"] if args.task == "asr_ast" else [args.task]):
             loader = config_loader(cfg, source, model.tokenizer, task, args.batch_size, frontend)
-            columns.append(decode(model, loader, decoding, device, dtype, total=len(keys),
+            columns.append(decode(model, loader, decoding, device, dtype, total=len(names),
                                   desc=task).hypotheses)
-    for key in keys:
-        print("\t".join([key, *(one_line(column.get(key, "")) for column in columns)]))
-    return 0
+    undecoded = [name for uttid, name in names.items() if uttid not in columns[0]]
+    for uttid, name in names.items():
+        if uttid in columns[0]:
+            print("\t".join([name, *(one_line(column.get(uttid, "")) for column in columns)]))
+    if undecoded:
+        print(f"not transcribed (see the warnings above): {', '.join(undecoded)}",
+              file=sys.stderr)
+    return 1 if too_short or undecoded else 0
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +16,11 @@ class CheckpointError(RuntimeError):
     """A weight file that is missing, unreadable, or does not fit the model."""
 
 
-def _deepspeed_classes() -> list[type]:
-    """The classes DeepSpeed's optimizer-state files hold besides tensors (its loss scaler, ZeRO
-    stage and fragment addresses): allowed in weights_only loading, nothing else is."""
+def safe_torch_load(path: str | Path, allowed: Sequence[type] = ()) -> Any:
+    """torch.load with weights_only=True (tensors, plain containers and the `allowed` classes): a
+    pickle that would call anything else is refused, never run."""
     try:
-        from deepspeed.runtime.fp16.loss_scaler import LossScaler
-        from deepspeed.runtime.zero.config import ZeroStageEnum
-        from deepspeed.utils.tensor_fragment import fragment_address
-    except ImportError:
-        return []
-    return [LossScaler, ZeroStageEnum, fragment_address]
-
-
-def safe_torch_load(path: str | Path) -> Any:
-    """torch.load with weights_only=True (tensors, plain containers, DeepSpeed's few classes):
-    a pickle that would call anything else is refused, never run."""
-    try:
-        with torch.serialization.safe_globals(_deepspeed_classes()):
+        with torch.serialization.safe_globals(list(allowed)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))

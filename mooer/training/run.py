@@ -54,10 +54,20 @@ def check_trainer_numbers(trainer_cfg: DictConfig) -> None:
             raise SystemExit(f"error: trainer.{key} must be a number, got {value!r}")
 
 
+def _deepspeed_classes() -> list[type]:
+    """The classes DeepSpeed's optimizer-state files hold besides tensors (its loss scaler, ZeRO
+    stage and fragment addresses): allowed in weights_only loading, nothing else is."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
 def verify_checkpoint(path: str | Path) -> None:
     """Refuse a resume checkpoint that holds more than tensors, plain containers and the few
-    classes Lightning and DeepSpeed write, before anything unpickles it without weights_only
-    (DeepSpeed does); name empty, truncated or foreign files."""
+    classes DeepSpeed writes, before anything unpickles it without weights_only (DeepSpeed does);
+    name empty, truncated or foreign files."""
     from mooer.models.weights import CheckpointError, safe_torch_load
 
     path = Path(path)
@@ -65,9 +75,10 @@ def verify_checkpoint(path: str | Path) -> None:
     if not files:
         raise SystemExit(f"error: {path} holds no checkpoint files (*.pt): not a checkpoint of "
                          "this project")
+    allowed = _deepspeed_classes() if path.is_dir() else []  # a DeepSpeed checkpoint directory
     for file in files:
         try:
-            safe_torch_load(file)
+            safe_torch_load(file, allowed)
         except CheckpointError as err:
             raise SystemExit(f"error: cannot resume from {path}: {err}") from None
 

@@ -7,8 +7,10 @@ import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -108,7 +110,6 @@ def test_transcribe_cli(setup, corpus, tmp_path):
     root, tokenizer_dir = setup
     stereo = tmp_path / "stereo44k.flac"
     audio, rate = sf.read(read_table(corpus / "wav.scp")[0][1])
-    import numpy as np
     from scipy.signal import resample_poly
 
     sf.write(stereo, np.stack([resample_poly(audio, 441, 160)] * 2, 1), 44100)
@@ -125,3 +126,75 @@ def test_transcribe_cli(setup, corpus, tmp_path):
     missing = subprocess.run([*command[:2], str(tmp_path / "none.wav"), *command[4:]],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_a_checkpoint_matching_nothing_is_refused(setup, tmp_path):
+    from mooer.evaluation.model_loading import load_trainable
+    from mooer.models.weights import CheckpointError
+
+    root, tokenizer_dir = setup
+    empty = tmp_path / "empty.ckpt"
+    torch.save({"state_dict": {}}, empty)
+    cfg, _ = compose_config("evaluate", overrides(root, tokenizer_dir, f"checkpoint={empty}"))
+    model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, None)
+    with pytest.raises(CheckpointError, match="lacks .* of the weights this config trains"):
+        load_trainable(model, empty)
+
+
+def test_duplicate_and_extra_hypotheses_are_listed(setup, corpus, tmp_path, caplog):
+    root, tokenizer_dir = setup
+    test_dir = tmp_path / "test" / "dup"
+    test_dir.mkdir(parents=True)
+    first = Path((root / "test" / "demo_test" / "data.list").read_text().split()[0])
+    (test_dir / "data.list").write_text(f"{first}\n{first}\n")  # the same shard twice
+    with tarfile.open(first) as tar:
+        keys = sorted({m.name.rpartition(".")[0] for m in tar.getmembers()})
+    texts = dict(read_table(corpus / "text"))
+    (test_dir / "text").write_text("".join(f"{k} {texts[k]}\n" for k in keys[1:]))
+    cfg, _ = compose_config("evaluate", [*overrides(root, tokenizer_dir, "testsets=[]",
+                                                    "extra_testsets=[dup]"),
+                                         f"test_data_dir={tmp_path / 'test'}",
+                                         f"decode_path={tmp_path / 'decode'}"])
+    with caplog.at_level("WARNING"):
+        evaluate(cfg)
+    wer = (tmp_path / "decode" / "dup" / "wer").read_text()
+    assert f"Hypotheses without a reference (not scored): 1: {keys[0]}" in wer
+    assert f"Uttids decoded more than once (the last hypothesis kept): {len(keys)}: " in wer
+    assert any("no reference" in r.message for r in caplog.records)
+
+
+def test_run_dir_works_from_another_directory(setup, tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from mooer.evaluation.model_loading import apply_run_dir
+
+    root, tokenizer_dir = setup
+    started_in = Path(tokenizer_dir).parent
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    cfg, _ = compose_config("train", [*TINY, f"llm.tokenizer_path={Path(tokenizer_dir).name}"])
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    OmegaConf.save({"hydra": {"runtime": {"cwd": str(started_in)}}}, run / ".hydra" / "hydra.yaml")
+    monkeypatch.chdir(tmp_path)  # elsewhere: the relative tokenizer path is not here
+    evaluated = apply_run_dir(compose_config("evaluate", [f"run_dir={run}"])[0])
+    assert evaluated.llm.tokenizer_path == str(started_in / Path(tokenizer_dir).name)
+    assert Path(evaluated.llm.tokenizer_path).is_dir()
+
+
+def test_transcribe_names_with_spaces_and_too_short_files(setup, corpus, tmp_path):
+    root, tokenizer_dir = setup
+    spaced = tmp_path / "sp ace.wav"
+    shutil.copy(read_table(corpus / "wav.scp")[0][1], spaced)
+    short = tmp_path / "short.wav"
+    sf.write(short, np.zeros(160, dtype=np.float32), 16000)
+    command = [str(Path(sys.executable).with_name("mooer-transcribe")), "--wav_path",
+               str(spaced), str(short), "--checkpoint", str(root / "release"), "--device", "cpu",
+               "--max_new_tokens", "3", "--", *TINY, f"llm.tokenizer_path={tokenizer_dir}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sp ace\t") and lines[0] != "sp ace\t"
+    assert "skipped, shorter than 0.1 s: short (0.010 s)" in result.stderr
+    alone = subprocess.run([*command[:2], str(short), *command[4:]], capture_output=True,
+                           text=True, timeout=300)
+    assert alone.returncode == 2 and "nothing to transcribe" in alone.stderr

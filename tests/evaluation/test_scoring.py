@@ -65,3 +65,29 @@ def test_cli_writes_wer_file(tmp_path, capsys):
     text = (tmp_path / "wer").read_text()
     assert "Overall -> 60.00 % N=5 C=2 S=1 D=2 I=0" in text
     assert main([str(tmp_path / "nope"), str(tmp_path / "hyp")]) == 2
+
+
+@pytest.mark.parametrize("bleu", [[], ["--bleu"]])
+def test_cli_refuses_an_empty_reference_file(tmp_path, capsys, bleu):
+    (tmp_path / "ref").write_text("\n")
+    (tmp_path / "hyp").write_text("u1 a\n")
+    assert main([str(tmp_path / "ref"), str(tmp_path / "hyp"), *bleu]) == 2
+    assert "holds no references" in capsys.readouterr().err
+
+
+def test_cli_names_non_utf8_input_and_directories(tmp_path, capsys):
+    (tmp_path / "ref").write_text("u1 a b\n")
+    (tmp_path / "hyp").write_bytes(b"u1 caf\xe9\n")
+    assert main([str(tmp_path / "ref"), str(tmp_path / "hyp")]) == 2
+    assert "hyp:1 is not UTF-8" in capsys.readouterr().err
+    assert main([str(tmp_path / "ref"), str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_extra_hypotheses_are_listed_not_scored(tmp_path, capsys):
+    (tmp_path / "ref").write_text("u1 a b\n")
+    (tmp_path / "hyp").write_text("u1 a b\nu9 x\n")
+    assert main([str(tmp_path / "ref"), str(tmp_path / "hyp"), "--out", str(tmp_path / "wer")]) == 0
+    out = capsys.readouterr().out
+    assert "Overall -> 0.00 % N=2 C=2" in out
+    assert "Hypotheses without a reference (not scored): 1: u9" in out
