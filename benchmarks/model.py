@@ -3,6 +3,8 @@
     python benchmarks/model.py                        # tiny model on CPU
     python benchmarks/model.py --recipe mt5k --device cuda --batch 8 --seconds 10
         # MooER's shapes at random init: Paraformer-large + Qwen2-7B-shaped LLM in bf16, LoRA r=64
+    python benchmarks/model.py --recipe mt5k --llm qwen2_1_5b --dtype fp32 --batch 2 --steps 2
+        # real shapes on a CPU: Paraformer-large + Qwen2-1.5B-shaped LLM, LoRA r=64 (fits 24 GB)
 
 Prints samples/s, achieved TFLOP/s and MFU (model FLOPs: 2 x parameters per token forward,
 4 x for forward + backward through a frozen base), peak memory, and the real-time factor of
@@ -12,6 +14,7 @@ decoding (greedy and beam 4).
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import torch
@@ -64,10 +67,14 @@ def main() -> None:
     parser.add_argument("--new_tokens", type=int, default=30)
     parser.add_argument("--peak_tflops", type=float, default=989.0,
                         help="the device's dense bf16 peak (H100 SXM: 989)")
+    parser.add_argument("--llm", default=None, help="another llm config (e.g. qwen2_1_5b)")
+    parser.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (default: the config's)")
     args = parser.parse_args()
     overrides = (["encoder=paraformer_tiny", "llm=tiny"] if args.recipe == "tiny" else
                  ["experiment=mt5k", "encoder.model.checkpoint=null",
                   "encoder.frontend.cmvn_path=null", "llm.path=null"])
+    overrides += [f"llm={args.llm}"] if args.llm else []
+    overrides += [f"llm.dtype={args.dtype}"] if args.dtype else []
     cfg, _ = compose_config("train", overrides)
     vocab = cfg.llm.architecture.vocab_size
     device = torch.device(args.device)
@@ -101,7 +108,6 @@ def main() -> None:
     frames = batch["features"].shape[0] * batch["features"].shape[1]
     flops = 4 * count(model.llm) * tokens + 2 * count(model.encoder) * frames
     achieved = flops / step_seconds / 1e12
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     model.eval()
     decode = {}
     for beams in (1, 4):
@@ -111,6 +117,8 @@ def main() -> None:
                        args.new_tokens, eos_bias=0)
         sync()
         decode[beams] = (time.perf_counter() - started) / (args.batch * args.seconds)
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"  # else the process's RSS
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
     print(f"\nrecipe {args.recipe} on {device}, dtype {cfg.llm.dtype}, batch {args.batch} x "
           f"{args.seconds:.0f} s, {tokens // args.batch} tokens/row, encoder "
           f"{count(model.encoder) / 1e6:.1f} M, LLM {count(model.llm) / 1e6:.1f} M, trainable "
@@ -120,7 +128,8 @@ def main() -> None:
     print(f"| train samples/s | {args.batch / step_seconds:.1f} |")
     print(f"| achieved TFLOP/s | {achieved:.2f} |")
     print(f"| MFU (peak {args.peak_tflops:.0f} TFLOP/s) | {achieved / args.peak_tflops:.1%} |")
-    print(f"| peak memory | {peak:.1f} GiB |")
+    print(f"| peak memory ({'allocated' if device.type == 'cuda' else 'process RSS'}) | "
+          f"{peak:.1f} GiB |")
     print(f"| decode RTF, greedy, {args.new_tokens} tokens | {decode[1]:.4f} |")
     print(f"| decode RTF, beam 4, {args.new_tokens} tokens | {decode[4]:.4f} |")
 

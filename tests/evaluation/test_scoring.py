@@ -10,9 +10,59 @@ from mooer.evaluation.scoring import align, bleu_chrf, format_wer, main, score, 
 
 def test_tokenize_chars_words_and_normalization():
     assert tokenize("今天 天气") == ["今", "天", "天", "气"]
-    assert tokenize("hello▁World, ok!") == ["HELLO", "WORLD", "OK"]
+    # as compute-wer.py --char=1: punctuation is dropped only where a token would start
+    assert tokenize("hello▁World, ok !") == ["HELLO", "WORLD,", "OK"]
     assert tokenize("我爱 you all 123") == ["我", "爱", "YOU", "ALL", "123"]
+    assert tokenize("你好，世界。") == ["你", "好", "世", "界"]
     assert tokenize("") == []
+
+
+@pytest.mark.parametrize(("text", "tokens"), [
+    ("价格 3.5 元", ["价", "格", "3.5", "元"]),          # numbers keep their dot
+    ("涨了50%", ["涨", "了", "50%"]),
+    ("GPU3.5版本", ["GPU3.5", "版", "本"]),
+    ("DON'T stop it's", ["DON'T", "STOP", "IT'S"]),     # LibriSpeech's apostrophes
+    ("hello;world", ["HELLO;WORLD"]),
+    ("hello world.", ["HELLO", "WORLD."]),              # trailing punctuation counts
+    ("<noise>今天<unk>", ["今", "天"]),                  # tags removed
+    ("<unk><noise> ok", ["OK"]),
+    ("café", ["CAF", "É"]),                             # letters beyond ASCII stand alone
+    ("ＡＢＣ", ["Ａ", "Ｂ", "Ｃ"]),
+])
+def test_tokenize_as_compute_wer_char_mode(text, tokens):
+    assert tokenize(text) == tokens
+
+
+@pytest.mark.parametrize(("ref", "hyp", "counts"), [  # (N, C, S, D, I), worked by hand
+    ("价格 3.5 元", "价格 3 5 元", (4, 3, 1, 0, 1)),
+    ("涨了50%", "涨了50", (3, 2, 1, 0, 0)),
+    ("DON'T do it's", "don t do its", (3, 1, 2, 0, 1)),
+    ("hello;world", "hello world", (1, 0, 1, 0, 1)),
+    ("hello world.", "hello world", (2, 1, 1, 0, 0)),
+    ("<noise>今天", "今天", (2, 2, 0, 0, 0)),
+    ("café", "cafe", (2, 0, 1, 1, 0)),
+    ("ＡＢＣ", "ABC", (3, 0, 1, 2, 0)),
+])
+def test_counts_as_compute_wer(ref, hyp, counts):
+    a = align(tokenize(ref), tokenize(hyp))
+    assert (a.num_ref, a.correct, a.substitutions, a.deletions, a.insertions) == counts
+
+
+def test_word_mode_case_and_ignore_flags(tmp_path, capsys):
+    (tmp_path / "ref").write_text("u1 今天 Hello <unk> world\nu2 gone here\n")
+    (tmp_path / "hyp").write_text("u1 今天 hello world\n")
+    (tmp_path / "ignore").write_text("world\n")
+    args = [str(tmp_path / "ref"), str(tmp_path / "hyp")]
+    assert main(["--char=0", "--v=0", *args]) == 0  # words: 今天 HELLO WORLD
+    out = capsys.readouterr().out
+    assert "Overall -> 40.00 % N=5 C=3 S=0 D=2 I=0" in out and "utt:" not in out
+    assert "compute-wer.py, which skips utterances without hypothesis: 0.00 % N=3 C=3" in out
+    assert main(["--char=0", "--v=0", "--cs=1", *args]) == 0
+    assert "Overall -> 60.00 % N=5 C=2 S=1 D=2 I=0" in capsys.readouterr().out
+    assert main(["--char=0", "--v=0", f"--ig={tmp_path / 'ignore'}", *args]) == 0
+    assert "Overall -> 50.00 % N=4 C=2 S=0 D=2 I=0" in capsys.readouterr().out
+    assert main(["--char=0", "--v=0", "--rt=0", *args]) == 0  # tags kept: <UNK> is deleted
+    assert "Overall -> 50.00 % N=6 C=3 S=0 D=3 I=0" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("ref", "hyp", "counts"), [
