@@ -1,6 +1,7 @@
 """MooER release format: `adapter_project.pt` (projector, keys `encoder_projector.*`, plus
-`encoder.*` when the encoder was trained) and a peft LoRA dir (`adapter_config.json` +
-`adapter_model.bin` or `.safetensors`). Load them as released; export ours the same way."""
+`encoder.model.<SANM key>` when the encoder was trained, as MooER's MooerModel names them) and a
+peft LoRA dir (`adapter_config.json` + `adapter_model.bin` or `.safetensors`). Load them as
+released; export ours the same way."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from mooer.models.speech_llm import SpeechLLM
 from mooer.models.weights import CheckpointError, load_state_dict_file, load_strict
 
 PROJECTOR_PREFIX = "encoder_projector."
-ENCODER_PREFIX = "encoder."
+ENCODER_PREFIX = "encoder.model."  # MooER wraps the SANM encoder as `encoder.model`
 
 
 def load_adapter_project(model: SpeechLLM, path: str | Path) -> None:
@@ -24,6 +25,9 @@ def load_adapter_project(model: SpeechLLM, path: str | Path) -> None:
     encoder = {k[len(ENCODER_PREFIX):]: v for k, v in state.items()
                if k.startswith(ENCODER_PREFIX)}
     foreign = sorted(k for k in state if not k.startswith((PROJECTOR_PREFIX, ENCODER_PREFIX)))
+    if foreign and all(k.startswith("encoder.") for k in foreign):
+        raise CheckpointError(f"{path} names encoder weights `encoder.<key>` ({foreign[0]}), "
+                              f"MooER names them `{ENCODER_PREFIX}<key>`: re-export it")
     if not projector:
         raise CheckpointError(f"{path} has no '{PROJECTOR_PREFIX}*' keys: it is not a MooER "
                               f"adapter_project.pt (found e.g. {', '.join(list(state)[:3])})")

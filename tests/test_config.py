@@ -115,3 +115,22 @@ def test_multirun_sweep_composes_each_job(tmp_path):
         combos.add((cfg.llm.name, cfg.strategy.name))
         assert cfg.dry_run is True
     assert combos == {(llm, s) for llm in ("qwen2_7b", "qwen2_1_5b") for s in ("zero2", "zero3")}
+
+
+# config.json of the released models (Hugging Face Qwen/Qwen2-7B-Instruct, Qwen2-1.5B-Instruct)
+QWEN2_CONFIG_JSON = {
+    "qwen2_7b": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                 "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+                 "max_position_embeddings": 32768, "rope_theta": 1000000.0,
+                 "rms_norm_eps": 1e-6, "tie_word_embeddings": False},
+    "qwen2_1_5b": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+                   "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
+                   "max_position_embeddings": 32768, "rope_theta": 1000000.0,
+                   "rms_norm_eps": 1e-6, "tie_word_embeddings": True},
+}
+
+
+@pytest.mark.parametrize("name", sorted(QWEN2_CONFIG_JSON))
+def test_llm_configs_have_the_released_models_shape(name):
+    cfg, _ = compose_config("train", [f"llm={name}"])
+    assert dict(cfg.llm.architecture) == {"model_type": "qwen2", **QWEN2_CONFIG_JSON[name]}

@@ -45,7 +45,7 @@ def load_weights(model: SpeechLLM, checkpoint: str | Path | None, adapter_path: 
         if checkpoint.is_dir():
             if not (checkpoint / "adapter_project.pt").is_file():
                 raise CheckpointError(f"{checkpoint} has no adapter_project.pt: expected a "
-                                      "MooER-layout dir (<name>_merged/ or a release dir)")
+                                      "MooER-layout dir (<task>_epoch_<E>_step_<S>_merged/ or a release dir)")
             lora = next((checkpoint / d for d in LORA_SUBDIRS if (checkpoint / d).is_dir()), None)
             load_mooer(model, checkpoint / "adapter_project.pt", lora)
         else:

@@ -1,10 +1,16 @@
-"""Error rates with alignments (MooER's compute-wer.py, char mode) and BLEU/chrF.
+"""Error rates with alignments, counted as MooER's `compute-wer.py --char=1` counts them, and
+BLEU/chrF.
 
-Tokens: every CJK character is one token and every run of other letters/digits is one word, so
-the same alignment gives CER on Chinese, WER on English and MER on mixed text. Both sides get the
-same normalization: `▁` to space, upper case, punctuation removed.
+Tokens (`--char=1`, the default): each CJK (Unicode "Lo") character is a token; any other token
+runs from its first character over the ASCII characters after it (`3.5`, `50%`, `IT'S`,
+`HELLO;WORLD`, `WORLD.` stay whole; `café` gives `CAF` `É`); the punctuation `! , ?` and CJK
+punctuation is dropped where a token would start; `<tags>` are removed; upper case. `--char=0`
+splits on spaces. Two deliberate differences from compute-wer.py, printed with the score: `▁`
+counts as a space (mooer's labels use spaces), and an utterance without hypothesis counts as
+deletions (compute-wer.py leaves it out; its figure is printed beside ours then).
 
-    mooer-score ref_text hyp_text [--out wer] [--bleu]
+    mooer-score ref_text hyp_text [--out wer] [--bleu] [--char=1] [--v=1] [--cs=0] [--rt=1]
+        [--ig=ignore_words] [--splitfile=file] [--padding-symbol=space|underline] [--maxw=N]
 """
 
 from __future__ import annotations
@@ -12,34 +18,78 @@ from __future__ import annotations
 import argparse
 import sys
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mooer.data.text import read_table
 
-PUNCTUATION = set("!,?.;:\"'、。！，；？：「」︰『』《》（）()[]")
+PUNCTUATION = frozenset("!,?、。！，；？：「」︰『』《》")  # compute-wer.py's list, and no more
+SPACES = frozenset(" \t\r\n")
 
 
-def tokenize(text: str) -> list[str]:
-    """CJK characters one by one, other words whole (MooER's `--char=1` tokenization)."""
-    text = text.replace("▁", " ").upper()
-    tokens, word = [], []
-    for char in text:
+def characterize(text: str) -> list[str]:
+    """compute-wer.py's `--char=1` split (before normalization)."""
+    tokens, i = [], 0
+    while i < len(text):
+        char = text[i]
         category = unicodedata.category(char)
-        if char.isspace() or category in ("Zs", "Cn") or char in PUNCTUATION:
-            if word:
-                tokens.append("".join(word))
-                word = []
-        elif category == "Lo":  # CJK and other letters without case
-            if word:
-                tokens.append("".join(word))
-                word = []
+        if char in PUNCTUATION or category in ("Zs", "Cn") or char in SPACES:
+            i += 1
+        elif category == "Lo":
             tokens.append(char)
+            i += 1
+        else:  # over the ASCII that follows; `<unk><noise>` gives two tokens
+            stop = ">" if char == "<" else " "
+            j = i + 1
+            while j < len(text) and ord(text[j]) < 128 and text[j] not in SPACES \
+                    and text[j] != stop:
+                j += 1
+            if j < len(text) and text[j] == ">":
+                j += 1
+            tokens.append(text[i:j])
+            i = j
+    return tokens
+
+
+def strip_tags(token: str) -> str:
+    """The token without its `<...>` spans."""
+    kept, i = [], 0
+    while i < len(token):
+        if token[i] == "<":
+            while i < len(token) and token[i] != ">":
+                i += 1
+            i += 1
         else:
-            word.append(char)
-    if word:
-        tokens.append("".join(word))
+            kept.append(token[i])
+            i += 1
+    return "".join(kept)
+
+
+@dataclass(frozen=True)
+class Tokenization:
+    """compute-wer.py's switches: --char, --cs, --rt, --ig and --splitfile."""
+
+    char: bool = True
+    case_sensitive: bool = False
+    remove_tags: bool = True
+    ignore: frozenset[str] = frozenset()
+    split: Mapping[str, list[str]] = field(default_factory=dict)
+
+
+def tokenize(text: str, how: Tokenization = Tokenization()) -> list[str]:
+    """The tokens compute-wer.py scores (`▁` taken as a space)."""
+    text = text.replace("▁", " ")
+    tokens = []
+    for token in characterize(text) if how.char else text.split():
+        if not how.case_sensitive:
+            token = token.upper()
+        if token in how.ignore:
+            continue
+        if how.remove_tags:
+            token = strip_tags(token)
+        if token:
+            tokens += how.split.get(token, [token])
     return tokens
 
 
@@ -135,15 +185,25 @@ class Score:
     def error_rate(self) -> float:
         return _rate(self.total)
 
+    def total_with_hypothesis(self) -> Alignment:
+        """Totals over the utterances that have a hypothesis (compute-wer.py's figure)."""
+        total = Alignment([], [])
+        for key, a in self.utterances.items():
+            if key not in self.missing:
+                for name in ("correct", "substitutions", "deletions", "insertions"):
+                    setattr(total, name, getattr(total, name) + getattr(a, name))
+        return total
 
-def score(refs: dict[str, str], hyps: dict[str, str]) -> Score:
+
+def score(refs: dict[str, str], hyps: dict[str, str], how: Tokenization = Tokenization()
+          ) -> Score:
     """Align every reference; an utterance without a hypothesis counts as all deletions."""
     total = Alignment([], [])
     result = Score(total)
     for key, ref in refs.items():
         if key not in hyps:
             result.missing.append(key)
-        a = align(tokenize(ref), tokenize(hyps.get(key, "")))
+        a = align(tokenize(ref, how), tokenize(hyps.get(key, ""), how))
         result.utterances[key] = a
         for name in ("correct", "substitutions", "deletions", "insertions"):
             setattr(total, name, getattr(total, name) + getattr(a, name))
@@ -151,22 +211,31 @@ def score(refs: dict[str, str], hyps: dict[str, str]) -> Score:
     return result
 
 
-def format_wer(result: Score, duplicates: Iterable[str] = ()) -> str:
-    """The `wer` file: per-utterance alignments, then `Overall -> x.xx % N=.. C=.. S=.. D=.. I=..`,
-    then the keys left out of the score (missing or extra hypotheses, uttids decoded twice)."""
+def format_wer(result: Score, duplicates: Iterable[str] = (), verbose: int = 1,
+               padding: str = " ", max_words: int | None = None) -> str:
+    """The `wer` file: per-utterance alignments (verbose), then `Overall -> x.xx % N=.. C=.. S=..
+    D=.. I=..`, then the keys left out of the score (missing or extra hypotheses, uttids decoded
+    twice). As compute-wer.py writes it (`--padding-symbol`, `--maxw`)."""
     lines = []
-    for key, a in result.utterances.items():
+    for key, a in result.utterances.items() if verbose else ():
         lines += ["", f"utt: {key}", f"WER: {_rate(a):4.2f} % {_counts(a)}"]
         widths = [max(_width(r), _width(h)) for r, h in zip(a.ref, a.hyp, strict=True)]
-        lines.append("lab: " + " ".join(r + " " * (w - _width(r))
-                                        for r, w in zip(a.ref, widths, strict=True)))
-        lines.append("rec: " + " ".join(h + " " * (w - _width(h))
-                                        for h, w in zip(a.hyp, widths, strict=True)))
-    lines += ["", "=" * 75, ""]
+        step = max_words or max(1, len(widths))
+        for start in range(0, max(1, len(widths)), step):
+            part = range(start, min(start + step, len(widths)))
+            lines.append("lab: " + "".join(a.ref[i] + padding * (widths[i] - _width(a.ref[i])) + " "
+                                           for i in part))
+            lines.append("rec: " + "".join(a.hyp[i] + padding * (widths[i] - _width(a.hyp[i])) + " "
+                                           for i in part))
+    if verbose:
+        lines += ["", "=" * 75, ""]
     lines.append(f"Overall -> {result.error_rate:4.2f} % {_counts(result.total)}")
     if result.missing:
         lines.append(f"Missing hypotheses (scored as deletions): {len(result.missing)}: "
                      + " ".join(result.missing))
+        present = result.total_with_hypothesis()
+        lines.append(f"compute-wer.py, which skips utterances without hypothesis: "
+                     f"{_rate(present):4.2f} % {_counts(present)}")
     if result.extra:
         lines.append(f"Hypotheses without a reference (not scored): {len(result.extra)}: "
                      + " ".join(result.extra))
@@ -198,23 +267,57 @@ def _files(*paths: Path) -> tuple[Path, ...]:
     return paths
 
 
+def _switch(value: str) -> bool:
+    return value.lower() not in ("0", "false")
+
+
+def _words(path: Path | None) -> list[str]:
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()] if path else []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mooer-score", description=__doc__.split("\n")[0])
     parser.add_argument("ref", type=Path, help="Kaldi text with references")
     parser.add_argument("hyp", type=Path, help="Kaldi text (or uttid<TAB>text) with hypotheses")
     parser.add_argument("--out", type=Path, default=None, help="write the wer file here")
     parser.add_argument("--bleu", action="store_true", help="also print BLEU and chrF")
+    parser.add_argument("--char", type=_switch, default=True,
+                        help="1 (default): CJK characters one by one, as compute-wer.py --char=1; "
+                             "0: tokens split on spaces")
+    parser.add_argument("--v", type=int, default=1, help="1: per-utterance alignments; 0: totals")
+    parser.add_argument("--cs", type=_switch, default=False, help="case sensitive")
+    parser.add_argument("--rt", type=_switch, default=True, help="remove <tags>")
+    parser.add_argument("--ig", type=Path, help="file of words to ignore, one a line")
+    parser.add_argument("--splitfile", type=Path, help="lines `word part part...`: split words")
+    parser.add_argument("--padding-symbol", choices=["space", "underline"], default="space")
+    parser.add_argument("--maxw", type=int, default=None, help="tokens per alignment line")
+    for flag in ("--cluster", "--concat-all", "--merge_en_single"):
+        parser.add_argument(flag, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    unsupported = [f for f in ("cluster", "concat_all", "merge_en_single") if getattr(args, f)]
+    if unsupported:
+        print(f"error: --{unsupported[0].replace('_', '-')} of compute-wer.py is not supported by "
+              "mooer-score", file=sys.stderr)
+        return 2
     try:
         refs, hyps = (dict(read_table(path)) for path in _files(args.ref, args.hyp))
+        ignore = _words(args.ig)
+        split = {w.split()[0]: w.split()[1:] for w in _words(args.splitfile) if len(w.split()) > 1}
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not refs:
         print(f"error: {args.ref} holds no references: nothing to score", file=sys.stderr)
         return 2
-    result = score(refs, hyps)
-    report = format_wer(result)
+    if not args.cs:
+        ignore = [w.upper() for w in ignore]
+        split = {k.upper(): [p.upper() for p in v] for k, v in split.items()}
+    how = Tokenization(args.char, args.cs, args.rt, frozenset(ignore), split)
+    result = score(refs, hyps, how)
+    report = format_wer(result, verbose=args.v,
+                        padding="_" if args.padding_symbol == "underline" else " ",
+                        max_words=args.maxw)
     if args.out:
         args.out.write_text(report, encoding="utf-8")
         print(report[report.index("Overall -> "):], end="")  # the totals and what was left out

@@ -35,12 +35,17 @@ def _gathered(pl_module: pl.LightningModule):
 
 
 class MooerCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint that, with `save_merge`, also writes `<name>_merged/adapter_project.pt`
-    and `<name>_merged/new_llm/` (MooER's layout; ZeRO shards gathered) after each save."""
+    """ModelCheckpoint that, with `save_merge`, also writes MooER's layout after each save:
+    `<task>_epoch_<E>_step_<S>_merged/adapter_project.pt` and `.../new_llm/` (as MooER names
+    them, E counted from 1 as its log line does; ZeRO shards gathered)."""
 
-    def __init__(self, save_merge: bool = True, **kwargs: Any) -> None:
+    def __init__(self, save_merge: bool = True, task: str = "asr", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.save_merge = save_merge
+        self.save_merge, self.task = save_merge, task
+
+    def merged_dir(self, trainer: pl.Trainer) -> Path:
+        return Path(self.dirpath) / (f"{self.task}_epoch_{trainer.current_epoch + 1}_step_"
+                                     f"{trainer.global_step}_merged")
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
@@ -49,6 +54,5 @@ class MooerCheckpoint(ModelCheckpoint):
         module = trainer.lightning_module
         with _gathered(module):
             if trainer.is_global_zero:
-                export_mooer(module.model, Path(filepath).with_suffix("").as_posix() + "_merged",
-                             lora_subdir="new_llm")
+                export_mooer(module.model, self.merged_dir(trainer), lora_subdir="new_llm")
         trainer.strategy.barrier()

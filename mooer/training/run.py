@@ -152,7 +152,7 @@ def _fit(cfg: DictConfig) -> float | None:
     callbacks.append(MooerCheckpoint(
         dirpath=checkpoint_dir, filename="step_{step}", every_n_train_steps=cfg.save_interval,
         save_top_k=-1, save_last=True, save_on_train_epoch_end=True, save_merge=cfg.save_merge,
-        auto_insert_metric_name=False))
+        task=cfg.task.name, auto_insert_metric_name=False))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     strategy = build_strategy(cfg, kind)
     plugins = [] if "DeepSpeed" in type(strategy).__name__ else [AtomicCheckpointIO()]

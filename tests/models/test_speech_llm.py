@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -309,3 +310,54 @@ def export_keys(model) -> set[str]:
     with tempfile.TemporaryDirectory() as tmp:
         export_mooer(model, tmp)
         return set(torch.load(f"{tmp}/adapter_project.pt", weights_only=True))
+
+
+def test_trained_encoder_round_trips_in_mooers_key_layout(tokenizer, batch, tmp_path):
+    """MooER's MooerModel names encoder weights `encoder.model.<SANM key>` in adapter_project.pt:
+    we write them so (MooER's non-strict load would drop `encoder.<key>`) and read them back."""
+    trained = tiny_model(tokenizer, 0, "encoder.freeze=false").eval()
+    with torch.no_grad():
+        for parameter in trained.encoder.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    out = export_mooer(trained, tmp_path / "release")
+    state = torch.load(out / "adapter_project.pt", weights_only=True)
+    encoder_keys = {k for k in state if not k.startswith("encoder_projector.")}
+    assert encoder_keys == {f"encoder.model.{k}" for k in trained.encoder.state_dict()}
+    fresh = tiny_model(tokenizer, 1, "encoder.freeze=false").eval()  # other random weights
+    load_adapter_project(fresh, out / "adapter_project.pt")
+    for key, value in trained.encoder.state_dict().items():
+        torch.testing.assert_close(fresh.encoder.state_dict()[key], value, rtol=0, atol=0)
+    features, lengths = batch["features"], batch["feature_lengths"]
+    torch.testing.assert_close(fresh.encoder(features, lengths)[0],
+                               trained.encoder(features, lengths)[0], rtol=0, atol=0)
+    old = tmp_path / "old_layout.pt"  # what mooer wrote before: named, not silently dropped
+    torch.save({(k.replace("encoder.model.", "encoder.", 1) if k in encoder_keys else k): v
+                for k, v in state.items()}, old)
+    with pytest.raises(CheckpointError, match="MooER names them `encoder.model.<key>`"):
+        load_adapter_project(fresh, old)
+
+
+@pytest.mark.parametrize(("llm", "llm_base", "lora", "projector"), [
+    ("qwen2_7b", 7_615_616_512, 161_480_704, 9_442_816),
+    ("qwen2_1_5b", 1_543_714_304, 73_859_072, 5_246_464),
+])
+def test_mt5k_full_shapes_on_the_meta_device(llm, llm_base, lora, projector):
+    """experiment=mt5k at full size without memory: Paraformer-large, the projector and a Qwen2
+    of the real model's config.json shape (1.5B ties its embeddings), LoRA r=64 on all seven
+    projections."""
+    cfg, _ = _compose("train", ["experiment=mt5k", f"llm={llm}", "encoder.model.checkpoint=null",
+                                "encoder.frontend.cmvn_path=null", "llm.path=null"])
+    tokenizer = SimpleNamespace(eos_token_id=0, pad_token_id=1)  # no tokenizer files needed
+    with torch.device("meta"):
+        model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer)
+
+    def count(named, trainable=None):
+        return sum(p.numel() for n, p in named if trainable is None or p.requires_grad == trainable)
+
+    assert count(model.encoder.named_parameters()) == 157_975_648
+    assert count(model.encoder.named_parameters(), True) == 0  # frozen, as MooER trains it
+    assert count(model.projector.named_parameters(), True) == projector
+    llm_params = list(model.llm.named_parameters())
+    assert count([(n, p) for n, p in llm_params if "lora_" not in n]) == llm_base
+    assert count([(n, p) for n, p in llm_params if "lora_" in n], True) == lora
+    assert count(llm_params, True) == lora  # the base is frozen

@@ -103,7 +103,7 @@ def test_two_process_strategies_train_save_and_export(tmp_path, data_dir, strate
     run_train(run_dir, data_dir, *LORA, f"strategy={strategy}", "trainer.devices=2",
               "trainer.max_steps=4", "save_interval=4", "save_merge=true")
     checkpoints = run_dir / "checkpoints"
-    merged = checkpoints / "step_4_merged"
+    merged = checkpoints / "asr_epoch_1_step_4_merged"  # MooER's name: task, epoch, step
     assert (merged / "adapter_project.pt").is_file()
     assert (merged / "new_llm" / "adapter_config.json").is_file()
     exported = _base_model(data_dir, LORA)
