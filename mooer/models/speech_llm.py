@@ -93,9 +93,10 @@ class SpeechLLM(nn.Module):
         encoded = self._encode(batch["features"], batch["feature_lengths"])
         labels = batch["labels"]
         # logits only from the first position that predicts a label on: prompts and audio are
-        # most of the sequence, and [batch, positions, vocabulary] logits are the largest tensor
-        labelled_positions = (labels != IGNORE_INDEX).any(0).nonzero()
-        first = max(int(labelled_positions[0]) - 1, 0) if len(labelled_positions) else labels.shape[1] - 1
+        # most of the sequence, and [batch, positions, vocabulary] logits are the largest tensor.
+        # Answers start at the collated `prompt_width` in every row: a host-side number, so the
+        # GPU need not wait for the CPU to look for the first label (a .nonzero() sync per step)
+        first = max(batch["prompt_width"] - 1, 0)
         out = self.llm(inputs_embeds=self.embed(batch, encoded),
                        attention_mask=batch["attention_mask"],
                        position_ids=position_ids_from_mask(batch["attention_mask"]),
