@@ -97,3 +97,14 @@ def test_wrong_values_stop_before_the_model_is_built(tmp_path, data_dir, overrid
                                                      no_model):
     with pytest.raises(BaseException, match=message):  # SystemExit, or the data error
         fit(tmp_path, data_dir, override)
+
+
+def test_ranks_from_a_launcher_need_one_run_dir(monkeypatch, tmp_path):
+    from mooer.training.run import require_shared_run_dir
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun, SLURM or DeepSpeed's launcher set it
+    compose_config("train", ["experiment=tiny"])
+    with pytest.raises(SystemExit, match="2 ranks were launched without hydra.run.dir"):
+        require_shared_run_dir()
+    compose_config("train", ["experiment=tiny", f"hydra.run.dir={tmp_path}"])
+    require_shared_run_dir()  # one directory given: every rank writes there
