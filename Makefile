@@ -36,6 +36,7 @@ bench: install
 	$(PY) benchmarks/decode.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/scale.py
+	$(PY) benchmarks/gpu.py --tiny --device cpu
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache logs outputs demo_out
