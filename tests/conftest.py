@@ -52,3 +52,13 @@ def shards(corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards")
     pack(corpus / "wav.scp", corpus / "text", out, num_utts_per_shard=5, progress=False)
     return out / "data.list"
+
+
+def make_tiny_data(tmp_path_factory, num: int, vocab_size: int, shard_size: int = 200) -> Path:
+    """A `paths.data_dir` for experiment=tiny: `num` corpus utterances in shards of `shard_size`,
+    with their tokenizer and CMVN (mooer.demo.prepare)."""
+    from mooer.demo.prepare import ensure_demo_data
+
+    path = tmp_path_factory.mktemp("data")
+    ensure_demo_data(path / "tiny", num=num, seed=0, vocab_size=vocab_size, shard_size=shard_size)
+    return path

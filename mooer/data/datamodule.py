@@ -252,17 +252,18 @@ class EpochDataLoader(DataLoader):
     def _report_skips(self, epoch: int) -> None:
         filtered = self.errors.get("filtered by length", 0)
         skipped = {k: v for k, v in self.errors.items() if k != "filtered by length"}
-        if skipped or filtered:
+        if skipped or filtered:  # a warning when data was bad; length filtering is routine
             details = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items()))
-            log.warning("%s epoch %d: skipped %d items for bad data%s; %d utterances filtered by "
-                        "length (data.min_length..max_length)", self.name, epoch,
-                        sum(skipped.values()), f" ({details})" if details else "", filtered)
+            log.log(logging.WARNING if skipped else logging.INFO,
+                    "%s epoch %d: skipped %d items for bad data%s; %d utterances filtered by "
+                    "length (data.min_length..max_length)", self.name, epoch,
+                    sum(skipped.values()), f" ({details})" if details else "", filtered)
 
     def _report_unread(self, epoch: int, rank: int, world_size: int, group: Any,
                        finished: dict[str, int], consumed: int, exhausted: bool) -> None:
         """Sum over ranks what the join left unread: utterances dealt to a rank that it neither
-        trained on nor skipped, and shards not read to their end (-1 utterances: not countable,
-        remote shards)."""
+        trained on nor skipped, shards not read to their end, and the remote ones among those
+        (their utterances cannot be counted without reading them)."""
         utterances = shards = unknown = 0
         if not exhausted:
             utterances, shards, unknown = self._unread_on_this_rank(rank, world_size, finished,

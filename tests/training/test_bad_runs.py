@@ -10,17 +10,14 @@ import pytest
 import torch
 
 from mooer.config import compose_config
+from tests.conftest import make_tiny_data
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from mooer.demo.prepare import ensure_demo_data
-
-    path = tmp_path_factory.mktemp("data")
-    ensure_demo_data(path / "tiny", num=8, seed=0, vocab_size=300)
-    return path
+    return make_tiny_data(tmp_path_factory, num=8, vocab_size=300)
 
 
 def fit(tmp_path: Path, data_dir: Path, *overrides: str) -> None:

@@ -18,18 +18,14 @@ from mooer.config import compose_config
 from mooer.evaluation.model_loading import load_trainable
 from mooer.models.build import build_speech_llm
 from mooer.models.llm import load_tokenizer
-from tests.conftest import REPO
+from tests.conftest import REPO, make_tiny_data
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from mooer.demo.prepare import ensure_demo_data
-
-    path = tmp_path_factory.mktemp("data")
-    ensure_demo_data(path / "tiny", num=32, seed=0, vocab_size=400)
-    return path
+    return make_tiny_data(tmp_path_factory, num=32, vocab_size=400)
 
 
 def run_train(run_dir: Path, data_dir: Path, *overrides: str, multirun: bool = False,
@@ -157,11 +153,7 @@ def test_multirun_sweep_gives_one_run_dir_per_job_also_with_two_processes(tmp_pa
 @pytest.fixture(scope="module")
 def sharded_data_dir(tmp_path_factory) -> Path:
     """The tiny corpus in 7 shards of at most 5 utterances: uneven deals over 2 ranks."""
-    from mooer.demo.prepare import ensure_demo_data
-
-    path = tmp_path_factory.mktemp("sharded")
-    ensure_demo_data(path / "tiny", num=32, seed=0, vocab_size=400, shard_size=5)
-    return path
+    return make_tiny_data(tmp_path_factory, num=32, vocab_size=400, shard_size=5)
 
 
 def _two_nodes(run_dir: Path, data_dir: Path, *overrides: str) -> str:
