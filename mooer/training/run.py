@@ -57,11 +57,17 @@ def check_trainer_numbers(trainer_cfg: DictConfig) -> None:
 def _deepspeed_classes() -> list[type]:
     """The classes DeepSpeed's optimizer-state files hold besides tensors (its loss scaler, ZeRO
     stage and fragment addresses): allowed in weights_only loading, nothing else is."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
+    from importlib import import_module
 
-    return [LossScaler, ZeroStageEnum, fragment_address]
+    classes = []
+    for module, name in (("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+                         ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+                         ("deepspeed.utils.tensor_fragment", "fragment_address")):
+        try:
+            classes.append(getattr(import_module(module), name))
+        except (ImportError, AttributeError):  # another DeepSpeed version: that class is not used
+            continue
+    return classes
 
 
 def verify_checkpoint(path: str | Path) -> None:
@@ -71,6 +77,7 @@ def verify_checkpoint(path: str | Path) -> None:
     from mooer.models.weights import CheckpointError, safe_torch_load
 
     path = Path(path)
+    # every file of a DeepSpeed directory: ZeRO's elastic loading reads all ranks' shards
     files = sorted(path.rglob("*.pt")) if path.is_dir() else [path]
     if not files:
         raise SystemExit(f"error: {path} holds no checkpoint files (*.pt): not a checkpoint of "
