@@ -11,6 +11,7 @@ deletions (compute-wer.py leaves it out; its figure is printed beside ours then)
 
     mooer-score ref_text hyp_text [--out wer] [--bleu] [--char=1] [--v=1] [--cs=0] [--rt=1]
         [--ig=ignore_words] [--splitfile=file] [--padding-symbol=space|underline] [--maxw=N]
+        [--cluster=file] [--concat-all=1]
 """
 
 from __future__ import annotations
@@ -211,11 +212,48 @@ def score(refs: dict[str, str], hyps: dict[str, str], how: Tokenization = Tokeni
     return result
 
 
+CLASS_OF_NAME = (("DIGIT", "Number"), ("CJK UNIFIED IDEOGRAPH", "Mandarin"),
+                 ("CJK COMPATIBILITY IDEOGRAPH", "Mandarin"), ("LATIN CAPITAL LETTER", "English"),
+                 ("LATIN SMALL LETTER", "English"), ("HIRAGANA LETTER", "Japanese"))
+NEUTRAL_NAMES = ("AMPERSAND", "APOSTROPHE", "COMMERCIAL AT", "DEGREE CELSIUS", "EQUALS SIGN",
+                 "FULL STOP", "HYPHEN-MINUS", "LOW LINE", "NUMBER SIGN", "PLUS SIGN", "SEMICOLON")
+
+
+def token_class(token: str) -> str:
+    """compute-wer.py's default word cluster: Mandarin, English, Number, Japanese or Other (a
+    token of one class, `& ' @ . - _ # + ;` aside)."""
+    classes = []
+    for char in token:
+        name = unicodedata.name(char, "")
+        if name.startswith(NEUTRAL_NAMES):
+            continue
+        found = next((cls for prefix, cls in CLASS_OF_NAME if name.startswith(prefix)), None)
+        if found is None:
+            return "Other"
+        classes.append(found)
+    return classes[0] if classes and len(set(classes)) == 1 else "Other"
+
+
+def cluster_totals(result: Score, words: Iterable[str]) -> Alignment:
+    """Counts over the given words: reference tokens for C/S/D, hypothesis tokens for I."""
+    words, total = set(words), Alignment([], [])
+    for a in result.utterances.values():
+        for ref, hyp in zip(a.ref, a.hyp, strict=True):
+            if ref in words:
+                name = "deletions" if not hyp else "correct" if ref == hyp else "substitutions"
+                setattr(total, name, getattr(total, name) + 1)
+            elif not ref and hyp in words:
+                total.insertions += 1
+    return total
+
+
 def format_wer(result: Score, duplicates: Iterable[str] = (), verbose: int = 1,
-               padding: str = " ", max_words: int | None = None) -> str:
+               padding: str = " ", max_words: int | None = None,
+               clusters: Iterable[tuple[str, list[str]]] = ()) -> str:
     """The `wer` file: per-utterance alignments (verbose), then `Overall -> x.xx % N=.. C=.. S=..
     D=.. I=..`, then the keys left out of the score (missing or extra hypotheses, uttids decoded
-    twice). As compute-wer.py writes it (`--padding-symbol`, `--maxw`)."""
+    twice), then (verbose) the rate of each default word class and of the `clusters`. As
+    compute-wer.py writes it (`--padding-symbol`, `--maxw`, `--cluster`)."""
     lines = []
     for key, a in result.utterances.items() if verbose else ():
         lines += ["", f"utt: {key}", f"WER: {_rate(a):4.2f} % {_counts(a)}"]
@@ -243,6 +281,16 @@ def format_wer(result: Score, duplicates: Iterable[str] = (), verbose: int = 1,
     if duplicates:
         lines.append(f"Uttids decoded more than once (the last hypothesis kept): "
                      f"{len(duplicates)}: " + " ".join(duplicates))
+    if verbose:
+        classes: dict[str, dict[str, None]] = {}  # in order of first appearance, as compute-wer
+        for a in result.utterances.values():
+            for token in [t for t in a.hyp if t] + [t for t in a.ref if t]:
+                classes.setdefault(token_class(token), {})[token] = None
+        named = [*((name, list(words)) for name, words in classes.items()), *clusters]
+        for name, words in named:
+            total = cluster_totals(result, words)
+            lines.append(f"{name} -> {_rate(total):4.2f} % {_counts(total)}")
+        lines += ["", "=" * 75]
     return "\n".join(lines) + "\n"
 
 
@@ -265,6 +313,32 @@ def _files(*paths: Path) -> tuple[Path, ...]:
             raise FileNotFoundError(f"{path} {'is a directory' if path.is_dir() else 'does not exist'}"
                                     ": give a Kaldi text file (uttid text per line)")
     return paths
+
+
+def concat_all(texts: dict[str, str]) -> dict[str, str]:
+    """One utterance `concat`: the texts in the order of the number after their uttids' last
+    `_` (recordings cut into `rec_1`, `rec_2`...)."""
+    def number(key: str) -> int:
+        tail = key.rsplit("_", 1)[-1]
+        if not tail.isdigit():
+            raise ValueError(f"uttid {key} does not end in _<number>")
+        return int(tail)
+
+    return {"concat": " ".join(texts[k] for k in sorted(texts, key=number))}
+
+
+def read_clusters(path: Path) -> list[tuple[str, list[str]]]:
+    """compute-wer.py's cluster file: `<Name>` opens a group of words, `</Name>` closes it."""
+    clusters, name, words = [], "", []
+    for token in path.read_text(encoding="utf-8").split():
+        if name and token == f"</{name}>":
+            clusters.append((name, words))
+            name, words = "", []
+        elif not name and token.startswith("<") and token.endswith(">"):
+            name, words = token[1:-1], []
+        else:
+            words.append(token)
+    return clusters
 
 
 def _switch(value: str) -> bool:
@@ -292,13 +366,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splitfile", type=Path, help="lines `word part part...`: split words")
     parser.add_argument("--padding-symbol", choices=["space", "underline"], default="space")
     parser.add_argument("--maxw", type=int, default=None, help="tokens per alignment line")
-    for flag in ("--cluster", "--concat-all", "--merge_en_single"):
-        parser.add_argument(flag, help=argparse.SUPPRESS)
+    parser.add_argument("--cluster", type=Path, help="file of `<Name> word word </Name>` groups: "
+                                                      "an error rate for each")
+    parser.add_argument("--concat-all", type=_switch, default=False,
+                        help="score all utterances as one, in the order of their uttids' last "
+                             "`_N` number")
+    parser.add_argument("--merge_en_single", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    unsupported = [f for f in ("cluster", "concat_all", "merge_en_single") if getattr(args, f)]
-    if unsupported:
-        print(f"error: --{unsupported[0].replace('_', '-')} of compute-wer.py is not supported by "
-              "mooer-score", file=sys.stderr)
+    if args.merge_en_single:
+        print("error: --merge_en_single of compute-wer.py is not supported by mooer-score",
+              file=sys.stderr)
         return 2
     try:
         refs, hyps = (dict(read_table(path)) for path in _files(args.ref, args.hyp))
@@ -310,6 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     if not refs:
         print(f"error: {args.ref} holds no references: nothing to score", file=sys.stderr)
         return 2
+    if args.concat_all:
+        try:
+            refs, hyps = concat_all(refs), concat_all(hyps)
+        except ValueError as err:
+            print(f"error: --concat-all: {err}", file=sys.stderr)
+            return 2
+    clusters = read_clusters(args.cluster) if args.cluster else []
     if not args.cs:
         ignore = [w.upper() for w in ignore]
         split = {k.upper(): [p.upper() for p in v] for k, v in split.items()}
@@ -317,7 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     result = score(refs, hyps, how)
     report = format_wer(result, verbose=args.v,
                         padding="_" if args.padding_symbol == "underline" else " ",
-                        max_words=args.maxw)
+                        max_words=args.maxw,
+                        clusters=[(n, [w if args.cs else w.upper() for w in ws])
+                                  for n, ws in clusters])
     if args.out:
         args.out.write_text(report, encoding="utf-8")
         print(report[report.index("Overall -> "):], end="")  # the totals and what was left out

@@ -142,3 +142,29 @@ def test_extra_hypotheses_are_listed_not_scored(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Overall -> 0.00 % N=2 C=2" in out
     assert "Hypotheses without a reference (not scored): 1: u9" in out
+
+
+def test_word_classes_and_cluster_file_as_compute_wer(tmp_path, capsys):
+    (tmp_path / "ref").write_text("u1 今天 hello 123\n")
+    (tmp_path / "hyp").write_text("u1 今天 hallo 123 ok\n")
+    (tmp_path / "clusters").write_text("<Greeting> hello hi </Greeting>\n")
+    assert main([str(tmp_path / "ref"), str(tmp_path / "hyp"),
+                 f"--cluster={tmp_path / 'clusters'}"]) == 0
+    out = capsys.readouterr().out
+    tail = out[out.index("Overall -> "):].splitlines()
+    # classes in order of first appearance (hypothesis tokens, then reference tokens)
+    assert tail[:6] == ["Overall -> 50.00 % N=4 C=3 S=1 D=0 I=1",
+                        "Mandarin -> 0.00 % N=2 C=2 S=0 D=0 I=0",
+                        "English -> 200.00 % N=1 C=0 S=1 D=0 I=1",  # HELLO -> HALLO, OK inserted
+                        "Number -> 0.00 % N=1 C=1 S=0 D=0 I=0",
+                        "Greeting -> 100.00 % N=1 C=0 S=1 D=0 I=0", ""]
+
+
+def test_concat_all_scores_one_joined_utterance(tmp_path, capsys):
+    (tmp_path / "ref").write_text("rec_2 三\nrec_1 一 二\n")
+    (tmp_path / "hyp").write_text("rec_1 一\nrec_2 三\n")
+    assert main([str(tmp_path / "ref"), str(tmp_path / "hyp"), "--concat-all=1", "--v=0"]) == 0
+    assert "Overall -> 33.33 % N=3 C=2 S=0 D=1 I=0" in capsys.readouterr().out
+    (tmp_path / "bad").write_text("recording 一\n")
+    assert main([str(tmp_path / "bad"), str(tmp_path / "hyp"), "--concat-all=1"]) == 2
+    assert "does not end in _<number>" in capsys.readouterr().err
