@@ -11,7 +11,7 @@ deletions (compute-wer.py leaves it out; its figure is printed beside ours then)
 
     mooer-score ref_text hyp_text [--out wer] [--bleu] [--char=1] [--v=1] [--cs=0] [--rt=1]
         [--ig=ignore_words] [--splitfile=file] [--padding-symbol=space|underline] [--maxw=N]
-        [--cluster=file] [--concat-all=1]
+        [--cluster=file] [--concat-all=1] [--merge_en_single=1]
 """
 
 from __future__ import annotations
@@ -315,6 +315,44 @@ def _files(*paths: Path) -> tuple[Path, ...]:
     return paths
 
 
+def _latin(char: str) -> bool:
+    return "A" <= char <= "Z" or "a" <= char <= "z"
+
+
+def merge_single_letters(text: str) -> str:
+    """compute-wer.py's --merge_en_single: runs of one-letter English words are glued into one
+    word (`G P U 三 个` -> `GPU三个`), a space kept between it and English letters before it;
+    other words are glued to what precedes them unless both sides are English letters."""
+    merged, letters = "", ""
+
+    def flush() -> None:
+        nonlocal merged, letters
+        if letters:
+            if len(merged) > 1 and _latin(merged[-1]) and _latin(merged[-2]):
+                merged += " "
+            elif len(merged) == 1 and _latin(merged[-1]):
+                raise ValueError(f"cannot merge {text!r} (compute-wer.py fails on it too)")
+            merged, letters = merged + letters, ""
+
+    for word in text.split():
+        if len(word) == 1 and _latin(word):
+            letters += word
+            continue
+        if len(word) == 1 and not "\u4e00" <= word <= "\u9fa5":
+            raise ValueError(f"cannot merge the one-character word {word!r} of {text!r}")
+        if letters:
+            flush()
+            if _latin(word[0]) and not _latin(word[1]):
+                merged, word = merged + word[0], word[1:]
+            elif _latin(word[0]):
+                word = " " + word
+        elif _latin(word[0]) and merged and _latin(merged[-1]):
+            word = " " + word
+        merged += word
+    flush()
+    return merged
+
+
 def concat_all(texts: dict[str, str]) -> dict[str, str]:
     """One utterance `concat`: the texts in the order of the number after their uttids' last
     `_` (recordings cut into `rec_1`, `rec_2`...)."""
@@ -371,12 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concat-all", type=_switch, default=False,
                         help="score all utterances as one, in the order of their uttids' last "
                              "`_N` number")
-    parser.add_argument("--merge_en_single", help=argparse.SUPPRESS)
+    parser.add_argument("--merge_en_single", type=_switch, default=False,
+                        help="glue runs of one-letter English words (G P U -> GPU) first")
     args = parser.parse_args(argv)
-    if args.merge_en_single:
-        print("error: --merge_en_single of compute-wer.py is not supported by mooer-score",
-              file=sys.stderr)
-        return 2
     try:
         refs, hyps = (dict(read_table(path)) for path in _files(args.ref, args.hyp))
         ignore = _words(args.ig)
@@ -387,12 +422,15 @@ def main(argv: list[str] | None = None) -> int:
     if not refs:
         print(f"error: {args.ref} holds no references: nothing to score", file=sys.stderr)
         return 2
-    if args.concat_all:
-        try:
+    try:
+        if args.concat_all:
             refs, hyps = concat_all(refs), concat_all(hyps)
-        except ValueError as err:
-            print(f"error: --concat-all: {err}", file=sys.stderr)
-            return 2
+        if args.merge_en_single:
+            refs, hyps = ({k: merge_single_letters(v) for k, v in texts.items()}
+                          for texts in (refs, hyps))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     clusters = read_clusters(args.cluster) if args.cluster else []
     if not args.cs:
         ignore = [w.upper() for w in ignore]

@@ -168,3 +168,30 @@ def test_concat_all_scores_one_joined_utterance(tmp_path, capsys):
     (tmp_path / "bad").write_text("recording 一\n")
     assert main([str(tmp_path / "bad"), str(tmp_path / "hyp"), "--concat-all=1"]) == 2
     assert "does not end in _<number>" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "merged"), [
+    ("G P U 三 个", "GPU三个"),
+    ("I have a G P U", "I have aGPU"),            # as compute-wer.py glues them
+    ("a b cd", "ab cd"),                           # a run, then a word of letters: a space
+    ("买 A B 股", "买AB股"),
+    ("x 5", None),                                 # compute-wer.py stops on a lone digit
+])
+def test_merge_single_letters_as_compute_wer(text, merged):
+    from mooer.evaluation.scoring import merge_single_letters
+
+    if merged is None:
+        with pytest.raises(ValueError):
+            merge_single_letters(text)
+    else:
+        assert merge_single_letters(text) == merged
+
+
+def test_merge_en_single_flag(tmp_path, capsys):
+    (tmp_path / "ref").write_text("u1 买 GPU 三 个\n")
+    (tmp_path / "hyp").write_text("u1 买 G P U 三 个\n")
+    assert main([str(tmp_path / "ref"), str(tmp_path / "hyp"), "--v=0"]) == 0
+    assert "Overall -> 75.00 % N=4 C=3 S=1 D=0 I=2" in capsys.readouterr().out  # G + P, U
+    assert main([str(tmp_path / "ref"), str(tmp_path / "hyp"), "--v=0",
+                 "--merge_en_single=1"]) == 0
+    assert "Overall -> 0.00 % N=4 C=4" in capsys.readouterr().out
