@@ -16,6 +16,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mooer.data.text import read_table
@@ -26,14 +27,71 @@ from mooer.demo.prepare import UNSEEN_ZH_VOICES, ensure_demo_data
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run(command: list[str], log_path: Path) -> None:
-    """Run a step, echoing its command; its output goes to `log_path` (and the tail on error)."""
+def run(command: list[str], log_path: Path, status: Callable[[float], str] | None = None,
+        every: float = 1.0) -> None:
+    """Run a step, echoing its command; its output goes to `log_path` (and the tail on error).
+    With `status`, one live line (`status(elapsed seconds)`) shows progress meanwhile: redrawn
+    in place on a terminal, printed every 60 s otherwise."""
     print("  $ " + " ".join(command), flush=True)
+    terminal, started, shown, last = sys.stdout.isatty(), time.perf_counter(), -60.0, ""
     with open(log_path, "w") as log:
-        result = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    if result.returncode:
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        while process.poll() is None:
+            time.sleep(every)
+            elapsed = time.perf_counter() - started
+            line = status(elapsed) if status else ""
+            if line and terminal:
+                print(f"\r  {line:<100}", end="", flush=True)
+                last = line
+            elif line and elapsed - shown >= 60:
+                print(f"  {line}", flush=True)
+                shown = elapsed
+    if last:
+        print(flush=True)
+    if process.returncode:
         tail = "\n".join(log_path.read_text().splitlines()[-30:])
-        raise SystemExit(f"step failed (exit {result.returncode}); the end of {log_path}:\n{tail}")
+        raise SystemExit(f"step failed (exit {process.returncode}); the end of {log_path}:\n{tail}")
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+
+
+def training_status(log_path: Path, run_dir: Path, max_steps: int) -> Callable[[float], str]:
+    """The live training line: step of max_steps, loss (MooER's log line in the log), the last
+    validation error rate (the CSV log), elapsed and ETA."""
+    def status(elapsed: float) -> str:
+        text = log_path.read_text(errors="replace") if log_path.is_file() else ""
+        lines = [line for line in text.splitlines() if "Training Epoch:" in line]
+        if not lines:
+            return f"training: starting ({_clock(elapsed)} elapsed)"
+        step = int(lines[-1].split(", step ")[1].split()[0])
+        loss = lines[-1].split("(loss: ")[1].split(",")[0]
+        rates = [r["val/error_rate"] for r in metric_rows(run_dir) if r.get("val/error_rate")]
+        val = f", val error {float(rates[-1]):.1f} %" if rates else ""
+        eta = elapsed / max(step, 1) * (max_steps - step)
+        return (f"training: step {step} of {max_steps}, loss {loss}{val}, {_clock(elapsed)} "
+                f"elapsed, ETA {_clock(eta)}")
+    return status
+
+
+def progress_status(log_path: Path, what: str) -> Callable[[float], str]:
+    """The live line of a step that draws tqdm bars into its log: the last bar drawn."""
+    def status(elapsed: float) -> str:
+        text = log_path.read_text(errors="replace") if log_path.is_file() else ""
+        bars = [part.strip() for part in text.replace("\n", "\r").split("\r")
+                if "it/s]" in part or "utt/s]" in part or "s/utt]" in part]
+        return f"{what}: {bars[-1] if bars else 'starting'} ({_clock(elapsed)} elapsed)"
+    return status
+
+
+def metric_rows(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of a run's CSV logs, oldest version first."""
+    rows = []
+    for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
+        with open(path) as f:
+            rows += list(csv.DictReader(f))
+    return rows
 
 
 def plot_curves(run_dir: Path) -> Path | None:
@@ -43,10 +101,7 @@ def plot_curves(run_dir: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = []
-    for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
-        with open(path) as f:
-            rows += list(csv.DictReader(f))
+    rows = metric_rows(run_dir)
     if not rows:
         return None
 
@@ -117,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
          f"prepare_data.test_num={args.test_num}",
          f"prepare_data.unseen_voices_num={args.unseen_voices_num}",
          f"prepare_data.english_ratio={args.english_ratio}", f"hydra.run.dir={run_dir}"],
-        out / "train.log")
+        out / "train.log", training_status(out / "train.log", run_dir, args.max_steps))
     trained = time.perf_counter()
     curves = plot_curves(run_dir)
 
@@ -127,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
          f"test_data_dir={data_root / 'demo' / 'test'}",
          "testsets=[demo_test,demo_unseen_voices,demo_test_ast]", f"decode_path={decode_path}",
          "decoding.num_beams=4", "decoding.batch_size=32", "decoding.max_new_tokens=48",
-         "device=cpu", f"hydra.run.dir={out / 'evaluate'}"], out / "evaluate.log")
+         "device=cpu", f"hydra.run.dir={out / 'evaluate'}"], out / "evaluate.log",
+        progress_status(out / "evaluate.log", "evaluating"))
     evaluated = time.perf_counter()
 
     print("[4/5] transcribing a fresh sentence with mooer-transcribe", flush=True)
