@@ -181,20 +181,20 @@ def test_run_dir_works_from_another_directory(setup, tmp_path, monkeypatch):
     assert Path(evaluated.llm.tokenizer_path).is_dir()
 
 
-def test_transcribe_names_with_spaces_and_too_short_files(setup, corpus, tmp_path):
+def test_transcribe_names_with_spaces_and_too_short_files(setup, corpus, tmp_path, capsys):
+    from mooer.evaluation.transcribe import main as transcribe
+
     root, tokenizer_dir = setup
     spaced = tmp_path / "sp ace.wav"
     shutil.copy(read_table(corpus / "wav.scp")[0][1], spaced)
     short = tmp_path / "short.wav"
     sf.write(short, np.zeros(160, dtype=np.float32), 16000)
-    command = [str(Path(sys.executable).with_name("mooer-transcribe")), "--wav_path",
-               str(spaced), str(short), "--checkpoint", str(root / "release"), "--device", "cpu",
-               "--max_new_tokens", "3", "--", *TINY, f"llm.tokenizer_path={tokenizer_dir}"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
+    options = ["--checkpoint", str(root / "release"), "--device", "cpu", "--max_new_tokens", "3",
+               "--", *TINY, f"llm.tokenizer_path={tokenizer_dir}"]
+    assert transcribe(["--wav_path", str(spaced), str(short), *options]) == 1
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
     assert len(lines) == 1 and lines[0].startswith("sp ace\t") and lines[0] != "sp ace\t"
-    assert "skipped, shorter than 0.1 s: short (0.010 s)" in result.stderr
-    alone = subprocess.run([*command[:2], str(short), *command[4:]], capture_output=True,
-                           text=True, timeout=300)
-    assert alone.returncode == 2 and "nothing to transcribe" in alone.stderr
+    assert "skipped, shorter than 0.1 s: short (0.010 s)" in err
+    assert transcribe(["--wav_path", str(short), *options]) == 2
+    assert "nothing to transcribe" in capsys.readouterr().err
