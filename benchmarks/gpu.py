@@ -26,6 +26,7 @@ import argparse
 import math
 import os
 import random
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -108,8 +109,11 @@ def zero2_step(model, device: torch.device):
     """One-rank DeepSpeed ZeRO-2 with MooER's bucket settings (conf/strategy/zero2.yaml)."""
     import deepspeed
 
+    if "MASTER_PORT" not in os.environ:  # one rank of our own: any free port
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(free.getsockname()[1])
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(29500 + random.randint(0, 999)))
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")

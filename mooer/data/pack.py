@@ -120,7 +120,7 @@ def collect_items(wav_scp: Path, text: Path, segments: Path | None, text_norm: s
         normalized = normalize(transcript, text_norm)
         if "/" in key:
             rejects.append((key, "uttid contains '/', which cannot be a tar member name"))
-        elif any(ord(c) < 32 or ord(c) == 127 for c in key):
+        elif printable(key) != key:
             rejects.append((key, "uttid contains a control character, which a tar member name "
                                  "cannot keep"))
         elif path.rstrip().endswith("|"):
@@ -258,7 +258,8 @@ def pack(wav_scp: Path, text: Path, write_dir: Path, write_prefix: str = "data.l
 
 
 def printable(uttid: str) -> str:
-    """An uttid with control characters written as \\xNN, for one-line reports."""
+    """An uttid with control characters (which a tar member name cannot keep) written as \\xNN,
+    for one-line reports."""
     return "".join(c if ord(c) >= 32 and ord(c) != 127 else f"\\x{ord(c):02x}" for c in uttid)
 
 
