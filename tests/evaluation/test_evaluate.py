@@ -185,16 +185,19 @@ def test_transcribe_names_with_spaces_and_too_short_files(setup, corpus, tmp_pat
     from mooer.evaluation.transcribe import main as transcribe
 
     root, tokenizer_dir = setup
-    spaced = tmp_path / "sp ace.wav"
-    shutil.copy(read_table(corpus / "wav.scp")[0][1], spaced)
+    spaced, plain = tmp_path / "sp ace.wav", tmp_path / "plain.wav"
+    for copy in (spaced, plain):
+        shutil.copy(read_table(corpus / "wav.scp")[0][1], copy)
     short = tmp_path / "short.wav"
     sf.write(short, np.zeros(160, dtype=np.float32), 16000)
     options = ["--checkpoint", str(root / "release"), "--device", "cpu", "--max_new_tokens", "3",
-               "--", *TINY, f"llm.tokenizer_path={tokenizer_dir}"]
-    assert transcribe(["--wav_path", str(spaced), str(short), *options]) == 1
+               "--num_beams", "1", "--", *TINY, f"llm.tokenizer_path={tokenizer_dir}"]
+    assert transcribe(["--wav_path", str(spaced), str(short), str(plain), *options]) == 1
     out, err = capsys.readouterr()
-    lines = out.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sp ace\t") and lines[0] != "sp ace\t"
+    names_and_texts = [line.split("\t") for line in out.splitlines()]
+    assert [name for name, _ in names_and_texts] == ["sp ace", "plain"]
+    assert names_and_texts[0][1] == names_and_texts[1][1]  # the same audio, the same transcript
+    assert names_and_texts[0][1]  # and not the empty text a lost file gave
     assert "skipped, shorter than 0.1 s: short (0.010 s)" in err
     assert transcribe(["--wav_path", str(short), *options]) == 2
     assert "nothing to transcribe" in capsys.readouterr().err
