@@ -6,10 +6,12 @@
 One table. Training: micro-batch 8 of 10 s utterances (28 prompt + 30 answer tokens), the LLM in
 its config's dtype with LoRA; steady-state samples/s, audio s/s, tokens/s, MFU and peak memory
 under `strategy=auto` (plain PyTorch on one device) with and without gradient checkpointing, with
-SDPA and (where installed) FlashAttention 2, under ZeRO-2 on one rank (DeepSpeed engine), and with
-the per-step host sync SpeechLLM.forward used to have (`.nonzero()` on the labels) put back, to
-show what removing it saved. Then fixed batch 8 against bucketed dynamic batches at the same
-memory on a long-tail duration mix, and decoding (beam 4, batch 1 and 16, 30 new tokens).
+LoRA dropout off, at twice the micro-batch, with SDPA and (where installed) FlashAttention 2,
+under ZeRO-2 on one rank (DeepSpeed engine), and with the per-step host sync SpeechLLM.forward
+used to have (`.nonzero()` on the labels) put back, to show what removing it saved; the first row
+also says how much of a step the GPU spends in kernels. Then fixed batch 8 against bucketed
+dynamic batches at the same memory on a long-tail duration mix, and decoding (beam 4, batch 1 and
+16, 30 new tokens) with LoRA as adapters and merged into the weights.
 
 Model FLOPs per sample (counted as a dense model would be, not what kernels skip):
     LLM, frozen base + LoRA: forward 2 P_llm T and backward through activations 2 P_llm T
@@ -23,11 +25,13 @@ GPU's dense bf16 peak (H100 and H200 SXM: 989 TFLOP/s; --peak_tflops for others)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import random
 import socket
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +110,9 @@ def plain_step(model, optimizer, host_sync: bool = False):
 
 
 def zero2_step(model, device: torch.device):
-    """One-rank DeepSpeed ZeRO-2 with MooER's bucket settings (conf/strategy/zero2.yaml)."""
+    """One-rank DeepSpeed ZeRO-2 with conf/strategy/zero2.yaml's settings (MooER's) and the
+    client optimizer training uses (torch AdamW), so no DeepSpeed op is compiled. DeepSpeed casts
+    the module to bf16, so this runs after every other row."""
     import deepspeed
 
     if "MASTER_PORT" not in os.environ:  # one rank of our own: any free port
@@ -120,18 +126,65 @@ def zero2_step(model, device: torch.device):
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     trainable = [p for p in model.parameters() if p.requires_grad]
     config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-              "zero_optimization": {"stage": 2, "allgather_bucket_size": 5e8,
-                                    "reduce_bucket_size": 5e8, "overlap_comm": True,
+              "zero_optimization": {"stage": 2, "allgather_partitions": True,
+                                    "allgather_bucket_size": 2e8, "reduce_scatter": True,
+                                    "reduce_bucket_size": 2e8, "overlap_comm": True,
                                     "contiguous_gradients": True},
               "bf16": {"enabled": next(model.llm.parameters()).dtype == torch.bfloat16},
-              "optimizer": {"type": "AdamW", "params": {"lr": 1e-5}},
               "zero_allow_untested_optimizer": True}
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=config)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
 
     def step(batch: dict) -> None:
         engine.backward(engine(batch)["loss"])
         engine.step()
     return step
+
+
+@contextlib.contextmanager
+def lora_dropout_off(model):
+    """peft's LoRA dropout (the recipe's 0.05) replaced by identity for the `with` block."""
+    saved = []
+    for module in model.llm.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, torch.nn.ModuleDict):
+            for key in list(dropouts):
+                saved.append((dropouts, key, dropouts[key]))
+                dropouts[key] = torch.nn.Identity()
+    try:
+        yield
+    finally:
+        for dropouts, key, original in saved:
+            dropouts[key] = original
+
+
+@contextlib.contextmanager
+def lora_merged(model):
+    """LoRA folded into the base weights for the `with` block (peft merge/unmerge)."""
+    model.llm.merge_adapter()
+    try:
+        yield
+    finally:
+        model.llm.unmerge_adapter()
+
+
+def kernel_share(step, batch: dict, device: torch.device) -> str:
+    """Share of one step's wall time the GPU spends in kernels, and how many it launches:
+    a low share with thousands of kernels means the step waits on Python and launches."""
+    if device.type != "cuda":
+        return "CUDA only"
+    from torch.profiler import ProfilerActivity, profile
+
+    step(batch)
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        started = time.perf_counter()
+        step(batch)
+        sync(device)
+        wall = time.perf_counter() - started
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.device_time for e in kernels) / 1e6
+    return f"{busy / wall:.0%} of the step in kernels, {len(kernels)} kernels a step"
 
 
 def set_attention(model, implementation: str) -> bool:
@@ -143,7 +196,8 @@ def set_attention(model, implementation: str) -> bool:
     return True
 
 
-def training_rows(model, cfg, dtype, device, args) -> list[Row]:
+def training_batches(model, cfg, dtype, device, args) -> tuple[list[dict], int, float]:
+    """warmup + steps batches of the issue's shapes; tokens a row; model FLOPs a sample."""
     vocab = cfg.llm.architecture.vocab_size
     batches = []
     for _ in range(args.warmup + args.steps):
@@ -151,34 +205,69 @@ def training_rows(model, cfg, dtype, device, args) -> list[Row]:
         batch["features"] = batch["features"].to(dtype)
         batches.append(batch)
     tokens, frames = batches[0]["input_ids"].shape[1], batches[0]["features"].shape[1]
-    per_sample = flops_per_sample(model, cfg, tokens, frames)
+    return batches, tokens, flops_per_sample(model, cfg, tokens, frames)
+
+
+def training_rows(model, cfg, dtype, device, args) -> list[Row]:
+    batches, tokens, per_sample = training_batches(model, cfg, dtype, device, args)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
     runs = [("auto, SDPA", "sdpa", False, False), ("auto, SDPA, gradient checkpointing", "sdpa",
                                                      True, False),
             ("auto, SDPA, with the old .nonzero() host sync", "sdpa", False, True),
+            ("auto, SDPA, LoRA dropout off", "sdpa", False, False),
             ("auto, FlashAttention 2", "flash_attention_2", False, False)]
     rows = []
     model.train()
     for name, attention, checkpointing, host_sync in runs:
         if not set_attention(model, attention):
-            rows.append(Row(name, {"note": f"{attention} not available here"}))
+            rows.append(show(Row(name, {"note": f"{attention} not available here"})))
             continue
         if checkpointing:
             model.llm.gradient_checkpointing_enable()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        seconds = timed_steps(plain_step(model, optimizer, host_sync), batches, args.warmup, device)
+        step = plain_step(model, optimizer, host_sync)
+        with lora_dropout_off(model) if "dropout off" in name else contextlib.nullcontext():
+            seconds = timed_steps(step, batches, args.warmup, device)
         if checkpointing:
             model.llm.gradient_checkpointing_disable()
-        rows.append(train_row(name, seconds, per_sample, tokens, args, device))
+        row = train_row(name, seconds, per_sample, tokens, args, device)
+        if name == "auto, SDPA":
+            row.values["note"] = kernel_share(step, batches[0], device)
+        rows.append(show(row))
     set_attention(model, "sdpa")
-    if not args.skip_zero2:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        seconds = timed_steps(zero2_step(model, device), batches, args.warmup, device)
-        rows.append(train_row("zero2, one rank, SDPA", seconds, per_sample, tokens, args, device))
+    double = argparse.Namespace(**{**vars(args), "batch": 2 * args.batch})
+    batches, tokens, per_sample = training_batches(model, cfg, dtype, device, double)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = timed_steps(plain_step(model, optimizer), batches, args.warmup, device)
+    rows.append(show(train_row(f"auto, SDPA, micro-batch {double.batch}", seconds, per_sample,
+                               tokens, double, device)))
     return rows
+
+
+def zero2_rows(model, cfg, dtype, device, args) -> list[Row]:
+    """The same steps under a one-rank DeepSpeed ZeRO-2 engine; a failure is a row, not a crash."""
+    name = "zero2, one rank, SDPA"
+    if args.skip_zero2:
+        return []
+    batches, tokens, per_sample = training_batches(model, cfg, dtype, device, args)
+    model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        seconds = timed_steps(zero2_step(model, device), batches, args.warmup, device)
+    except Exception as error:  # noqa: BLE001 - reported in the table, the other rows stand
+        traceback.print_exc()
+        return [show(Row(name, {"note": f"failed: {type(error).__name__}: {error}"[:200]}))]
+    return [show(train_row(name, seconds, per_sample, tokens, args, device))]
+
+
+def show(row: Row) -> Row:
+    """Print each row as it is measured, so a run cut short still reports what it measured."""
+    print(f"measured: {row.name}: {row.values}", flush=True)
+    return row
 
 
 def train_row(name: str, seconds: float, per_sample: float, tokens: int, args, device) -> Row:
@@ -228,31 +317,33 @@ def batching_rows(model, cfg, dtype, device, args) -> list[Row]:
             plain(batch)
         sync(device)
         elapsed = time.perf_counter() - started
-        rows.append(Row(f"{name} ({len(groups)} batches, {real / padded:.0%} frames real)",
+        rows.append(show(Row(f"{name} ({len(groups)} batches, {real / padded:.0%} frames real)",
                         {"samples/s": f"{len(fake) / elapsed:.2f}",
                          "audio s/s": f"{sum(seconds) / elapsed:.1f}",
-                         "peak GiB": f"{peak_gib(device):.1f}"}))
+                         "peak GiB": f"{peak_gib(device):.1f}"})))
     return rows
 
 
 def decoding_rows(model, cfg, dtype, device, args) -> list[Row]:
     model.eval()
     rows = []
-    for batch_size in (1, 16):
+    for batch_size, merged in ((1, False), (16, False), (1, True), (16, True)):
         batch = synthetic_batch(batch_size, args.seconds, cfg.projector.downsample,
                                 cfg.llm.architecture.vocab_size, device)
         batch["features"] = batch["features"].to(dtype)
         generate: dict[str, Any] = {"num_beams": 4, "max_new_tokens": args.new_tokens,
                                     "min_new_tokens": args.new_tokens, "eos_bias": 0}
-        model.generate(batch, **generate)  # warm-up
-        sync(device)
-        started = time.perf_counter()
-        model.generate(batch, **generate)
-        sync(device)
-        elapsed = time.perf_counter() - started
-        rows.append(Row(f"decode, beam 4, batch {batch_size}, {args.new_tokens} new tokens",
-                        {"RTF": f"{elapsed / (batch_size * args.seconds):.4f}",
-                         "utt/s": f"{batch_size / elapsed:.2f}"}))
+        with lora_merged(model) if merged else contextlib.nullcontext():
+            model.generate(batch, **generate)  # warm-up
+            sync(device)
+            started = time.perf_counter()
+            model.generate(batch, **generate)
+            sync(device)
+            elapsed = time.perf_counter() - started
+        rows.append(show(Row(f"decode, beam 4, batch {batch_size}, {args.new_tokens} new tokens"
+                             + (", LoRA merged" if merged else ""),
+                             {"RTF": f"{elapsed / (batch_size * args.seconds):.4f}",
+                              "utt/s": f"{batch_size / elapsed:.2f}"})))
     return rows
 
 
@@ -265,7 +356,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--new_tokens", type=int, default=30)
-    parser.add_argument("--tail_utterances", type=int, default=64)
+    parser.add_argument("--tail_utterances", type=int, default=256)
     parser.add_argument("--skip_zero2", action="store_true")
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="dense bf16 peak; by default from the GPU's name (H100/H200: 989)")
@@ -275,10 +366,15 @@ def main(argv: list[str] | None = None) -> list[Row]:
     if args.peak_tflops is None:
         args.peak_tflops = next((v for k, v in PEAKS.items() if k in name), None)
     torch.manual_seed(0)
+    built = time.perf_counter()
     model, cfg, dtype = build(args.tiny, device)
+    started = time.perf_counter()
+    print(f"built on {name} in {started - built:.0f} s", flush=True)
     rows = training_rows(model, cfg, dtype, device, args)
-    rows += batching_rows(model, cfg, dtype, device, args)
-    rows += decoding_rows(model, cfg, dtype, device, args)
+    batching = batching_rows(model, cfg, dtype, device, args)
+    decoding = decoding_rows(model, cfg, dtype, device, args)
+    rows += zero2_rows(model, cfg, dtype, device, args) + batching + decoding  # ZeRO-2 casts: last
+    print(f"measured in {time.perf_counter() - started:.0f} s", flush=True)
     columns = ["samples/s", "audio s/s", "tokens/s", "MFU", "peak GiB", "RTF", "utt/s", "note"]
     print(f"\n{'tiny shapes' if args.tiny else 'experiment=mt5k shapes'} on {name}, LLM "
           f"{cfg.llm.dtype}, LoRA r={cfg.llm.lora.r}, micro-batch {args.batch} x "
