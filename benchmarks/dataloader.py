@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from hydra.utils import instantiate
 
+from mooer.config import task_config
 from mooer.data.datamodule import SpeechDataModule
 from mooer.data.features import KaldiFbank, ParaformerFrontend, write_kaldi_cmvn
 from mooer.data.pack import pack
 from mooer.data.pipeline import read_data_list
-from mooer.data.prompts import IGNORE_INDEX, PROMPTS, QWEN_TEMPLATE
+from mooer.data.prompts import IGNORE_INDEX
 from mooer.data.text import read_table
 from mooer.demo.corpus import draw_specs, write_corpus
 from mooer.demo.tokenizer import train_tokenizer
@@ -62,7 +64,7 @@ def baseline_batches(data_list: Path, tokenizer, cmvn, batch_size: int):
     """The straightforward per-sample loader."""
     fbank = KaldiFbank()
     shift, scale = cmvn
-    prompt = QWEN_TEMPLATE.format(PROMPTS["asr"])
+    prompt = instantiate(task_config("asr")).text("asr")
     batch = []
     for shard in read_data_list(data_list):
         with tarfile.open(shard) as tar:
@@ -126,7 +128,8 @@ def main() -> None:
         data_list, tokenizer, (frontend.shift, frontend.scale), args.batch_size))
     rows.append(("baseline, per sample, 0 workers", rate))
     for workers in (0, 2):
-        dm = SpeechDataModule(frontend, tokenizer, train_data_path=str(data_list),
+        dm = SpeechDataModule(frontend, tokenizer, instantiate(task_config("asr")),
+                              train_data_path=str(data_list),
                               batch_size=args.batch_size, num_workers=workers,
                               shuffle_buffer=500, sort_buffer=200, min_length=0,
                               max_length=10**9)

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
 
-from mooer.config import compose_config
+from mooer.config import compose_config, task_config
 from mooer.data.features import ParaformerFrontend
 from mooer.data.text import read_table
 from mooer.demo.corpus import draw_specs, write_corpus
@@ -29,7 +30,9 @@ def main() -> None:
     corpus = args.work / "corpus"
     if not (corpus / "wav.scp").exists():
         write_corpus(corpus, draw_specs(args.num, seed=21), num_workers=2, progress=False)
-    tokenizer = train_tokenizer([t for _, t in read_table(corpus / "text")], 600)
+    prompt = instantiate(task_config("asr"))
+    tokenizer = train_tokenizer([t for _, t in read_table(corpus / "text")], 600,
+                                prompts=prompt.texts())
     cfg, _ = compose_config("train", ["encoder=paraformer_tiny", "llm=tiny"])
     torch.manual_seed(0)
     model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer).eval()
@@ -37,7 +40,7 @@ def main() -> None:
     rows = []
     for beams in (1, 4):
         for batch_size in (1, 8, 16):
-            loader = decoding_loader(corpus, frontend, tokenizer, "asr", None, [], 2, batch_size)
+            loader = decoding_loader(corpus, model, frontend, prompt, "asr", batch_size)
             options = {"num_beams": beams, "max_new_tokens": args.new_tokens,
                        "min_new_tokens": args.new_tokens, "eos_bias": 0}
             result = decode(model, loader, options, torch.device("cpu"), torch.float32,

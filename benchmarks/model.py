@@ -34,6 +34,9 @@ class _Tokenizer:
     def decode(self, ids, skip_special_tokens=True) -> str:
         return " ".join(map(str, ids))
 
+    def __len__(self) -> int:
+        return self.vocab
+
 
 def synthetic_batch(batch: int, seconds: float, slots_per_frame: int, vocab: int, device,
                     prompt_tokens: int = 28, answer_tokens: int = 30) -> dict:

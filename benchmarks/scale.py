@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 
-from mooer.config import compose_config
+from mooer.config import compose_config, task_config
 from mooer.data.audio import wav_bytes
 from mooer.data.datamodule import SpeechDataModule
 from mooer.data.features import ParaformerFrontend
@@ -31,6 +32,9 @@ from mooer.data.pipeline import read_data_list, shards_for
 from mooer.demo.prepare import ensure_demo_data
 from mooer.models.build import build_speech_llm
 from mooer.models.llm import load_tokenizer
+
+# the recipe's prompt format (experiment=tiny: conf/task/asr.yaml)
+ASR = instantiate(task_config("asr"))
 
 DIGITS = "零一二三四五六七八九"
 
@@ -82,7 +86,7 @@ def io_table(data_list: Path, ranks: int, workers: int) -> None:
 
 def longest(data_list: Path, tokenizer) -> tuple[int, int]:
     """The longest utterance's frames and LLM tokens (one unsorted pass, batch 1)."""
-    dm = SpeechDataModule(ParaformerFrontend(None), tokenizer, train_data_path=str(data_list),
+    dm = SpeechDataModule(ParaformerFrontend(None), tokenizer, ASR, train_data_path=str(data_list),
                           batch_size=1, min_length=0, max_length=10**9, sort_buffer=0,
                           num_workers=0)
     frames = tokens = 0
@@ -96,7 +100,7 @@ def batches(data_list: Path, tokenizer, dynamic: bool, max_frames: int, max_toke
             ) -> list[dict]:
     options = {"dynamic_batching": True, "max_frames_in_batch": max_frames,
                "max_tokens_in_batch": max_tokens} if dynamic else {"sort_buffer": 0}
-    dm = SpeechDataModule(ParaformerFrontend(None), tokenizer, train_data_path=str(data_list),
+    dm = SpeechDataModule(ParaformerFrontend(None), tokenizer, ASR, train_data_path=str(data_list),
                           batch_size=16, min_length=0, max_length=10**9, shuffle_buffer=500,
                           num_workers=0, **options)
     return list(dm.train_dataloader())
@@ -142,7 +146,8 @@ def main() -> None:
     tail = long_tail_corpus(args.work / "tail", max(args.num, args.shards * 20) // 20 * 20)
     io_table(tail, args.ranks, args.workers)
 
-    ensure_demo_data(args.work / "tiny", num=args.num, seed=0, vocab_size=400, shard_size=40)
+    ensure_demo_data(args.work / "tiny", num=args.num, seed=0, vocab_size=400, shard_size=40,
+                     prompt=ASR)
     cfg, _ = compose_config("train", ["experiment=tiny", f"paths.data_dir={args.work}"])
     tokenizer = load_tokenizer(cfg.llm.tokenizer_path)
     model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer)

@@ -16,19 +16,18 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from mooer.config import compose_config
 from mooer.data.datamodule import SpeechDataModule
 from mooer.data.features import ParaformerFrontend
-from mooer.demo.prepare import ensure_demo_data
 from mooer.models.build import build_speech_llm
 from mooer.models.llm import load_tokenizer
-from mooer.training.module import SpeechLLMModule
 
-OPTIM = {"name": "adamw", "lr": 1e-3, "scheduler": "cosine", "warmup_steps": 10,
-         "total_steps": 1000}
+# conf/module with experiment=tiny's AdamW, a cosine schedule over 1,000 steps
+MODULE = ["module.scheduler.warmup_steps=10", "module.scheduler.total_steps=1000"]
 
 
 class StepTimer(pl.Callback):
@@ -50,7 +49,7 @@ def step_times(starts: list[float], warmup: int) -> list[float]:
 
 
 def build(data_dir: Path):
-    cfg, _ = compose_config("train", ["experiment=tiny", f"paths.data_dir={data_dir}"])
+    cfg, _ = compose_config("train", ["experiment=tiny", f"paths.data_dir={data_dir}", *MODULE])
     torch.manual_seed(0)
     tokenizer = load_tokenizer(cfg.llm.tokenizer_path)
     return build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer), cfg, tokenizer
@@ -58,8 +57,8 @@ def build(data_dir: Path):
 
 def bare_loop(data_dir: Path, batches: list, warmup: int) -> list[float]:
     """Seconds of each step after `warmup` in a plain PyTorch loop."""
-    model, _, _ = build(data_dir)
-    module = SpeechLLMModule(model, OPTIM, log_interval=0)
+    model, cfg, _ = build(data_dir)
+    module = instantiate(cfg.module, model=model, log_interval=0, _convert_="all")
     optimizer_config = module.configure_optimizers()
     optimizer = optimizer_config["optimizer"]
     scheduler = optimizer_config["lr_scheduler"]["scheduler"]
@@ -77,14 +76,14 @@ def bare_loop(data_dir: Path, batches: list, warmup: int) -> list[float]:
 
 def lightning_loop(data_dir: Path, batches: list, warmup: int, steps: int) -> list[float]:
     """Seconds of each step after `warmup` through our LightningModule and a Trainer."""
-    model, _, _ = build(data_dir)
+    model, cfg, _ = build(data_dir)
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as log_dir:  # logging as in training: CSV every 10 steps
         trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps,
                              logger=CSVLogger(log_dir), log_every_n_steps=10,
                              enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0)
-        trainer.fit(SpeechLLMModule(model, OPTIM, log_interval=100),
+        trainer.fit(instantiate(cfg.module, model=model, log_interval=100, _convert_="all"),
                     train_dataloaders=DataLoader(batches, batch_size=None))
     return step_times(timer.starts, warmup)
 
@@ -96,9 +95,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data_dir", type=Path, default=Path("/tmp/mooer-bench-train"))
     args = parser.parse_args()
-    ensure_demo_data(args.data_dir / "tiny", num=64, seed=0, vocab_size=400)
+    cfg, _ = compose_config("train", ["experiment=tiny", f"paths.data_dir={args.data_dir}",
+                                      "prepare_data.num=64"])
+    instantiate(cfg.prepare_data)
     _, cfg, tokenizer = build(args.data_dir)
-    dm = SpeechDataModule(ParaformerFrontend(None), tokenizer,
+    dm = SpeechDataModule(ParaformerFrontend(None), tokenizer, instantiate(cfg.task),
                           train_data_path=cfg.data.train_data_path, batch_size=8, min_length=0)
     batches = [b for b in dm.loader("train")] * (args.steps // 8 + 2)
     batches = batches[: args.steps]

@@ -37,3 +37,21 @@ def compose_config(config_name: str = "train", overrides: Sequence[str] = (),
     with open_dict(cfg):
         del cfg["hydra"]
     return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), choices
+
+
+def task_options() -> list[str]:
+    """The prompt formats of `conf/task`."""
+    return sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+
+
+def task_config(task: str = "asr", run_dir: str | Path | None = None) -> DictConfig:
+    """The prompt format's config (instantiate it for a PromptFormat): `conf/task/<task>.yaml`
+    as composed for training, or the one a training run recorded in its run dir."""
+    if run_dir is None:
+        return compose_config("train", [f"task={task}"])[0].task
+    saved = Path(run_dir) / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(f"run_dir {run_dir} has no .hydra/config.yaml: give the "
+                                "directory a `python train.py` run wrote")
+    register_resolvers()
+    return OmegaConf.create(OmegaConf.to_container(OmegaConf.load(saved).task, resolve=True))

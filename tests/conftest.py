@@ -22,6 +22,28 @@ from mooer.demo.corpus import draw_specs, write_corpus
 REPO = Path(__file__).resolve().parents[1]
 
 
+class StubTokenizer:
+    """What building a SpeechLLM reads of a tokenizer: its special ids and its size."""
+
+    def __init__(self, size: int) -> None:
+        self.eos_token_id, self.pad_token_id, self.size = 0, 1, size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def prompt_format(task: str = "asr", **changes):
+    """conf/task/<task>.yaml's PromptFormat, with `changes` (e.g. replace_text_path=...)."""
+    from hydra.utils import instantiate
+
+    from mooer.config import task_config
+
+    cfg = task_config(task)
+    for key, value in changes.items():
+        cfg[key] = value
+    return instantiate(cfg)
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     """24 utterances (Mandarin and English) with wav.scp, text, text.en and utt2spk."""
@@ -40,7 +62,8 @@ def tokenizer(corpus, tmp_path_factory):
 
     texts = [t for _, t in read_table(corpus / "text")] + [t for _, t in read_table(corpus / "text.en")]
     out_dir = tmp_path_factory.mktemp("tokenizer")
-    train_tokenizer(texts, vocab_size=600, out_dir=out_dir)
+    train_tokenizer(texts, vocab_size=600, out_dir=out_dir,
+                    prompts=prompt_format("asr_ast").texts())
     return AutoTokenizer.from_pretrained(str(out_dir))  # as users load it
 
 
@@ -60,5 +83,6 @@ def make_tiny_data(tmp_path_factory, num: int, vocab_size: int, shard_size: int 
     from mooer.demo.prepare import ensure_demo_data
 
     path = tmp_path_factory.mktemp("data")
-    ensure_demo_data(path / "tiny", num=num, seed=0, vocab_size=vocab_size, shard_size=shard_size)
+    ensure_demo_data(path / "tiny", num=num, seed=0, vocab_size=vocab_size, shard_size=shard_size,
+                     prompt=prompt_format("asr"))
     return path

@@ -1,4 +1,6 @@
-"""Every option of every config group composes, recipes hold their numbers, sweeps expand."""
+"""Every option of every config group composes and instantiates (tiny shapes, or the meta device
+for the 7B ones), a misspelt key anywhere is an error naming it, recipes hold their numbers,
+sweeps expand."""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from mooer.config import CONF_DIR as CONF
 from mooer.config import compose_config
 from tests.conftest import REPO
 
-TRAIN_GROUPS = ["encoder", "projector", "llm", "task", "data", "strategy", "trainer", "logger",
-                "callbacks", "paths", "experiment"]
+TRAIN_GROUPS = ["encoder", "projector", "llm", "module", "task", "data", "strategy", "trainer",
+                "logger", "callbacks", "paths", "experiment"]
 
 
 def _options(group: str) -> list[str]:
@@ -29,8 +31,10 @@ def _compose(config_name: str, overrides: list[str]):
 def test_every_train_option_composes(group, option):
     cfg, choices = _compose("train", [f"{group}={option}"])
     assert choices[group] == option
-    assert cfg.projector.encoder_dim == cfg.encoder.output_dim
-    assert cfg.projector.llm_dim == cfg.llm.hidden_size == cfg.llm.architecture.hidden_size
+    # sizes have one owner, the built models: no copies of them in the groups
+    assert "encoder_dim" not in cfg.projector and "llm_dim" not in cfg.projector
+    assert "output_dim" not in cfg.encoder and "hidden_size" not in cfg.llm
+    assert "length_convs" not in cfg.encoder and "encoder_convs" not in cfg.data
 
 
 def test_every_group_has_options():
@@ -61,13 +65,14 @@ def test_mt5k_recipe_values():
     assert choices["encoder"] == "paraformer" and choices["llm"] == "qwen2_7b"
     assert choices["strategy"] == "zero2"
     assert cfg.projector.downsample == 2 and cfg.projector.hidden_dim == 2048
-    assert cfg.projector.llm_dim == 3584
+    assert cfg.llm.architecture.hidden_size == 3584
     lora = cfg.llm.lora
     assert (lora.r, lora.alpha, lora.dropout) == (64, 16, 0.05)
     assert set(lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                         "up_proj", "down_proj"}
-    assert cfg.optim.name == "adam" and cfg.optim.lr == 1e-4
-    assert (cfg.optim.scheduler, cfg.optim.warmup_steps, cfg.optim.total_steps) == (
+    optimizer, scheduler = cfg.module.optimizer, cfg.module.scheduler
+    assert optimizer._target_ == "torch.optim.Adam" and optimizer.lr == 1e-4
+    assert (scheduler.name, scheduler.warmup_steps, scheduler.total_steps) == (
         "warmup_decay", 1000, 1_000_000)
     assert cfg.data.batch_size == 8 and cfg.trainer.accumulate_grad_batches == 2
     assert cfg.trainer.precision == "bf16-mixed" and cfg.strategy.stage == 2

@@ -18,6 +18,7 @@ class AudioError(ValueError):
     """Audio that cannot be used: unreadable, empty, or malformed."""
 
 
+AUDIO_EXTENSIONS = frozenset({"wav", "flac", "ogg", "opus", "mp3", "sph", "aiff", "aif", "au"})
 MIN_SAMPLE_RATE = 4000  # below any real recording: a header claiming less is damaged or hostile
 UNKNOWN_SIZE = 0xFFFFFFFF  # a streamed WAV's size fields: the data runs to the end of the file
 

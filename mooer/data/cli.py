@@ -1,7 +1,9 @@
 """`mooer-data`: look at packed data before training on it.
 
     mooer-data stats data/train/data.list       # utterances, hours, durations, text lengths
-    mooer-data show data/train/data.list -n 3   # decoded samples with their token layout
+    mooer-data show data/train/data.list -n 3 --tokenizer DIR [--task ast | --run_dir RUN]
+                                                # decoded samples as the LLM sees them: the
+                                                # prompt of conf/task (or of a training run)
 """
 
 from __future__ import annotations
@@ -12,7 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mooer.data.pipeline import DataErrors, decode, open_shards, read_data_list, tar_samples
+from mooer.config import task_config, task_options
+from mooer.data.pipeline import (
+    DataErrors,
+    attach_targets,
+    decode,
+    open_shards,
+    read_data_list,
+    tar_samples,
+)
+from mooer.data.prompts import PromptFormat
 
 
 def _samples(data_list: Path, errors: DataErrors, allow_pipe: bool):
@@ -58,29 +69,35 @@ def stats(data_list: Path, allow_pipe: bool = False) -> str:
     return "\n".join(lines)
 
 
-def show(data_list: Path, num: int, tokenizer_path: str | None, task: str,
+def show(data_list: Path, num: int, tokenizer_path: str | None, prompt: PromptFormat,
          allow_pipe: bool = False) -> str:
-    """The first `num` utterances: text, duration and, with a tokenizer, the model's view."""
+    """The first `num` utterances: text, duration and, with a tokenizer, the model's view (the
+    prompt and labels `prompt` gives them, as in training's first epoch)."""
+    from mooer.data.datamodule import read_replace_table
     from mooer.data.prompts import PromptBuilder
 
+    errors = DataErrors()
+    samples = _samples(data_list, errors, allow_pipe)
     builder = None
     if tokenizer_path:
         from transformers import AutoTokenizer
 
         builder = PromptBuilder(AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True),
-                                task=task)
+                                prompt)
+        samples = attach_targets(samples, read_replace_table(prompt.replace_text_path),
+                                 prompt.replace_type, errors)
     lines = []
-    for index, sample in enumerate(_samples(data_list, DataErrors(), allow_pipe)):
+    for index, sample in enumerate(samples):
         if index == num:
             break
         seconds = len(sample["wav"]) / sample["sample_rate"]
         lines.append(f"[{index}] {sample['key']}  ({seconds:.2f} s, from {sample['shard']})")
         lines.append(f"    text: {sample['txt']}")
         if builder is not None:
-            prompted = builder(sample["txt"], sample["key"])
+            prompted = builder(sample["target"], sample["key"])
             tok = builder.tokenizer
-            lines.append(f"    prompt ({len(prompted.prompt_ids)} tokens, after the audio slots): "
-                         f"{tok.decode(prompted.prompt_ids)!r}")
+            lines.append(f"    prompt (task {prompted.task}, {len(prompted.prompt_ids)} tokens, "
+                         f"after the audio slots): {tok.decode(prompted.prompt_ids)!r}")
             pieces = [tok.decode([i]) for i in prompted.answer_ids.tolist()]
             lines.append(f"    labels ({len(pieces)} tokens): {pieces}")
     return "\n".join(lines)
@@ -95,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     p_show.add_argument("data_list", type=Path)
     p_show.add_argument("-n", "--num", type=int, default=3)
     p_show.add_argument("--tokenizer", default=None, help="a local tokenizer (LLM) directory")
-    p_show.add_argument("--task", default="asr", choices=["asr", "ast"])
+    prompt = p_show.add_mutually_exclusive_group()
+    prompt.add_argument("--task", default="asr", choices=task_options(),
+                        help="the prompt format of conf/task/<TASK>.yaml")
+    prompt.add_argument("--run_dir", help="the prompt format a training run recorded")
     for p in (p_stats, p_show):
         p.add_argument("--allow_pipe", action="store_true", help="allow pipe: urls")
     args = parser.parse_args(argv)
@@ -105,7 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "stats":
         print(stats(args.data_list, args.allow_pipe))
     else:
-        print(show(args.data_list, args.num, args.tokenizer, args.task, args.allow_pipe))
+        from hydra.utils import instantiate
+
+        try:
+            prompt = instantiate(task_config(args.task, args.run_dir))
+        except FileNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(show(args.data_list, args.num, args.tokenizer, prompt, args.allow_pipe))
     return 0
 
 

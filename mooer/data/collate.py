@@ -71,3 +71,14 @@ def collate(samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         batch["transcript_lengths"] = torch.tensor([len(t) for t in transcripts])
         batch["transcript_ids"] = torch.nn.utils.rnn.pad_sequence(transcripts, batch_first=True)
     return batch
+
+
+def move_batch(batch: dict[str, Any], device: torch.device,
+               features_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """A batch's tensors on `device` (its features in `features_dtype` when given); its key and
+    text lists as they are."""
+    moved = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+             for k, v in batch.items()}
+    if features_dtype is not None:
+        moved["features"] = moved["features"].to(features_dtype)
+    return moved

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mooer.data import pipeline as P
 from mooer.data.collate import audio_slots, collate
-from mooer.data.prompts import PromptBuilder
+from mooer.data.prompts import PromptBuilder, PromptFormat
 from mooer.data.text import read_table
 
 log = logging.getLogger(__name__)
@@ -311,32 +311,38 @@ def read_replace_table(path: str | Path | None) -> dict[str, str] | None:
 class SpeechDataModule(pl.LightningDataModule):
     """Train / validation / test loaders over data.list shards for any encoder frontend and task."""
 
-    def __init__(self, frontend: Callable, tokenizer, train_data_path: str | None = None,
-                 val_data_path: str | None = None, test_data_path: str | None = None,
-                 task: str = "asr", prompts: dict[str, str] | None = None,
-                 prompt_template: str | None = None, replace_text_path: str | None = None,
-                 replace_type: str = "replace", task_weights: dict[str, float] | None = None,
-                 encoder_convs: Sequence[Sequence[int]] = (),
+    def __init__(self, frontend: Callable, tokenizer, prompt: PromptFormat,
+                 train_data_path: str | None = None, val_data_path: str | None = None,
+                 test_data_path: str | None = None, encoder_convs: Sequence[Sequence[int]] = (),
                  downsample: int = 2, batch_size: int = 8, val_batch_size: int = 8,
                  num_workers: int = 0, seed: int = 42, **options: Any) -> None:
+        """`frontend`, `tokenizer` and `prompt` (conf/task) come from the recipe, the rest from
+        `conf/data`. The audio-slot arithmetic (`encoder_convs`: how the encoder shortens frames;
+        the projector's `downsample`) is read from the built model with `match_model`."""
         super().__init__()
         self.frontend, self.tokenizer = frontend, tokenizer
         self.paths = {"train": train_data_path, "val": val_data_path, "test": test_data_path}
-        table = read_replace_table(replace_text_path)
-        prompt_task = "instruction" if replace_type == "instruction" else task
-        builder_args = {"template": prompt_template} if prompt_template else {}
-        self.prompt_builder = PromptBuilder(tokenizer, prompts, task=prompt_task, seed=seed,
-                                            task_weights=task_weights, **builder_args)
-        self.slots_for = functools.partial(audio_slots, convs=[list(c) for c in encoder_convs],
-                                           downsample=downsample)
+        table = read_replace_table(prompt.replace_text_path)
+        self.prompt_builder = PromptBuilder(tokenizer, prompt, seed=seed)
+        self.match_slots(encoder_convs, downsample)
         self.num_workers = num_workers
+        labels = {"replace_text": table, "replace_type": prompt.replace_type}
         self.options = {
-            "train": PipelineOptions(batch_size=batch_size, seed=seed, replace_text=table,
-                                     replace_type=replace_type, **options),
+            "train": PipelineOptions(batch_size=batch_size, seed=seed, **labels, **options),
             "val": PipelineOptions(batch_size=val_batch_size, seed=seed, training=False,
-                                   replace_text=table, replace_type=replace_type, **options),
+                                   **labels, **options),
         }
         self.options["test"] = self.options["val"]
+
+    def match_slots(self, encoder_convs: Sequence[Sequence[int]], downsample: int) -> None:
+        """Audio slots an utterance gets: its frames through the encoder's length convs, over the
+        projector's downsample."""
+        self.slots_for = functools.partial(audio_slots, convs=[list(c) for c in encoder_convs],
+                                           downsample=downsample)
+
+    def match_model(self, model) -> None:
+        """Take the slot arithmetic from a built SpeechLLM (its encoder and projector)."""
+        self.match_slots(model.encoder.length_convs, model.projector.downsample)
 
     def loader(self, split: str, start_epoch: int = 0, skip_batches: int = 0) -> EpochDataLoader:
         path = self.paths[split]

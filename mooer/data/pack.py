@@ -25,12 +25,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mooer.data.audio import AudioError, parse_pcm_wav, read_audio, resample, to_mono, wav_bytes
+from mooer.data.audio import (
+    AUDIO_EXTENSIONS,
+    AudioError,
+    parse_pcm_wav,
+    read_audio,
+    resample,
+    to_mono,
+    wav_bytes,
+)
 from mooer.data.parallel import parallel_map
 from mooer.data.text import normalize, read_table
 
 log = logging.getLogger(__name__)
-AUDIO_EXTENSIONS = frozenset({"wav", "flac", "ogg", "opus", "mp3", "sph", "aiff", "aif", "au"})
 LONG_SECONDS = 30.0  # longer utterances pack with a warning: training filters them by max_length
 TEXT_NORMS = {"true": "mooer", "false": "none", "mooer": "mooer", "llm": "llm", "none": "none"}
 PARTIAL_SUFFIX = ".partial"

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mooer.data.audio import AudioError, decode_audio, resample, to_mono
+from mooer.data.audio import AUDIO_EXTENSIONS, AudioError, decode_audio, resample, to_mono
+from mooer.data.text import WORD_JOINER
 
 log = logging.getLogger(__name__)
-AUDIO_EXTENSIONS = frozenset({"wav", "flac", "ogg", "opus", "mp3", "sph", "aiff", "aif", "au"})
 Sample = dict[str, Any]
 
 
@@ -350,7 +350,7 @@ def tokenize(samples: Iterable[Sample], prompt_builder, slots_for: Callable[[int
         prompted = prompt_builder.many([s.get("target", s["txt"]) for s in group],
                                        [s["key"] for s in group], epoch, inference)
         if transcripts:
-            ids = prompt_builder.tokenizer([s["txt"].replace("▁", " ") for s in group])
+            ids = prompt_builder.tokenizer([s["txt"].replace(WORD_JOINER, " ") for s in group])
             for sample, transcript in zip(group, ids["input_ids"], strict=True):
                 sample["transcript_ids"] = torch.tensor(transcript, dtype=torch.long)
         for sample, p in zip(group, prompted, strict=True):

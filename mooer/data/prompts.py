@@ -1,7 +1,10 @@
-"""Prompts and labels: MooER's chat template, audio slots before the prompt, labels on the answer.
+"""Prompts and labels: the prompt format of `conf/task`, audio slots before the prompt, labels on
+the answer.
 
 A training sequence is  [audio slots] + prompt + answer + eos,  with labels IGNORE_INDEX except on
-the answer and eos. The number of audio slots is encoder frames // projector downsample.
+the answer and eos. The number of audio slots is encoder frames // projector downsample. The
+prompt text lives in `conf/task` alone: `PromptFormat` is built from it (hydra instantiate) and
+handed to training, validation, evaluation, transcription and `mooer-data show`.
 """
 
 from __future__ import annotations
@@ -13,10 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from mooer.data.text import WORD_JOINER
+
 IGNORE_INDEX = -100
-QWEN_TEMPLATE = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-                 "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n")
-PROMPTS = {"asr": "Transcribe speech to text. ", "ast": "Translate speech to english text. "}
 CONCAT_TOKEN = "<|im_end|>"
 REPLACE_TYPES = ("replace", "concat", "concat_r", "instruction")
 
@@ -39,6 +41,52 @@ def refine_target(transcript: str, replacement: str, replace_type: str) -> str |
     raise ValueError(f"unknown replace_type {replace_type!r}; choose one of {', '.join(REPLACE_TYPES)}")
 
 
+class PromptFormat:
+    """What the LLM is asked, as `conf/task` says: the chat `template` (one `{}` for the
+    instruction), one instruction per task, and where labels come from (the transcript, or
+    MooER's replace_text table joined as `replace_type` says; `instruction` draws one task per
+    utterance, by `weights` or uniformly). `name` is the recipe (asr, ast, asr_ast).
+
+    A plain class, not a dataclass: Hydra would turn a dataclass handed to `instantiate` as an
+    argument back into a config."""
+
+    def __init__(self, name: str, template: str, instructions: Mapping[str, str],
+                 replace_text_path: str | None = None, replace_type: str = "replace",
+                 weights: Mapping[str, float] | None = None) -> None:
+        self.name, self.template, self.instructions = name, template, dict(instructions)
+        self.replace_text_path, self.replace_type = replace_text_path, replace_type
+        self.weights = dict(weights) if weights else None
+        if template.count("{}") != 1:
+            raise ValueError(f"task.template needs exactly one {{}} for the instruction, got "
+                             f"{template!r}")
+        if replace_type not in REPLACE_TYPES:
+            raise ValueError(f"task.replace_type is one of {', '.join(REPLACE_TYPES)}, got "
+                             f"{replace_type!r}")
+        if replace_type != "instruction":
+            self.require(name)
+
+    @property
+    def task(self) -> str:
+        """The task of every utterance, or `instruction` (drawn per utterance)."""
+        return "instruction" if self.replace_type == "instruction" else self.name
+
+    def require(self, task: str) -> None:
+        """Refuse a task this format has no instruction for, naming the ones it has."""
+        if task not in self.instructions:
+            raise ValueError(f"task {task!r} has no prompt in task={self.name} (it has "
+                             f"{', '.join(self.instructions)}): choose a task recipe with one "
+                             "(conf/task), or decode the run it was trained in (run_dir=)")
+
+    def text(self, task: str) -> str:
+        """The prompt of `task` as the LLM reads it, after the audio slots."""
+        self.require(task)
+        return self.template.format(self.instructions[task])
+
+    def texts(self) -> list[str]:
+        """Every task's prompt (what a tokenizer trained for this format should know)."""
+        return [self.text(task) for task in self.instructions]
+
+
 @dataclass
 class Prompted:
     """Token ids of one utterance: the prompt part (after the audio slots) and the answer."""
@@ -50,29 +98,28 @@ class Prompted:
 
 
 class PromptBuilder:
-    """Tokenizes prompts once per task and answers per utterance."""
+    """Tokenizes a PromptFormat's prompts once per task and answers per utterance. `task`
+    overrides the format's own (decoding one task of a multi-task format)."""
 
-    def __init__(self, tokenizer, prompts: Mapping[str, str] | None = None,
-                 template: str = QWEN_TEMPLATE, task: str = "asr", seed: int = 0,
-                 task_weights: Mapping[str, float] | None = None) -> None:
-        self.tokenizer = tokenizer
-        self.task_weights = dict(task_weights) if task_weights else None
+    def __init__(self, tokenizer, prompt: PromptFormat, task: str | None = None,
+                 seed: int = 0) -> None:
+        self.tokenizer, self.format = tokenizer, prompt
+        self.task_weights = dict(prompt.weights) if prompt.weights else None
         if self.task_weights and (min(self.task_weights.values()) < 0
                                   or sum(self.task_weights.values()) <= 0):
             raise ValueError(f"task weights must be >= 0 with a positive sum: {self.task_weights}")
-        self.prompts = dict(prompts or PROMPTS)
-        if task not in self.prompts and task != "instruction":
-            raise ValueError(f"task {task!r} has no prompt; prompts are given for "
-                             f"{', '.join(self.prompts)}")
+        self.prompts = dict(prompt.instructions)
+        self.task = task or prompt.task
+        if self.task != "instruction":
+            prompt.require(self.task)
         unknown = sorted(set(self.task_weights or ()) - set(self.prompts))
         if unknown:  # a typo or a prompt-less task would silently change the mix
             raise ValueError(f"task weights name {', '.join(unknown)}, which have no prompt; "
                              f"prompts are given for {', '.join(self.prompts)}")
-        self.task, self.seed = task, seed
-        self.template = template
-        self.prompt_ids = {name: torch.tensor(tokenizer.encode(template.format(text)),
+        self.seed = seed
+        self.prompt_ids = {name: torch.tensor(tokenizer.encode(prompt.text(name)),
                                               dtype=torch.long)
-                           for name, text in self.prompts.items()}
+                           for name in self.prompts}
         if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer needs an eos token and a pad token")
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -103,7 +150,7 @@ class PromptBuilder:
         """Prompt several utterances; their answers are tokenized in one call."""
         tasks = [self.choose_task(t, k, epoch) for t, k in zip(targets, keys, strict=True)]
         # MooER-normalized labels join Latin words with ▁
-        texts = [(t if isinstance(t, str) else t[task]).replace("▁", " ")
+        texts = [(t if isinstance(t, str) else t[task]).replace(WORD_JOINER, " ")
                  for t, task in zip(targets, tasks, strict=True)]
         if inference:
             answers = [torch.zeros(0, dtype=torch.long)] * len(texts)

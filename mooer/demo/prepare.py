@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from mooer.data.pack import pack
+from mooer.data.prompts import PromptFormat
 from mooer.data.text import read_table
 from mooer.demo.corpus import (
     EN_VOICES,
@@ -77,12 +78,13 @@ def _subset(corpus: Path, out: Path, keys: set[str]) -> Path:
 def ensure_demo_data(data_dir: str | Path, num: int = 32, seed: int = 0, dev_num: int = 0,
                      test_num: int = 0, vocab_size: int = 512, english_ratio: float = 0.3,
                      unseen_voices_num: int = 0, num_workers: int = 2,
-                     shard_size: int = 200) -> Path:
+                     shard_size: int = 200, prompt: PromptFormat | None = None) -> Path:
     """Synthesize `num` utterances into `data_dir` unless already there, split them by sentence
     (a sentence's utterances all land in one split), pack `train/`, `dev/` (`dev_num` 0: the
     training set itself, for overfitting checks) and `test/demo_test/`, and train `tokenizer/`.
     With `unseen_voices_num`, `test/demo_unseen_voices/` holds the test sentences spoken by voices
-    that no training utterance uses. `shard_size`: utterances per shard."""
+    that no training utterance uses. `shard_size`: utterances per shard. The tokenizer also
+    learns the words of `prompt` (the recipe's prompt format), when given."""
     data_dir = Path(data_dir)
     done = data_dir / ".complete"
     if done.exists():
@@ -118,7 +120,8 @@ def ensure_demo_data(data_dir: str | Path, num: int = 32, seed: int = 0, dev_num
                        num_workers)
     train_texts = [t for k, t in read_table(corpus / "text") if k in split_keys["train"]]
     train_texts += [t for k, t in read_table(corpus / "text.en") if k in split_keys["train"]]
-    train_tokenizer(train_texts, vocab_size, out_dir=data_dir / "tokenizer")
+    train_tokenizer(train_texts, vocab_size, out_dir=data_dir / "tokenizer",
+                    prompts=prompt.texts() if prompt else ())
     _write_cmvn(data_dir / "am.mvn", corpus, sorted(split_keys["train"]), seed)
     done.write_text("ok\n")
     return data_dir

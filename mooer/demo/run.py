@@ -19,10 +19,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hydra.utils import instantiate
+
+from mooer.config import compose_config
 from mooer.data.text import read_table
 from mooer.demo.corpus import UtteranceSpec, speaker_id, write_corpus
 from mooer.demo.grammar import sample_sentence
-from mooer.demo.prepare import UNSEEN_ZH_VOICES, ensure_demo_data
+from mooer.demo.prepare import UNSEEN_ZH_VOICES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -159,19 +162,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[1/5] synthesizing {args.num} utterances, splitting by sentence, packing shards, "
           "training a BPE tokenizer", flush=True)
     data_root = out / "data"
-    ensure_demo_data(data_root / "demo", num=args.num, seed=args.seed, dev_num=args.dev_num,
-                     test_num=args.test_num, unseen_voices_num=args.unseen_voices_num,
-                     english_ratio=args.english_ratio, vocab_size=1500)
+    recipe = ["experiment=demo", f"paths.data_dir={data_root}", f"prepare_data.num={args.num}",
+              f"prepare_data.seed={args.seed}", f"prepare_data.dev_num={args.dev_num}",
+              f"prepare_data.test_num={args.test_num}",
+              f"prepare_data.unseen_voices_num={args.unseen_voices_num}",
+              f"prepare_data.english_ratio={args.english_ratio}"]
+    instantiate(compose_config("train", recipe)[0].prepare_data)  # what train.py would make
     prepared = time.perf_counter()
 
     print(f"[2/5] training (experiment=demo, {args.max_steps} steps)", flush=True)
     run_dir = out / "run"
-    run([python, "train.py", "experiment=demo", f"paths.data_dir={data_root}",
-         f"trainer.max_steps={args.max_steps}", "trainer.enable_progress_bar=false",
-         f"prepare_data.num={args.num}", f"prepare_data.dev_num={args.dev_num}",
-         f"prepare_data.test_num={args.test_num}",
-         f"prepare_data.unseen_voices_num={args.unseen_voices_num}",
-         f"prepare_data.english_ratio={args.english_ratio}", f"hydra.run.dir={run_dir}"],
+    run([python, "train.py", *recipe, f"trainer.max_steps={args.max_steps}",
+         "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"],
         out / "train.log", training_status(out / "train.log", run_dir, args.max_steps))
     trained = time.perf_counter()
     curves = plot_curves(run_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -11,9 +12,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from mooer.data.collate import audio_slots
+from mooer.data.collate import audio_slots, move_batch
 from mooer.data.datamodule import EpochDataLoader, PipelineOptions, ShardDataset
-from mooer.data.prompts import PROMPTS, QWEN_TEMPLATE, PromptBuilder
+from mooer.data.prompts import PromptBuilder, PromptFormat
 from mooer.models.speech_llm import SpeechLLM
 
 log = logging.getLogger(__name__)
@@ -38,47 +39,17 @@ class Decoded:
         return len(self.hypotheses) / self.elapsed if self.elapsed else 0.0
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' takes CUDA, then MUSA, then the CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if hasattr(torch, "musa") and torch.musa.is_available():
-        return torch.device("musa")
-    return torch.device("cpu")
-
-
-def decoding_loader(source: str | Path, frontend, tokenizer, task: str, prompts: dict | None,
-                    convs, downsample: int, batch_size: int, num_workers: int = 0,
-                    template: str = QWEN_TEMPLATE) -> EpochDataLoader:
-    """Prompt-only batches of a data.list or Kaldi dir, sorted by length to pad little."""
-    builder = PromptBuilder(tokenizer, {**PROMPTS, **(prompts or {})}, task=task,
-                            template=template)
+def decoding_loader(source: str | Path, model: SpeechLLM, frontend, prompt: PromptFormat,
+                    task: str, batch_size: int, num_workers: int = 0) -> EpochDataLoader:
+    """Prompt-only batches of a data.list or Kaldi dir for `model` (its tokenizer and slot
+    arithmetic), asking `task` in `prompt`'s words, sorted by length to pad little."""
+    builder = PromptBuilder(model.tokenizer, prompt, task=task)
     options = PipelineOptions(training=False, inference=True, batch_size=batch_size,
                               sort_buffer=batch_size * 16, min_length=0, max_length=10**9)
-    dataset = ShardDataset(source, frontend, builder,
-                           lambda frames: audio_slots(frames, convs, downsample), options)
+    slots_for = functools.partial(audio_slots, convs=model.encoder.length_convs,
+                                  downsample=model.projector.downsample)
+    dataset = ShardDataset(source, frontend, builder, slots_for, options)
     return EpochDataLoader(dataset, num_workers=num_workers, name=str(source))
-
-
-def config_loader(cfg, source: str | Path, tokenizer, task: str, batch_size: int,
-                  frontend=None) -> EpochDataLoader:
-    """`decoding_loader` with the frontend, prompts, template and slot arithmetic of `cfg`
-    (an evaluate config, after apply_run_dir when decoding a training run)."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    return decoding_loader(source, frontend or instantiate(cfg.encoder.frontend), tokenizer,
-                           task, OmegaConf.to_container(cfg.task.prompts, resolve=True),
-                           list(cfg.encoder.length_convs), cfg.projector.downsample, batch_size,
-                           template=cfg.task.prompt_template)
-
-
-def to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    moved["features"] = moved["features"].to(dtype)
-    return moved
 
 
 def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
@@ -93,7 +64,7 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
                 if key in seen:
                     duplicates.append(key)
                 seen.add(key)
-            generated = model.generate(to_device(batch, device, dtype), **decoding)
+            generated = model.generate(move_batch(batch, device, dtype), **decoding)
             hypotheses.update(zip(batch["keys"], generated.texts, strict=True))
             references.update(zip(batch["keys"], batch["targets"], strict=True))
             seconds += batch["audio_seconds"]

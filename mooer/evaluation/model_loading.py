@@ -54,7 +54,8 @@ def load_weights(model: SpeechLLM, checkpoint: str | Path | None, adapter_path: 
 
 
 def apply_run_dir(cfg: DictConfig) -> DictConfig:
-    """With `run_dir` (a training run), take its model config and last checkpoint."""
+    """With `run_dir` (a training run), take its model config, its prompt format (`task`: so a
+    run decodes with exactly the prompt it was trained with) and its last checkpoint."""
     run_dir = cfg.get("run_dir")
     if not run_dir:
         return cfg
@@ -67,10 +68,8 @@ def apply_run_dir(cfg: DictConfig) -> DictConfig:
     train_cwd = (Path(OmegaConf.load(hydra_file).hydra.runtime.cwd) if hydra_file.is_file()
                  else Path.cwd())
     cfg = cfg.copy()
-    for key in ("encoder", "projector", "llm"):  # resolved where they were written
+    for key in ("encoder", "projector", "llm", "task"):  # resolved where they were written
         cfg[key] = _anchored(OmegaConf.to_container(trained[key], resolve=True), train_cwd)
-    cfg.task.prompts = OmegaConf.to_container(trained.task.prompts, resolve=True)
-    cfg.task.prompt_template = trained.task.prompt_template
     if not cfg.get("checkpoint"):
         cfg.checkpoint = str(Path(run_dir) / "checkpoints" / "last.ckpt")
     return cfg

@@ -10,10 +10,12 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mooer.data.prompts import PromptFormat
 from mooer.data.text import one_line, read_table
-from mooer.evaluation.decode import config_loader, decode, pick_device
+from mooer.evaluation.decode import decode, decoding_loader
 from mooer.evaluation.model_loading import apply_run_dir, load_for_decoding
 from mooer.evaluation.scoring import bleu_chrf, format_wer, score
+from mooer.training.accelerators import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,16 @@ def resolve_sets(cfg: DictConfig) -> list[TestSet]:
     return sets
 
 
+def check_tasks(sets: list[TestSet], prompt: PromptFormat) -> None:
+    """Every set's task must have an instruction in the prompt format decoding uses."""
+    for test_set in sets:
+        try:
+            prompt.require(test_set.task)
+        except ValueError as err:
+            raise SystemExit(f"error: test set {test_set.name} is decoded as {test_set.task}, "
+                             f"but {err}") from None
+
+
 def write_set(out_dir: Path, test_set: TestSet, hypotheses: dict[str, str],
               references: dict[str, str], duplicates: list[str] = ()) -> tuple[float, float | None]:
     """`text` (uttid<TAB>hyp) and `wer` (or `bleu`) files; returns the score (and chrF)."""
@@ -121,7 +133,9 @@ def evaluate(cfg: DictConfig) -> list[SetResult]:
         sets = resolve_sets(cfg)
     except UnknownTestSet as err:
         raise SystemExit(f"error: {err}") from None
-    device = pick_device(cfg.device)
+    prompt = instantiate(cfg.task)
+    check_tasks(sets, prompt)
+    device = resolve_device(cfg.device)
     model, dtype = load_for_decoding(cfg, device, cfg.precision)
     frontend = instantiate(cfg.encoder.frontend)
     decoding = OmegaConf.to_container(cfg.decoding, resolve=True)
@@ -130,8 +144,8 @@ def evaluate(cfg: DictConfig) -> list[SetResult]:
     results = []
     for test_set in sets:
         references = dict(read_table(test_set.references)) if test_set.references else None
-        loader = config_loader(cfg, test_set.source, model.tokenizer, test_set.task,
-                               batch_size, frontend)
+        loader = decoding_loader(test_set.source, model, frontend, prompt, test_set.task,
+                                 batch_size)
         decoded = decode(model, loader, decoding, device, dtype,
                          total=len(references) if references else None, desc=test_set.name)
         value, chrf = write_set(decode_path / test_set.name, test_set, decoded.hypotheses,

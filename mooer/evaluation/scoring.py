@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mooer.data.text import read_table
+from mooer.data.text import WORD_JOINER, read_table
 
 PUNCTUATION = frozenset("!,?、。！，；？：「」︰『』《》")  # compute-wer.py's list, and no more
 SPACES = frozenset(" \t\r\n")
@@ -80,7 +80,7 @@ class Tokenization:
 
 def tokenize(text: str, how: Tokenization = Tokenization()) -> list[str]:
     """The tokens compute-wer.py scores (`▁` taken as a space)."""
-    text = text.replace("▁", " ")
+    text = text.replace(WORD_JOINER, " ")
     tokens = []
     for token in characterize(text) if how.char else text.split():
         if not how.case_sensitive:
@@ -300,8 +300,8 @@ def bleu_chrf(refs: dict[str, str], hyps: dict[str, str], tokenize_as: str = "13
     import sacrebleu
 
     keys = list(refs)
-    references = [[refs[k].replace("▁", " ") for k in keys]]
-    hypotheses = [hyps.get(k, "").replace("▁", " ") for k in keys]
+    references = [[refs[k].replace(WORD_JOINER, " ") for k in keys]]
+    hypotheses = [hyps.get(k, "").replace(WORD_JOINER, " ") for k in keys]
     bleu = sacrebleu.corpus_bleu(hypotheses, references, tokenize=tokenize_as)
     chrf = sacrebleu.corpus_chrf(hypotheses, references)
     return bleu.score, chrf.score

@@ -25,8 +25,9 @@ import soundfile as sf
 
 from mooer.config import compose_config
 from mooer.data.text import one_line, read_table
-from mooer.evaluation.decode import config_loader, decode, pick_device
+from mooer.evaluation.decode import decode, decoding_loader
 from mooer.evaluation.model_loading import apply_run_dir, load_for_decoding
+from mooer.training.accelerators import resolve_device
 
 log = logging.getLogger(__name__)
 LONG_AUDIO_SECONDS = 30.0
@@ -94,15 +95,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = list(args.overrides)
+    # the prompt format: conf/task/<--task> (asr_ast holds both instructions), or the run's own
+    overrides = [f"task={args.task}", *args.overrides]
     for flag, key in (("encoder_path", "encoder.model.checkpoint"),
                       ("cmvn_path", "encoder.frontend.cmvn_path"), ("llm_path", "llm.path"),
                       ("adapter_path", "model.adapter_path"), ("lora_dir", "model.lora_dir"),
                       ("checkpoint", "checkpoint"), ("run_dir", "run_dir")):
         if getattr(args, flag):
             overrides.append(f"{key}={getattr(args, flag)}")
+    from hydra.utils import instantiate
+
     cfg = apply_run_dir(compose_config("evaluate", overrides)[0])
-    device = pick_device(args.device)
+    tasks = ["asr", "ast"] if args.task == "asr_ast" else [args.task]
+    prompt = instantiate(cfg.task)
+    try:
+        for task in tasks:
+            prompt.require(task)
+    except ValueError as err:
+        print(f"error: --task {args.task}: {err}", file=sys.stderr)
+        return 2
+    device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             source, names, too_short = _kaldi_dir(args, Path(tmp))
@@ -116,13 +128,11 @@ def main(argv: list[str] | None = None) -> int:
             print("error: nothing to transcribe", file=sys.stderr)
             return 2
         model, dtype = load_for_decoding(cfg, device, args.precision)
-        from hydra.utils import instantiate
-
         frontend = instantiate(cfg.encoder.frontend)  # built once for both tasks
         decoding = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}
         columns = []
-        for task in (["asr", "ast"] if args.task == "asr_ast" else [args.task]):
-            loader = config_loader(cfg, source, model.tokenizer, task, args.batch_size, frontend)
+        for task in tasks:
+            loader = decoding_loader(source, model, frontend, prompt, task, args.batch_size)
             columns.append(decode(model, loader, decoding, device, dtype, total=len(names),
                                   desc=task).hypotheses)
     undecoded = [name for uttid, name in names.items() if uttid not in columns[0]]

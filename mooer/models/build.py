@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from hydra.utils import instantiate
@@ -10,19 +11,40 @@ from omegaconf import DictConfig, OmegaConf
 from mooer.models.llm import build_llm, load_tokenizer
 from mooer.models.speech_llm import SpeechLLM
 
+# what the encoder group holds besides its model's arguments (`model`) and its frontend's
+ENCODER_KEYS = ("name", "freeze", "ctc_weight", "model", "frontend")
+LLM_LABELS = ("name", "tokenizer_path")  # the llm group's keys that build_llm does not take
+
+
+def check_keys(group: str, node: DictConfig | dict, known: Iterable[str]) -> None:
+    """A key the group does not have (a typo in a recipe) is an error naming it."""
+    unknown = sorted(set(node) - set(known))
+    if unknown:
+        raise ValueError(f"{group}: unknown key(s) {', '.join(unknown)}; the {group} group has "
+                         f"{', '.join(sorted(known))}")
+
 
 def build_speech_llm(encoder: DictConfig, projector: DictConfig, llm: DictConfig,
                      tokenizer: Any = None) -> SpeechLLM:
-    """Encoder (weights from its checkpoint or random), projector, LLM (+ LoRA) and tokenizer."""
+    """Encoder (weights from its checkpoint or random) and LLM (+ LoRA), then the projector
+    between them sized from the two built models (encoder.output_size -> the LLM's
+    hidden_size), and the tokenizer."""
+    check_keys("encoder", encoder, ENCODER_KEYS)
     llm_options = OmegaConf.to_container(llm, resolve=True)
     if tokenizer is None:
         tokenizer = load_tokenizer(llm_options.get("tokenizer_path") or llm_options["path"])
+    built_encoder = instantiate(encoder.model, _convert_="all")
+    built_llm = build_llm(**{k: v for k, v in llm_options.items() if k not in LLM_LABELS})
+    projector_options = OmegaConf.to_container(projector, resolve=True)
+    freeze_projector = projector_options.pop("freeze", False)
+    built_projector = instantiate(projector_options, encoder_dim=built_encoder.output_size,
+                                  llm_dim=built_llm.config.hidden_size, _convert_="all")
     return SpeechLLM(
-        encoder=instantiate(encoder.model, _convert_="all"),
-        projector=instantiate(projector, _convert_="all"),
-        llm=build_llm(**llm_options),
+        encoder=built_encoder,
+        projector=built_projector,
+        llm=built_llm,
         tokenizer=tokenizer,
         freeze_encoder=encoder.freeze,
-        freeze_projector=projector.get("freeze", False),
+        freeze_projector=freeze_projector,
         ctc_weight=encoder.get("ctc_weight", 0.0),
     )

@@ -64,9 +64,10 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float,
 
 def build_llm(path: str | None = None, architecture: dict[str, Any] | None = None,
               dtype: str = "bf16", freeze: bool = True, lora: dict[str, Any] | None = None,
-              gradient_checkpointing: bool = False, attn_implementation: str = "sdpa",
-              **_: Any) -> nn.Module:
-    """The configured LLM: loaded or random, frozen or not, with LoRA when `lora.enabled`."""
+              gradient_checkpointing: bool = False, attn_implementation: str = "sdpa"
+              ) -> nn.Module:
+    """The configured LLM (the `llm` group's settings): loaded or random, frozen or not, with
+    LoRA when `lora.enabled`."""
     model = build_causal_lm(path, architecture, dtype, attn_implementation)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()

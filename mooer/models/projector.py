@@ -28,9 +28,8 @@ class LinearProjector(_MLPProjector):
     Linear(enc_dim * k -> hidden) -> ReLU -> Linear(hidden -> llm_dim)."""
 
     def __init__(self, encoder_dim: int, llm_dim: int, downsample: int = 2,
-                 hidden_dim: int = 2048, freeze: bool = False) -> None:
+                 hidden_dim: int = 2048) -> None:
         super().__init__(encoder_dim * downsample, llm_dim, downsample, hidden_dim)
-        self.requires_grad_(not freeze)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """[B, T, enc_dim] -> [B, T // k, llm_dim]."""
@@ -45,10 +44,9 @@ class ConvProjector(_MLPProjector):
     LinearProjector, but the k frames are weighted by a learned kernel."""
 
     def __init__(self, encoder_dim: int, llm_dim: int, downsample: int = 2,
-                 hidden_dim: int = 2048, freeze: bool = False) -> None:
+                 hidden_dim: int = 2048) -> None:
         super().__init__(encoder_dim, llm_dim, downsample, hidden_dim)
         self.conv = nn.Conv1d(encoder_dim, encoder_dim, downsample, stride=downsample)
-        self.requires_grad_(not freeze)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         if states.shape[1] < self.downsample:

@@ -37,6 +37,11 @@ class SpeechLLM(nn.Module):
         super().__init__()
         self.encoder, self.projector, self.llm = encoder, projector, llm
         self.tokenizer = tokenizer
+        rows = llm.get_input_embeddings().num_embeddings
+        if tokenizer is not None and len(tokenizer) > rows:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the LLM's embedding "
+                             f"has {rows} rows: give the LLM its own tokenizer, or (random init) "
+                             f"set llm.architecture.vocab_size to at least {len(tokenizer)}")
         # an auxiliary CTC head on the encoder teaches it the acoustics early (models trained
         # from scratch); its blank is the last class
         self.ctc_weight = ctc_weight
@@ -81,8 +86,8 @@ class SpeechLLM(nn.Module):
         for row, (have, want) in enumerate(zip(audio_lengths.tolist(), slots, strict=True)):
             if have < want:
                 raise ValueError(f"row {row}: the encoder gives {have} audio frames but the batch "
-                                 f"has {want} audio slots; encoder.length_convs or "
-                                 "projector.downsample disagree with the data config")
+                                 f"has {want} audio slots: the batches were made for another "
+                                 "encoder (its length_convs) or projector.downsample")
         frames = torch.cat([audio[row, :n] for row, n in enumerate(slots)])
         mask = batch["audio_slot_mask"][..., None]
         return embeddings.masked_scatter(mask, frames.to(embeddings.dtype))

@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy
 
-from mooer.evaluation.scoring import score
+from mooer.data.collate import move_batch
+from mooer.evaluation.metric import ErrorRate
 from mooer.models.speech_llm import SpeechLLM
-from mooer.training.schedule import make_schedule
 
 log = logging.getLogger(__name__)
 
@@ -25,24 +27,31 @@ class EmptyEpochError(RuntimeError):
     """A training epoch gave no batch: no data, or all of it skipped or filtered."""
 
 
+Optimizer = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+Scheduler = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
 class SpeechLLMModule(pl.LightningModule):
     """Trains a SpeechLLM: loss and token accuracy, validation loss/accuracy and greedy-decoded
-    error rate on a few batches, MooER's log line, throughput, NaN/inf step skipping."""
+    error rate on a few batches, MooER's log line, throughput, NaN/inf step skipping.
 
-    def __init__(self, model: SpeechLLM, optim: dict[str, Any], log_interval: int = 100,
-                 val_decode_batches: int = 2, val_max_new_tokens: int = 64,
-                 max_consecutive_nonfinite: int = 20) -> None:
+    Built from `conf/module` (see there for each setting): `optimizer` and `scheduler` are
+    partials that `configure_optimizers` completes with the trainable parameters and the
+    optimizer."""
+
+    def __init__(self, model: SpeechLLM, optimizer: Optimizer, scheduler: Scheduler | None = None,
+                 log_interval: int = 100, val_decode_batches: int = 2,
+                 val_max_new_tokens: int = 64, max_consecutive_nonfinite: int = 20) -> None:
         super().__init__()
         self.model = model
-        self.optim = dict(optim)
+        self.optimizer, self.scheduler = optimizer, scheduler
         self.log_interval = log_interval
         self.val_decode_batches = val_decode_batches
         self.val_max_new_tokens = val_max_new_tokens
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
         self.nonfinite_steps = 0
         self.consecutive_nonfinite = 0
-        self.val_refs: dict[str, str] = {}
-        self.val_hyps: dict[str, str] = {}
+        self.val_error_rate = ErrorRate()
         self._window = {"samples": 0, "audio_seconds": 0.0, "tokens": 0, "started": None}
         self.strict_loading = False  # checkpoints hold the trainable weights only
 
@@ -81,8 +90,7 @@ class SpeechLLMModule(pl.LightningModule):
         """Our batches are flat dicts: move their tensors, without Lightning's walk through the
         key and text lists."""
         if isinstance(batch, dict):
-            return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                    for k, v in batch.items()}
+            return move_batch(batch, device)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def _skip_nonfinite(self, loss: torch.Tensor) -> torch.Tensor | None:
@@ -94,7 +102,7 @@ class SpeechLLMModule(pl.LightningModule):
             raise NonFiniteLossError(
                 f"{self.consecutive_nonfinite} consecutive batches had a non-finite loss: lower "
                 "optim.lr, use bf16 instead of fp16, or check the data (mooer-data show)")
-        if self.trainer.strategy.__class__.__name__.startswith("DeepSpeed"):
+        if isinstance(self.trainer.strategy, DeepSpeedStrategy):
             # DeepSpeed must see a backward every step: a zero loss leaves weights unchanged
             return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
         return None
@@ -141,48 +149,32 @@ class SpeechLLMModule(pl.LightningModule):
             "data.min_length/max_length (10 ms frames) against your durations")
 
     # -- validation -----------------------------------------------------------------------
-    def on_validation_epoch_start(self) -> None:
-        self.val_refs, self.val_hyps = {}, {}
-
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self.model(batch)
         size = len(batch["keys"])
         self.log("val/loss", out["loss"], prog_bar=True, batch_size=size, sync_dist=True)
         self.log("val/acc", out["accuracy"], batch_size=size, sync_dist=True)
+        if not self.val_decode_batches:
+            return
         if batch_idx < self.val_decode_batches:
             generated = self.model.generate(batch, num_beams=1,
                                             max_new_tokens=self.val_max_new_tokens, eos_bias=0)
-            self.val_hyps.update(zip(batch["keys"], generated.texts, strict=True))
-            self.val_refs.update(zip(batch["keys"], batch["targets"], strict=True))
-
-    def on_validation_epoch_end(self) -> None:
-        if self.val_refs:
-            result = score(self.val_refs, self.val_hyps)
-            errors = torch.tensor([result.total.errors, result.total.num_ref], dtype=torch.float,
-                                  device=self.device)
-            errors = self.trainer.strategy.reduce(errors, reduce_op="sum")
-            # already summed over ranks: the mean of equal values changes nothing
-            self.log("val/error_rate", 100 * errors[0] / errors[1].clamp_min(1),
-                     prog_bar=True, sync_dist=True)
+            self.val_error_rate.update(dict(zip(batch["keys"], batch["targets"], strict=True)),
+                                       dict(zip(batch["keys"], generated.texts, strict=True)))
+        # Lightning computes it over every rank's counts at the epoch's end, then resets it
+        self.log("val/error_rate", self.val_error_rate, prog_bar=True, batch_size=size)
 
     # -- optimizer ------------------------------------------------------------------------
     def configure_optimizers(self):
-        o = self.optim
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         if not parameters:
             raise ValueError("nothing to train: every parameter is frozen (check encoder.freeze, "
                              "projector.freeze, llm.freeze and llm.lora.enabled)")
-        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(o.get("name", "adam"))
-        if cls is None:
-            raise ValueError(f"optim.name is adam or adamw, got {o.get('name')!r}")
-        optimizer = cls(parameters, lr=o["lr"], weight_decay=o.get("weight_decay", 0.0),
-                        betas=tuple(o.get("betas", (0.9, 0.999))))
-        factor = make_schedule(o.get("scheduler", "warmup_decay"), o.get("warmup_steps", 0),
-                               o.get("total_steps", 1), o.get("warmup_type", "log"),
-                               o.get("min_lr_ratio", 0.0))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        optimizer = self.optimizer(parameters)
+        if self.scheduler is None:
+            return optimizer
         return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+                "lr_scheduler": {"scheduler": self.scheduler(optimizer), "interval": "step"}}
 
     # -- checkpoints: only what trains ----------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -8,20 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
-
-
-def device_type(accelerator: str) -> str:
-    """The torch device type a Trainer accelerator name stands for."""
-    if accelerator in ("gpu", "cuda"):
-        return "cuda"
-    if accelerator == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return accelerator
 
 
 def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None:
@@ -91,9 +81,13 @@ def verify_checkpoint(path: str | Path) -> None:
 
 
 def build_strategy(cfg: DictConfig, kind: str) -> Any:
+    """`conf/strategy`'s choice; DeepSpeed is first told the accelerator (`kind`)."""
     if cfg.strategy.name == "auto":
         return "auto"
-    if "DeepSpeed" in cfg.strategy.get("_target_", ""):
+    from hydra.utils import get_class
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    if issubclass(get_class(cfg.strategy._target_), DeepSpeedStrategy):
         from mooer.training.strategies import set_deepspeed_accelerator
 
         set_deepspeed_accelerator(kind)
@@ -128,13 +122,15 @@ def train(cfg: DictConfig) -> float | None:
 
 
 def _fit(cfg: DictConfig) -> float | None:
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
     from mooer.checkpoints import load_mooer
     from mooer.models.build import build_speech_llm
     from mooer.models.llm import load_tokenizer
-    from mooer.training.accelerators import register_musa
+    from mooer.training.accelerators import register_musa, resolve_device
     from mooer.training.callbacks import AtomicCheckpointIO, MooerCheckpoint
     from mooer.training.launch import write_result
-    from mooer.training.module import EmptyEpochError, SpeechLLMModule
+    from mooer.training.module import EmptyEpochError
 
     check_trainer_numbers(cfg.trainer)
     output_dir = Path(cfg.paths.output_dir)
@@ -143,18 +139,20 @@ def _fit(cfg: DictConfig) -> float | None:
     if ckpt_path:
         verify_checkpoint(ckpt_path)
     pl.seed_everything(cfg.seed, workers=True)
-    kind = device_type(cfg.trainer.accelerator)
+    kind = resolve_device(cfg.trainer.accelerator).type
     if kind == "musa" and not register_musa():
         raise SystemExit("trainer=musa needs torch_musa (Moore Threads' PyTorch extension)")
     if cfg.get("prepare_data"):
         instantiate(cfg.prepare_data)
     tokenizer = load_tokenizer(cfg.llm.get("tokenizer_path") or cfg.llm.path)
+    # the data settings are checked before the (slow) model is built
     datamodule = instantiate(cfg.data, frontend=instantiate(cfg.encoder.frontend),
-                             tokenizer=tokenizer, _convert_="all")
+                             tokenizer=tokenizer, prompt=instantiate(cfg.task),
+                             transcripts=cfg.encoder.ctc_weight > 0, _convert_="all")
     model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer)
     load_mooer(model, cfg.model.adapter_path, cfg.model.lora_dir)  # warm start, when given
-    module = SpeechLLMModule(model, OmegaConf.to_container(cfg.optim, resolve=True),
-                             log_interval=cfg.log_interval)
+    datamodule.match_model(model)
+    module = instantiate(cfg.module, model=model, _convert_="all")
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     callbacks.append(MooerCheckpoint(
         dirpath=checkpoint_dir, filename="step_{step}", every_n_train_steps=cfg.save_interval,
@@ -162,7 +160,7 @@ def _fit(cfg: DictConfig) -> float | None:
         task=cfg.task.name, auto_insert_metric_name=False))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     strategy = build_strategy(cfg, kind)
-    plugins = [] if "DeepSpeed" in type(strategy).__name__ else [AtomicCheckpointIO()]
+    plugins = [] if isinstance(strategy, DeepSpeedStrategy) else [AtomicCheckpointIO()]
     trainer: pl.Trainer = instantiate(cfg.trainer, strategy=strategy, callbacks=callbacks,
                                       logger=loggers, plugins=plugins, _convert_="all")
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import torch
+
 
 def warmup_decay(warmup_steps: int, total_steps: int, warmup_type: str = "log",
                  min_ratio: float = 0.0) -> Callable[[int], float]:
@@ -39,13 +41,21 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0
     return factor
 
 
+def lr_schedule(optimizer: torch.optim.Optimizer, name: str = "warmup_decay",
+                warmup_steps: int = 0, total_steps: int = 1, warmup_type: str = "log",
+                min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """`module.scheduler`: the named schedule over `optimizer`, stepped every optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, make_schedule(name, warmup_steps, total_steps, warmup_type, min_lr_ratio))
+
+
 def make_schedule(name: str, warmup_steps: int, total_steps: int, warmup_type: str = "log",
                   min_ratio: float = 0.0) -> Callable[[int], float]:
-    """The schedule named in `optim.scheduler`: warmup_decay, cosine or constant."""
+    """The multiplier of the schedule named `name`: warmup_decay, cosine or constant."""
     if name == "warmup_decay":
         return warmup_decay(warmup_steps, total_steps, warmup_type, min_ratio)
     if name == "cosine":
         return warmup_cosine(warmup_steps, total_steps, min_ratio)
     if name == "constant":
         return lambda step: 1.0
-    raise ValueError(f"unknown optim.scheduler {name!r}: warmup_decay, cosine or constant")
+    raise ValueError(f"unknown module.scheduler.name {name!r}: warmup_decay, cosine or constant")

@@ -37,12 +37,23 @@ def set_deepspeed_accelerator(device_type: str) -> None:
 def zero_config(stage: int, offload_optimizer: bool = False, offload_parameters: bool = False,
                 offload_device: str = "cpu", pin_memory: bool = False,
                 **settings: Any) -> dict[str, Any]:
-    """The `zero_optimization` section: the stage, MooER's bucket/overlap settings, offload."""
+    """The `zero_optimization` section: the stage, MooER's bucket/overlap settings, offload.
+    Checked by DeepSpeed's own schema now, so a misspelt setting stops the run at start-up
+    (naming it), not after the model is built."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    from pydantic import ValidationError
+
     zero: dict[str, Any] = {"stage": stage, **settings}
     if offload_optimizer:
         zero["offload_optimizer"] = {"device": offload_device, "pin_memory": pin_memory}
     if offload_parameters and stage == 3:
         zero["offload_param"] = {"device": offload_device, "pin_memory": pin_memory}
+    try:
+        DeepSpeedZeroConfig(**zero)
+    except ValidationError as err:
+        wrong = ", ".join(".".join(map(str, e["loc"])) for e in err.errors())
+        raise ValueError(f"strategy: DeepSpeed's zero_optimization does not take {wrong} "
+                         f"({err.errors()[0]['msg']})") from None
     return zero
 
 

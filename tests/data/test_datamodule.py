@@ -17,16 +17,18 @@ from mooer.data.audio import wav_bytes
 from mooer.data.datamodule import SpeechDataModule
 from mooer.data.features import ParaformerFrontend
 from mooer.data.pipeline import DataErrors, read_data_list, shards_for, tar_samples
-from mooer.data.prompts import IGNORE_INDEX, PROMPTS, QWEN_TEMPLATE
+from mooer.data.prompts import IGNORE_INDEX
 from mooer.data.text import read_table
+from tests.conftest import prompt_format
 
 
-def make_dm(data_list, tokenizer, **kwargs) -> SpeechDataModule:
+def make_dm(data_list, tokenizer, prompt=None, **kwargs) -> SpeechDataModule:
     options = {"batch_size": 4, "val_batch_size": 4, "min_length": 0, "shuffle_buffer": 8,
                "sort_buffer": 0, "downsample": 2}
     options.update(kwargs)
-    return SpeechDataModule(ParaformerFrontend(None), tokenizer, train_data_path=str(data_list),
-                            val_data_path=str(data_list), **options)
+    return SpeechDataModule(ParaformerFrontend(None), tokenizer, prompt or prompt_format("asr"),
+                            train_data_path=str(data_list), val_data_path=str(data_list),
+                            **options)
 
 
 def all_keys(loader) -> list[str]:
@@ -35,7 +37,7 @@ def all_keys(loader) -> list[str]:
 
 def test_batch_layout_labels_and_slots(shards, tokenizer, corpus):
     texts = dict(read_table(corpus / "text"))
-    prompt = QWEN_TEMPLATE.format(PROMPTS["asr"])
+    prompt = prompt_format("asr").text("asr")
     batches = list(make_dm(shards, tokenizer).val_dataloader())
     assert sum(len(b["keys"]) for b in batches) == 24
     for batch in batches:
@@ -63,20 +65,22 @@ def test_batch_layout_labels_and_slots(shards, tokenizer, corpus):
 
 def test_ast_labels_from_replace_table(shards, tokenizer, corpus):
     translations = dict(read_table(corpus / "text.en"))
-    loader = make_dm(shards, tokenizer, task="ast", replace_text_path=str(corpus / "text.en"),
-                     replace_type="replace").val_dataloader()
+    prompt = prompt_format("ast", replace_text_path=str(corpus / "text.en"))
+    loader = make_dm(shards, tokenizer, prompt).val_dataloader()
     for batch in loader:
         for row, key in enumerate(batch["keys"]):
             labels = batch["labels"][row]
             assert tokenizer.decode(labels[labels != IGNORE_INDEX][:-1]) == translations[key]
             start = int(batch["audio_slot_mask"][row].nonzero()[-1]) + 1
-            prompt = batch["input_ids"][row, start:batch["prompt_width"]]
-            assert tokenizer.decode(prompt) == QWEN_TEMPLATE.format(PROMPTS["ast"])
+            ids = batch["input_ids"][row, start:batch["prompt_width"]]
+            assert tokenizer.decode(ids) == "<|im_start|>system\nYou are a helpful assistant." \
+                "<|im_end|>\n<|im_start|>user\nTranslate speech to english text. <|im_end|>\n" \
+                "<|im_start|>assistant\n" == prompt.text("ast")
 
 
 def test_instruction_mode_mixes_tasks(shards, tokenizer, corpus):
-    loader = make_dm(shards, tokenizer, replace_text_path=str(corpus / "text.en"),
-                     replace_type="instruction").val_dataloader()
+    prompt = prompt_format("asr_ast", replace_text_path=str(corpus / "text.en"))
+    loader = make_dm(shards, tokenizer, prompt).val_dataloader()
     tasks = Counter(task for batch in loader for task in batch["tasks"])
     assert set(tasks) == {"asr", "ast"} and sum(tasks.values()) == 24
 
@@ -213,7 +217,7 @@ def test_datamodule_from_composed_config(task, shards, tokenizer, corpus):
     if task == "asr":
         cfg.task.replace_text_path = None
     datamodule = instantiate(cfg.data, frontend=instantiate(cfg.encoder.frontend),
-                             tokenizer=tokenizer, _convert_="all")
+                             tokenizer=tokenizer, prompt=instantiate(cfg.task), _convert_="all")
     batch = next(iter(datamodule.val_dataloader()))
     assert batch["features"].shape[-1] == 560
     assert batch["num_audio_slots"].tolist() == (batch["feature_lengths"] // 2).tolist()

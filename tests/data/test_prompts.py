@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from mooer.data.prompts import PROMPTS, QWEN_TEMPLATE, PromptBuilder, refine_target
+from mooer.data.prompts import PromptBuilder, PromptFormat, refine_target
+from tests.conftest import prompt_format
+
+# MooER's prompt (its src/mooer/configs/asr_config_inference.py and the chat template of
+# Qwen2-Instruct), as conf/task/asr.yaml and asr_ast.yaml must give it
+MOOER_ASR = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+             "Transcribe speech to text. <|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_refine_target_modes():
@@ -18,9 +24,9 @@ def test_refine_target_modes():
 
 
 def test_prompt_and_answer_tokens(tokenizer):
-    builder = PromptBuilder(tokenizer)
+    builder = PromptBuilder(tokenizer, prompt_format("asr"))
     prompted = builder("I▁HAVE▁FORTY▁SIX", key="u1")
-    assert tokenizer.decode(prompted.prompt_ids) == QWEN_TEMPLATE.format(PROMPTS["asr"])
+    assert tokenizer.decode(prompted.prompt_ids) == MOOER_ASR
     assert prompted.answer_ids[-1] == tokenizer.eos_token_id
     assert tokenizer.decode(prompted.answer_ids[:-1]) == "I HAVE FORTY SIX"  # ▁ -> space
     assert prompted.target == "I HAVE FORTY SIX"
@@ -28,7 +34,7 @@ def test_prompt_and_answer_tokens(tokenizer):
 
 
 def test_many_equals_one_by_one(tokenizer):
-    builder = PromptBuilder(tokenizer)
+    builder = PromptBuilder(tokenizer, prompt_format("asr"))
     targets = ["我有四十六辆车", "five hundred", "今天天气很好"]
     together = builder.many(targets, ["a", "b", "c"])
     for target, prompted in zip(targets, together, strict=True):
@@ -36,7 +42,8 @@ def test_many_equals_one_by_one(tokenizer):
 
 
 def test_instruction_task_is_seeded_per_utterance(tokenizer):
-    builder = PromptBuilder(tokenizer, task="instruction", seed=3)
+    prompt = prompt_format("asr_ast")
+    builder = PromptBuilder(tokenizer, prompt, seed=3)
     target = refine_target("你好", "hello", "instruction")
     keys = [f"utt{i}" for i in range(40)]
     tasks = [builder(target, key=k, epoch=0).task for k in keys]
@@ -47,26 +54,42 @@ def test_instruction_task_is_seeded_per_utterance(tokenizer):
         prompted = builder(target, key=key)
         expected = {"asr": "你好", "ast": "hello"}[prompted.task]
         assert tokenizer.decode(prompted.answer_ids[:-1]) == expected
-        assert tokenizer.decode(prompted.prompt_ids) == QWEN_TEMPLATE.format(PROMPTS[prompted.task])
+        assert tokenizer.decode(prompted.prompt_ids) == prompt.text(prompted.task)
+    assert prompt.text("asr") == MOOER_ASR
 
 
 def test_unknown_task(tokenizer):
     with pytest.raises(ValueError, match="has no prompt"):
-        PromptBuilder(tokenizer, task="summarize")
+        PromptBuilder(tokenizer, prompt_format("asr"), task="summarize")
 
 
 def test_task_weights_set_how_often_each_task_is_drawn(tokenizer):
     target = refine_target("二十", "twenty", "instruction")
     keys = [f"utt{i}" for i in range(2000)]
-    weighted = PromptBuilder(tokenizer, task="instruction", task_weights={"asr": 0.8, "ast": 0.2})
+
+    def builder(weights=None) -> PromptBuilder:
+        return PromptBuilder(tokenizer, prompt_format("asr_ast", weights=weights))
+
+    weighted = builder({"asr": 0.8, "ast": 0.2})
     share = sum(weighted.choose_task(target, k) == "asr" for k in keys) / len(keys)
     assert 0.77 < share < 0.83
-    uniform = PromptBuilder(tokenizer, task="instruction")
+    uniform = builder()
     assert 0.46 < sum(uniform.choose_task(target, k) == "asr" for k in keys) / len(keys) < 0.54
-    only_ast = PromptBuilder(tokenizer, task="instruction", task_weights={"asr": 0, "ast": 1})
+    only_ast = builder({"asr": 0, "ast": 1})
     assert {only_ast.choose_task(target, k) for k in keys} == {"ast"}
     with pytest.raises(ValueError, match="task weights"):
-        PromptBuilder(tokenizer, task="instruction", task_weights={"asr": -1, "ast": 1})
+        builder({"asr": -1, "ast": 1})
     # weight on a task without a prompt (or a typo) would silently change the mix: refused
     with pytest.raises(ValueError, match="name asr_ast, which have no prompt"):
-        PromptBuilder(tokenizer, task="instruction", task_weights={"asr": 0, "asr_ast": 1})
+        builder({"asr": 0, "asr_ast": 1})
+
+
+def test_prompt_format_checks_itself():
+    with pytest.raises(ValueError, match="exactly one"):
+        PromptFormat("asr", "no place for the instruction", {"asr": "x"})
+    with pytest.raises(ValueError, match="replace_type is one of"):
+        PromptFormat("asr", "{}", {"asr": "x"}, replace_type="swap")
+    with pytest.raises(ValueError, match="task 'ast' has no prompt in task=ast"):
+        PromptFormat("ast", "{}", {"asr": "x"})
+    assert PromptFormat("asr_ast", "[{}]", {"asr": "a", "ast": "b"},
+                        replace_type="instruction").texts() == ["[a]", "[b]"]

@@ -19,6 +19,7 @@ from mooer.data.audio import wav_bytes
 from mooer.data.datamodule import SpeechDataModule
 from mooer.data.features import ParaformerFrontend
 from mooer.data.pipeline import count_utterances, read_data_list, shards_for
+from mooer.data.prompts import PromptFormat
 
 SIZES = [1, 7, 2, 5, 3, 9, 1, 4, 6, 2, 8, 1, 3, 5, 2, 6]  # 16 shards of uneven size, 65 utterances
 
@@ -60,7 +61,8 @@ def _read_epochs(rank: int, port: int, data_list: str, tokenizer_dir: str, out: 
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
                                          rank=rank, world_size=2)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    dm = SpeechDataModule(ParaformerFrontend(None), tokenizer, train_data_path=data_list,
+    prompt = PromptFormat("asr", "{}", {"asr": "Transcribe speech to text. "})
+    dm = SpeechDataModule(ParaformerFrontend(None), tokenizer, prompt, train_data_path=data_list,
                           min_length=0, shuffle_buffer=4, sort_buffer=0, downsample=2,
                           num_workers=2, seed=3, **options)
     loader = dm.train_dataloader()

@@ -48,9 +48,10 @@ def test_short_demo_produces_files_and_a_table_and_learns(demo):
 def untrained_error_rate(out) -> float:
     """The held-out error rate of the same model before training (random weights)."""
     import torch
+    from hydra.utils import instantiate
 
     from mooer.config import compose_config
-    from mooer.evaluation.decode import config_loader, decode
+    from mooer.evaluation.decode import decode, decoding_loader
     from mooer.evaluation.model_loading import apply_run_dir, load_for_decoding
     from mooer.evaluation.scoring import score
 
@@ -58,8 +59,8 @@ def untrained_error_rate(out) -> float:
                                                     f"paths.data_dir={out / 'data'}"])[0])
     cfg.checkpoint = None
     model, dtype = load_for_decoding(cfg, torch.device("cpu"), "fp32")
-    loader = config_loader(cfg, out / "data" / "demo" / "test" / "demo_test" / "data.list",
-                           model.tokenizer, "asr", 16)
+    loader = decoding_loader(out / "data" / "demo" / "test" / "demo_test" / "data.list", model,
+                             instantiate(cfg.encoder.frontend), instantiate(cfg.task), "asr", 16)
     decoded = decode(model, loader, {"num_beams": 1, "max_new_tokens": 48},
                      torch.device("cpu"), dtype)
     return score(decoded.references, decoded.hypotheses).error_rate

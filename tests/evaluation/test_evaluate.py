@@ -58,7 +58,7 @@ def test_evaluate_script_writes_every_file(setup, corpus):
     root, tokenizer_dir = setup
     decode_path = root / "decode"
     result = subprocess.run(
-        [sys.executable, "evaluate.py", *overrides(root, tokenizer_dir,
+        [sys.executable, "evaluate.py", *overrides(root, tokenizer_dir, "task=asr_ast",
                                                    "testsets=[demo_test,demo_test_ast]",
                                                    "extra_testsets=[raw]",
                                                    f"decode_path={decode_path}",
@@ -103,6 +103,19 @@ def test_unknown_test_set_stops_before_decoding(setup):
                                                   "extra_testsets=[nothere]"))
     with pytest.raises(SystemExit, match=r"no test data for aishell .*nothere .*Sets found in "
                                          r".*: demo_test, raw"):
+        evaluate(cfg)
+
+
+def test_a_set_whose_task_has_no_prompt_stops_before_the_model_loads(setup, monkeypatch):
+    """evaluate.py's default task=asr holds no AST instruction: an AST set is refused, naming
+    what to do, instead of decoding with a prompt written in Python."""
+    import mooer.evaluation.run as run
+
+    root, tokenizer_dir = setup
+    monkeypatch.setattr(run, "load_for_decoding", lambda *a, **k: pytest.fail("model loaded"))
+    cfg, _ = compose_config("evaluate", overrides(root, tokenizer_dir, "testsets=[demo_test_ast]"))
+    with pytest.raises(SystemExit, match=r"demo_test_ast is decoded as ast, but task 'ast' has no "
+                                         r"prompt in task=asr \(it has asr\).*run_dir="):
         evaluate(cfg)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ from mooer.models.encoders.hf import HubertEncoder, W2vBert2Encoder, WhisperEnco
 from mooer.models.encoders.paraformer import ParaformerEncoder
 from mooer.models.projector import ConvProjector, LinearProjector
 from mooer.models.weights import CheckpointError
+from tests.conftest import StubTokenizer, prompt_format
 from tests.test_config import _compose
 
 
@@ -34,8 +34,8 @@ def tiny_model(tokenizer, seed: int = 0, *overrides: str):
 
 @pytest.fixture(scope="module")
 def batch(shards, tokenizer):
-    dm = SpeechDataModule(ParaformerFrontend(None), tokenizer, val_data_path=str(shards),
-                          val_batch_size=4, min_length=0, sort_buffer=0)
+    dm = SpeechDataModule(ParaformerFrontend(None), tokenizer, prompt_format("asr"),
+                          val_data_path=str(shards), val_batch_size=4, min_length=0, sort_buffer=0)
     return next(iter(dm.val_dataloader()))
 
 
@@ -71,12 +71,11 @@ def test_every_encoder_builds_tiny_runs_forward_and_backward(name, corpus):
     else:
         cls, frontend, config = HF_ENCODERS[name]
         encoder = cls(config=config)
-    cfg, _ = _compose("train", [f"encoder={name}"])
     features = frontend(wave, 16000)
     padded = torch.cat([features, torch.zeros(7, features.shape[1])])[None].repeat(2, 1, 1)
     lengths = torch.tensor([len(padded[0]), len(features)])
     states, out_lengths = encoder(padded, lengths)
-    expected = [conv_output_frames(int(n), cfg.encoder.length_convs) for n in lengths]
+    expected = [conv_output_frames(int(n), encoder.length_convs) for n in lengths]
     assert out_lengths.tolist() == expected  # the data side's slot arithmetic holds
     assert states.shape[:2] == (2, max(expected)) and states.shape[2] == encoder.output_size
     states.square().mean().backward()
@@ -288,14 +287,15 @@ def test_half_precision_keeps_layernorms_in_fp32(tokenizer, batch):
 
 
 def test_ctc_auxiliary_loss(tokenizer, shards):
-    dm = SpeechDataModule(ParaformerFrontend(None), tokenizer, val_data_path=str(shards),
-                          val_batch_size=4, min_length=0, sort_buffer=0, transcripts=True)
+    dm = SpeechDataModule(ParaformerFrontend(None), tokenizer, prompt_format("asr"),
+                          val_data_path=str(shards), val_batch_size=4, min_length=0, sort_buffer=0,
+                          transcripts=True)
     batch = next(iter(dm.val_dataloader()))
     lengths = batch["transcript_lengths"]
     for row in range(len(batch["keys"])):
         ids = batch["transcript_ids"][row, :lengths[row]]
         assert tokenizer.decode(ids) == batch["targets"][row]  # ASR task: the transcript
-    model = tiny_model(tokenizer, 0, "+encoder.ctc_weight=0.5").train()
+    model = tiny_model(tokenizer, 0, "encoder.ctc_weight=0.5").train()
     out = model(batch)
     assert out["ctc_loss"] > 0
     torch.testing.assert_close(out["loss"], out["llm_loss"] + 0.5 * out["ctc_loss"])
@@ -347,7 +347,7 @@ def test_mt5k_full_shapes_on_the_meta_device(llm, llm_base, lora, projector):
     projections."""
     cfg, _ = _compose("train", ["experiment=mt5k", f"llm={llm}", "encoder.model.checkpoint=null",
                                 "encoder.frontend.cmvn_path=null", "llm.path=null"])
-    tokenizer = SimpleNamespace(eos_token_id=0, pad_token_id=1)  # no tokenizer files needed
+    tokenizer = StubTokenizer(1000)  # no tokenizer files needed
     with torch.device("meta"):
         model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer)
 

@@ -7,19 +7,27 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from mooer.config import compose_config
 from mooer.models.build import build_speech_llm
 from mooer.training.module import NonFiniteLossError, SpeechLLMModule
 
 
+def build_module(tokenizer, *overrides: str) -> SpeechLLMModule:
+    """conf/module as train.py instantiates it, over a tiny model."""
+    cfg, _ = compose_config("train", ["encoder=paraformer_tiny", "llm=tiny", "encoder.freeze=true",
+                                      "module.optimizer._target_=torch.optim.AdamW",
+                                      "module.optimizer.lr=1e-3", "module.scheduler.name=constant",
+                                      "module.log_interval=0",
+                                      "module.max_consecutive_nonfinite=3", *overrides])
+    model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer)
+    return instantiate(cfg.module, model=model, _convert_="all")
+
+
 @pytest.fixture()
 def module(tokenizer):
-    cfg, _ = compose_config("train", ["encoder=paraformer_tiny", "llm=tiny",
-                                      "encoder.freeze=true"])
-    model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer)
-    return SpeechLLMModule(model, {"name": "adamw", "lr": 1e-3, "scheduler": "constant"},
-                           log_interval=0, max_consecutive_nonfinite=3)
+    return build_module(tokenizer)
 
 
 def test_nonfinite_loss_is_skipped_counted_and_bounded(module, monkeypatch):
@@ -89,6 +97,16 @@ def test_optimizer_gets_trainable_parameters_only(module):
     trainable = {id(p) for p in module.model.parameters() if p.requires_grad}
     assert optimized == trainable and len(trainable) < len(list(module.model.parameters()))
     assert config["lr_scheduler"]["interval"] == "step"
-    module.optim["name"] = "sgd"
-    with pytest.raises(ValueError, match="adam or adamw"):
+    # built as conf/module says: the class, its arguments, and the schedule over it
+    optimizer = config["optimizer"]
+    assert type(optimizer) is torch.optim.AdamW
+    assert optimizer.defaults["lr"] == 1e-3 and tuple(optimizer.defaults["betas"]) == (0.9, 0.999)
+    assert optimizer.defaults["weight_decay"] == 0.0
+    scheduler = config["lr_scheduler"]["scheduler"]
+    assert [scheduler.lr_lambdas[0](step) for step in (0, 10**6)] == [1.0, 1.0]  # constant
+
+
+def test_a_typo_in_the_optimizer_config_is_named(tokenizer):
+    module = build_module(tokenizer, "+module.optimizer.l_r=1e-3")
+    with pytest.raises(TypeError, match="l_r"):
         module.configure_optimizers()

@@ -38,5 +38,5 @@ def test_cosine_and_constant():
     assert factor(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert factor(110) == pytest.approx(0.1)
     assert make_schedule("constant", 0, 1)(12345) == 1.0
-    with pytest.raises(ValueError, match="unknown optim.scheduler"):
+    with pytest.raises(ValueError, match="unknown module.scheduler.name"):
         make_schedule("step", 1, 2)

@@ -68,7 +68,7 @@ def test_tiny_experiment_learns_to_transcribe(tmp_path, data_dir):
 
 
 def test_resume_continues_the_loss_curve_exactly(tmp_path, data_dir):
-    common = ["optim.total_steps=20", "optim.warmup_steps=5", "save_interval=10",
+    common = ["module.scheduler.total_steps=20", "module.scheduler.warmup_steps=5", "save_interval=10",
               "trainer.log_every_n_steps=1", "trainer.check_val_every_n_epoch=100"]
     run_train(tmp_path / "straight", data_dir, *common, "trainer.max_steps=20")
     run_train(tmp_path / "resumed", data_dir, *common, "trainer.max_steps=10")
@@ -181,7 +181,7 @@ def test_two_nodes_train_save_and_resume_exactly_with_dynamic_batches(tmp_path, 
     every run finishes (no hang), saves, and resumes exactly: 12 steps straight equal 6 + resume
     + 6 (weights, optimizer, schedule, each rank's data position; mid-epoch), epochs included."""
     common = ["data.dynamic_batching=true", "data.max_frames_in_batch=300",
-              "optim.total_steps=12", "optim.warmup_steps=3", "save_interval=6",
+              "module.scheduler.total_steps=12", "module.scheduler.warmup_steps=3", "save_interval=6",
               "trainer.log_every_n_steps=1", "trainer.check_val_every_n_epoch=100"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     output = _two_nodes(straight, sharded_data_dir, *common, "trainer.max_steps=12")

@@ -1,7 +1,9 @@
 """Whisper, w2v-BERT 2.0 and HuBERT encoders through transformers.
 
 Each loads from a local model directory (`path`) or, with `config` (a dict of the model's config
-fields) and no path, builds at random init. Nothing is downloaded.
+fields) and no path, builds at random init. Nothing is downloaded. Like every encoder, each
+declares `output_size` and `length_convs` (how it shortens its frontend's frames, as
+[kernel, stride, padding] 1-D convs), read by the projector and the data pipeline.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class WhisperEncoder(nn.Module):
         else:
             self.model = HFWhisperEncoder(WhisperConfig(**config))
         self.output_size = self.model.config.d_model
-        self.convs = [[3, 1, 1], [3, 2, 1]]
+        self.length_convs = [[3, 1, 1], [3, 2, 1]]  # conv1, conv2 (stride 2)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +69,7 @@ class WhisperEncoder(nn.Module):
         x = F.dropout(x, p=m.dropout, training=self.training)
         for layer in m.layers:
             x = layer(x, None)
-        return m.layer_norm(x), torch.tensor([conv_output_frames(int(n), self.convs)
+        return m.layer_norm(x), torch.tensor([conv_output_frames(int(n), self.length_convs)
                                               for n in lengths], device=lengths.device)
 
 
@@ -81,6 +83,10 @@ class HubertEncoder(nn.Module):
 
         self.model = _load_or_build(HubertModel, HubertConfig, path, config, "HuBERT")
         self.output_size = self.model.config.hidden_size
+        # the feature extractor's convs over raw samples (20 ms frames for wav2vec2's seven)
+        self.length_convs = [[kernel, stride, 0] for kernel, stride in
+                             zip(self.model.config.conv_kernel, self.model.config.conv_stride,
+                                 strict=True)]
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,6 +109,11 @@ class W2vBert2Encoder(nn.Module):
         self.model = _load_or_build(Wav2Vec2BertModel, Wav2Vec2BertConfig, path, config,
                                     "w2v-BERT 2.0")
         self.output_size = self.model.config.hidden_size
+        # its feature extractor already stacks frames; an adapter shortens them further
+        c = self.model.config
+        self.length_convs = ([[c.adapter_kernel_size, c.adapter_stride,
+                               c.adapter_kernel_size // 2]] * c.num_adapter_layers
+                             if c.add_adapter else [])
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:

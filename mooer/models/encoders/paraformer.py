@@ -107,6 +107,7 @@ class ParaformerEncoder(nn.Module):
                  checkpoint: str | Path | None = None) -> None:
         super().__init__()
         self.output_size = output_size
+        self.length_convs: list[list[int]] = []  # LFR is the frontend's: one state per frame
         self.gradient_checkpointing = gradient_checkpointing
         block_args = (attention_heads, linear_units, kernel_size, sanm_shift, dropout_rate,
                       attention_dropout_rate)
