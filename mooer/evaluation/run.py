@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mooer.data.prompts import PromptFormat
 from mooer.data.text import one_line, read_table
-from mooer.evaluation.decode import decode, decoding_loader
+from mooer.evaluation.decode import Decoded, decode, decoding_loader
+from mooer.evaluation.longform import decode_prepared, has_long_recordings, join_texts, prepare
 from mooer.evaluation.model_loading import apply_run_dir, load_for_decoding
 from mooer.evaluation.scoring import bleu_chrf, format_wer, score
 from mooer.training.accelerators import resolve_device
@@ -125,6 +127,25 @@ def summary_table(results: list[SetResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def decode_long(test_set: TestSet, model, frontend, prompt, batch_size: int, decoding: dict,
+                device, dtype, max_segment_s: float) -> Decoded:
+    """A Kaldi-dir set holding recordings over `max_segment_s`: each is cut where silero-vad
+    finds speech, decoded in segments and joined (mooer.evaluation.longform)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = prepare(read_table(test_set.source / "wav.scp"), Path(tmp), max_segment_s)
+        for what, names in (("too short", prepared.too_short), ("no speech", prepared.no_speech)):
+            if names:
+                log.warning("%s: %d recordings not decoded (%s): %s", test_set.name, len(names),
+                            what, " ".join(names[:10]))
+        recordings, (run,) = decode_prepared(prepared, model, frontend, prompt, [test_set.task],
+                                             batch_size, decoding, device, dtype)
+    hypotheses = {name: join_texts([s.texts[0] for s in segments])
+                  for name, segments in recordings.items()}
+    log.info("%s: %d recordings decoded in %d segments", test_set.name, len(hypotheses),
+             len(run.hypotheses))
+    return Decoded(hypotheses, {}, run.audio_seconds, run.elapsed)
+
+
 def evaluate(cfg: DictConfig) -> list[SetResult]:
     """Decode and score every configured test set; writes <decode_path>/<set>/{text,wer} and
     <decode_path>/summary.{md,json}."""
@@ -144,10 +165,15 @@ def evaluate(cfg: DictConfig) -> list[SetResult]:
     results = []
     for test_set in sets:
         references = dict(read_table(test_set.references)) if test_set.references else None
-        loader = decoding_loader(test_set.source, model, frontend, prompt, test_set.task,
-                                 batch_size)
-        decoded = decode(model, loader, decoding, device, dtype,
-                         total=len(references) if references else None, desc=test_set.name)
+        if test_set.source.is_dir() and has_long_recordings(test_set.source / "wav.scp",
+                                                            cfg.max_segment_s):
+            decoded = decode_long(test_set, model, frontend, prompt, batch_size, decoding,
+                                  device, dtype, cfg.max_segment_s)
+        else:
+            loader = decoding_loader(test_set.source, model, frontend, prompt, test_set.task,
+                                     batch_size)
+            decoded = decode(model, loader, decoding, device, dtype,
+                             total=len(references) if references else None, desc=test_set.name)
         value, chrf = write_set(decode_path / test_set.name, test_set, decoded.hypotheses,
                                 references if references is not None else decoded.references,
                                 decoded.duplicates)

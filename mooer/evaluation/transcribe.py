@@ -1,16 +1,20 @@
-"""`mooer-transcribe`: speech to text (ASR) or to English (AST) for wav files or a wav.scp.
+"""`mooer-transcribe`: speech to text (ASR) or to English (AST) for audio files or a wav.scp, of
+any length.
 
-    mooer-transcribe --wav_path a.wav b.flac --task asr \
+    mooer-transcribe --wav_path a.wav meeting.flac --task asr \
         --encoder_path pretrained_models/paraformer_encoder/paraformer-encoder.pth \
         --cmvn_path pretrained_models/paraformer_encoder/am.mvn \
         --llm_path pretrained_models/Qwen2-7B-Instruct \
         --adapter_path pretrained_models/asr/adapter_project.pt \
         --lora_dir pretrained_models/asr/lora_weights
 
-Prints `uttid<TAB>text` (with --task asr_ast: `uttid<TAB>transcript<TAB>translation`); the uttid
-of a --wav_path file is its name without extension. Inputs that cannot be transcribed (shorter
-than 0.1 s) are named on stderr and the exit status is 1.
-Extra Hydra overrides (e.g. `llm=qwen2_1_5b`) go after `--`.
+A recording longer than --max_segment_s (30) is cut where silero-vad finds speech, each piece at
+most that long (mooer.evaluation.longform), decoded in batches and joined. --format text (the
+default) prints Kaldi text, `name<TAB>text` (with --task asr_ast: `name<TAB>transcript<TAB>
+translation`); tsv prints a row per segment with its start and end; json both; srt and vtt
+subtitles (into --out_dir, a file per recording). The name of a --wav_path file is its name
+without extension. Inputs that cannot be transcribed (shorter than 0.1 s, no speech) are named
+on stderr and the exit status is 1. Extra Hydra overrides (e.g. `llm=qwen2_1_5b`) go after `--`.
 """
 
 from __future__ import annotations
@@ -21,58 +25,35 @@ import sys
 import tempfile
 from pathlib import Path
 
-import soundfile as sf
-
 from mooer.config import compose_config
-from mooer.data.text import one_line, read_table
-from mooer.evaluation.decode import decode, decoding_loader
+from mooer.data.text import read_table
+from mooer.evaluation.longform import FORMATS, Segment, decode_prepared, prepare, render, subtitles
 from mooer.evaluation.model_loading import apply_run_dir, load_for_decoding
 from mooer.training.accelerators import resolve_device
 
 log = logging.getLogger(__name__)
-LONG_AUDIO_SECONDS = 30.0
 MIN_AUDIO_SECONDS = 0.1  # shorter audio gives the encoder no frame to attend to
 
 
-def _kaldi_dir(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, str], list[str]]:
-    """A Kaldi dir for the inputs under internal uttids (`utt000001`...: file names may hold
-    spaces), the name each is printed as, and the inputs too short to decode."""
+def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(name, path) of each input; names of --wav_path files are their stems, made unique."""
     if args.wav_scp:
-        rows = read_table(args.wav_scp)
-    else:
-        rows, seen = [], set()
-        for path in args.wav_path:
-            key = Path(path).stem
-            while key in seen:
-                key += "_"
-            seen.add(key)
-            rows.append((key, str(Path(path).resolve())))
-    names, too_short, lines = {}, [], []
-    for index, (key, path) in enumerate(rows):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{key}: audio file {path} not found")
-        try:
-            seconds = sf.info(path).duration
-        except RuntimeError as err:
-            raise ValueError(f"{key}: cannot read {path} ({err})") from err
-        if seconds < MIN_AUDIO_SECONDS:
-            too_short.append(f"{key} ({seconds:.3f} s)")
-            continue
-        if seconds > LONG_AUDIO_SECONDS:
-            log.warning("%s is %.0f s long; the models were trained on utterances under %.0f s, "
-                        "so split long audio first", key, seconds, LONG_AUDIO_SECONDS)
-        uttid = f"utt{index:06d}"
-        names[uttid] = key
-        lines.append(f"{uttid} {path}\n")
-    (work / "wav.scp").write_text("".join(lines), encoding="utf-8")
-    return work, names, too_short
+        return read_table(args.wav_scp)
+    rows, seen = [], set()
+    for path in args.wav_path:
+        key = Path(path).stem
+        while key in seen:
+            key += "_"
+        seen.add(key)
+        rows.append((key, str(Path(path).resolve())))
+    return rows
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mooer-transcribe",
                                      description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n", 2)[2])
+                                     epilog=__doc__.split("\n", 3)[3])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--wav_path", nargs="+", help="audio files (any rate and channels)")
     source.add_argument("--wav_scp", type=Path, help="a Kaldi wav.scp (uttid path)")
@@ -87,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--num_beams", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=200)
+    parser.add_argument("--max_segment_s", type=float, default=30.0,
+                        help="longer recordings are cut where silero-vad finds speech")
+    parser.add_argument("--format", choices=FORMATS, default="text",
+                        help="text: name<TAB>text; tsv: a segment a row with times; json; "
+                             "srt/vtt: subtitles")
+    parser.add_argument("--out_dir", type=Path,
+                        help="write <name>.<format> per recording here instead of printing")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides after --")
@@ -95,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.max_segment_s <= 1:
+        print("error: --max_segment_s must be over 1 second", file=sys.stderr)
+        return 2
+    multiple = args.wav_scp is not None or len(args.wav_path) > 1
+    if args.format in ("srt", "vtt") and multiple and args.out_dir is None:
+        print(f"error: --format {args.format} for several recordings needs --out_dir (a file "
+              "per recording)", file=sys.stderr)
+        return 2
     # the prompt format: conf/task/<--task> (asr_ast holds both instructions), or the run's own
     overrides = [f"task={args.task}", *args.overrides]
     for flag, key in (("encoder_path", "encoder.model.checkpoint"),
@@ -117,32 +113,46 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            source, names, too_short = _kaldi_dir(args, Path(tmp))
+            prepared = prepare(_inputs(args), Path(tmp), args.max_segment_s, MIN_AUDIO_SECONDS)
         except (FileNotFoundError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        if too_short:
-            print(f"skipped, shorter than {MIN_AUDIO_SECONDS} s: {', '.join(too_short)}",
+        if prepared.too_short:
+            print(f"skipped, shorter than {MIN_AUDIO_SECONDS} s: {', '.join(prepared.too_short)}",
                   file=sys.stderr)
-        if not names:
+        if prepared.no_speech:
+            print(f"skipped, no speech found: {', '.join(prepared.no_speech)}", file=sys.stderr)
+        if not prepared.spans:
             print("error: nothing to transcribe", file=sys.stderr)
             return 2
         model, dtype = load_for_decoding(cfg, device, args.precision)
-        frontend = instantiate(cfg.encoder.frontend)  # built once for both tasks
         decoding = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}
-        columns = []
-        for task in tasks:
-            loader = decoding_loader(source, model, frontend, prompt, task, args.batch_size)
-            columns.append(decode(model, loader, decoding, device, dtype, total=len(names),
-                                  desc=task).hypotheses)
-    undecoded = [name for uttid, name in names.items() if uttid not in columns[0]]
-    for uttid, name in names.items():
-        if uttid in columns[0]:
-            print("\t".join([name, *(one_line(column.get(uttid, "")) for column in columns)]))
+        recordings, _ = decode_prepared(prepared, model, instantiate(cfg.encoder.frontend),
+                                        prompt, tasks, args.batch_size, decoding, device, dtype)
+    undecoded = [name for name in prepared.names if name not in recordings]
+    write(recordings, args, tasks)
     if undecoded:
         print(f"not transcribed (see the warnings above): {', '.join(undecoded)}",
               file=sys.stderr)
-    return 1 if too_short or undecoded else 0
+    return 1 if prepared.too_short or prepared.no_speech or undecoded else 0
+
+
+def write(recordings: dict[str, list[Segment]], args: argparse.Namespace,
+          tasks: list[str]) -> None:
+    """Print the transcripts in --format, or write a file per recording into --out_dir."""
+    if args.out_dir is None:
+        if args.format in ("srt", "vtt"):
+            for segments in recordings.values():
+                print(subtitles(segments, args.format), end="")
+        else:
+            print(render(recordings, args.format, tasks), end="")
+        return
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for name, segments in recordings.items():
+        text = (subtitles(segments, args.format) if args.format in ("srt", "vtt")
+                else render({name: segments}, args.format, tasks))
+        (args.out_dir / f"{name}.{args.format}").write_text(text, encoding="utf-8")
+    print(f"wrote {len(recordings)} {args.format} files to {args.out_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,114 @@
+"""An hour-long recording through mooer-transcribe: silero-vad segments, decoding, joining.
+
+    make demo                                  # trains demo_out/run once
+    python benchmarks/longform.py              # builds a 1-hour recording from the demo's held-out
+                                               # sentences and transcribes it with that run
+
+The recording is the demo's test utterances (unseen sentences, then unseen voices), repeated
+until `--minutes`, with 0.3-1.5 s silences between them. Prints one table: segments, wall time,
+real-time factor (VAD and decoding together), peak memory, and the CER of the joined transcript
+against the joined reference, beside the CER of the same utterances decoded one by one (the
+baseline: what segmentation costs in accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from mooer.data.audio import read_audio, resample, to_mono
+from mooer.data.text import read_table
+from mooer.evaluation.longform import SAMPLE_RATE, join_texts
+from mooer.evaluation.scoring import score
+from mooer.evaluation.transcribe import main as transcribe
+
+
+def build_recording(sets: list[Path], minutes: float, out: Path, seed: int = 0
+                    ) -> tuple[str, list[tuple[str, str]]]:
+    """A long recording of the sets' utterances with silences; returns the joined reference and
+    the (uttid, path) of the utterances it holds, in order."""
+    rng = random.Random(seed)
+    rows = [row for directory in sets for row in read_table(directory / "wav.scp")]
+    texts = {k: v for directory in sets for k, v in read_table(directory / "text")}
+    pieces, used, total = [], [], 0
+    while total < minutes * 60 * SAMPLE_RATE:
+        for key, path in rows:
+            samples, rate = read_audio(path)
+            wave = resample(to_mono(samples), rate, SAMPLE_RATE)
+            gap = np.zeros(int(rng.uniform(0.3, 1.5) * SAMPLE_RATE), np.float32)
+            pieces += [wave, gap]
+            used.append((key, path))
+            total += len(wave) + len(gap)
+            if total >= minutes * 60 * SAMPLE_RATE:
+                break
+    sf.write(out, np.concatenate(pieces), SAMPLE_RATE, subtype="PCM_16")
+    return join_texts([texts[k] for k, _ in used]), used
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run_dir", type=Path, default=Path("demo_out/run"))
+    parser.add_argument("--data_dir", type=Path, default=Path("demo_out/data"))
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--num_beams", type=int, default=1)
+    args = parser.parse_args()
+    test = args.data_dir / "demo" / "kaldi" / "test"
+    if not (args.run_dir / "checkpoints" / "last.ckpt").is_file() or not test.is_dir():
+        sys.exit(f"no trained demo in {args.run_dir} / {test}: run `make demo` first")
+    model = ["--run_dir", str(args.run_dir), "--device", "cpu", "--precision", "fp32",
+             "--num_beams", str(args.num_beams), "--batch_size", str(args.batch_size),
+             "--max_new_tokens", "48", "--", f"paths.data_dir={args.data_dir}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        long_path = work / "hour.wav"
+        reference, used = build_recording([test], args.minutes, long_path)
+        seconds = sf.info(long_path).duration
+        out = work / "long.txt"
+        started = time.perf_counter()
+        with open(out, "w", encoding="utf-8") as sink:
+            stdout, sys.stdout = sys.stdout, sink
+            try:
+                transcribe(["--wav_path", str(long_path), "--format", "tsv", *model])
+            finally:
+                sys.stdout = stdout
+        elapsed = time.perf_counter() - started
+        rows = out.read_text(encoding="utf-8").splitlines()[1:]
+        hypothesis = join_texts([row.split("\t")[3] for row in rows])
+        long_cer = score({"hour": reference}, {"hour": hypothesis}).error_rate
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        scp = work / "one_by_one.scp"
+        unique = dict(used)
+        scp.write_text("".join(f"{k} {p}\n" for k, p in unique.items()), encoding="utf-8")
+        by_one = work / "one_by_one.txt"
+        with open(by_one, "w", encoding="utf-8") as sink:
+            stdout, sys.stdout = sys.stdout, sink
+            try:
+                transcribe(["--wav_scp", str(scp), "--format", "text", *model])
+            finally:
+                sys.stdout = stdout
+        hyps = dict(line.split("\t", 1) for line in by_one.read_text().splitlines())
+        refs = {k: v for k, v in read_table(test / "text") if k in unique}
+        short_cer = score(refs, hyps).error_rate
+    print(f"\n{seconds / 60:.1f} min recording ({len(used)} utterances of the demo's held-out "
+          f"sentences, 0.3-1.5 s gaps), demo model {args.run_dir}, beam {args.num_beams}, "
+          f"batch {args.batch_size}, CPU\n")
+    print("| measure | value |\n|---|---|")
+    print(f"| segments (silero-vad, at most 30 s) | {len(rows)} |")
+    print(f"| wall time (VAD + decoding) | {elapsed:.0f} s |")
+    print(f"| real-time factor | {elapsed / seconds:.4f} |")
+    print(f"| peak memory (process RSS) | {peak:.2f} GiB |")
+    print(f"| CER, joined transcript vs joined reference | {long_cer:.2f} % |")
+    print(f"| CER, the same {len(unique)} utterances one by one (baseline) | {short_cer:.2f} % |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Long recordings: silero-vad segments, cuts at quiet points, joined texts with times, and
+mooer-transcribe on a recording longer than its segment limit in every output format."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mooer.data.audio import read_audio, resample, to_mono
+from mooer.data.text import read_table
+from mooer.evaluation.longform import (
+    SAMPLE_RATE,
+    Segment,
+    join_texts,
+    render,
+    segment,
+    split_at_quiet,
+    subtitles,
+)
+from tests.evaluation.test_evaluate import TINY, setup  # noqa: F401 (the module's fixture)
+
+
+def test_split_at_quiet_cuts_at_the_quietest_point_within_the_limit():
+    rng = np.random.default_rng(0)
+    wave = rng.normal(0, 0.3, SAMPLE_RATE * 10).astype(np.float32)
+    quiet = int(1.4 * SAMPLE_RATE)
+    wave[quiet:quiet + 800] *= 0.001  # a 50 ms dip 1.4 s in
+    pieces = split_at_quiet(wave, 0, len(wave), 2 * SAMPLE_RATE)
+    assert pieces[0][0] == 0 and pieces[-1][1] == len(wave)
+    assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:], strict=False))  # contiguous
+    assert all(end - start <= 2 * SAMPLE_RATE for start, end in pieces)
+    assert quiet <= pieces[0][1] <= quiet + 800  # the first cut falls in the dip
+    assert split_at_quiet(wave, 100, 900, 2 * SAMPLE_RATE) == [(100, 900)]
+
+
+@pytest.fixture(scope="module")
+def recording(corpus, tmp_path_factory):
+    """Six corpus utterances with 1.5 s of silence around each, at 22.05 kHz stereo: the
+    recording, the utterances' (start, end) in seconds and their transcripts."""
+    rows = read_table(corpus / "wav.scp")[:6]
+    texts = dict(read_table(corpus / "text"))
+    silence = np.zeros(int(1.5 * SAMPLE_RATE), np.float32)
+    pieces, spans, position = [silence], [], len(silence)
+    for _, path in rows:
+        samples, rate = read_audio(path)
+        wave = resample(to_mono(samples), rate, SAMPLE_RATE)
+        spans.append((position / SAMPLE_RATE, (position + len(wave)) / SAMPLE_RATE))
+        pieces += [wave, silence]
+        position += len(wave) + len(silence)
+    wave = np.concatenate(pieces)
+    path = tmp_path_factory.mktemp("long") / "meeting.flac"
+    stereo = resample(wave, SAMPLE_RATE, 22050)
+    sf.write(path, np.stack([stereo, stereo], 1), 22050)
+    return path, wave, spans, [texts[key] for key, _ in rows]
+
+
+def test_vad_segments_hold_the_speech_and_fit_the_limit(recording):
+    _, wave, spans, _ = recording
+    pieces = segment(wave, max_segment_s=4.0)
+    assert all(end - start <= 4 * SAMPLE_RATE for start, end in pieces)
+    assert all(b[0] >= a[1] for a, b in zip(pieces, pieces[1:], strict=False))  # in order
+    seconds = [(start / SAMPLE_RATE, end / SAMPLE_RATE) for start, end in pieces]
+    for start, end in spans:  # every utterance's middle is inside a segment
+        middle = (start + end) / 2
+        assert any(a <= middle <= b for a, b in seconds), (start, end, seconds)
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):  # silences stay out
+        middle = (end + start) / 2
+        assert not any(a < middle < b for a, b in seconds), (middle, seconds)
+    assert segment(wave[:SAMPLE_RATE * 3], max_segment_s=4.0) == [(0, SAMPLE_RATE * 3)]
+    assert segment(np.zeros(SAMPLE_RATE * 10, np.float32), max_segment_s=4.0) == []
+
+
+def test_join_and_every_format():
+    assert join_texts(["今天天气", "很好", " HELLO ", "WORLD", "", "你好"]) == \
+        "今天天气很好HELLO WORLD你好"
+    segments = {"a b": [Segment(0.5, 2.25, ["你好", "hello"]),
+                        Segment(3723.5, 3725.0, ["再见", "bye"])]}
+    tsv = render(segments, "tsv", ["asr", "ast"]).splitlines()
+    assert tsv == ["recording\tstart\tend\tasr\tast", "a b\t0.50\t2.25\t你好\thello",
+                   "a b\t3723.50\t3725.00\t再见\tbye"]
+    assert render(segments, "text", ["asr", "ast"]) == "a b\t你好再见\thello bye\n"
+    parsed = json.loads(render(segments, "json", ["asr", "ast"]))
+    assert parsed["a b"]["asr"] == "你好再见" and parsed["a b"]["segments"][1]["start"] == 3723.5
+    srt = subtitles(segments["a b"], "srt")
+    assert srt.startswith("1\n00:00:00,500 --> 00:00:02,250\n你好\nhello\n\n2\n01:02:03,500 --> ")
+    vtt = subtitles(segments["a b"], "vtt")
+    assert vtt.startswith("WEBVTT\n\n00:00:00.500 --> 00:00:02.250\n你好\nhello\n")
+
+
+def test_transcribe_a_long_recording_in_segments(setup, recording, tmp_path, capsys):  # noqa: F811
+    from mooer.evaluation.transcribe import main as transcribe
+
+    root, tokenizer_dir = setup
+    path, wave, spans, _ = recording
+    options = ["--wav_path", str(path), "--max_segment_s", "4", "--checkpoint",
+               str(root / "release"), "--device", "cpu", "--max_new_tokens", "3",
+               "--num_beams", "1", "--", *TINY, f"llm.tokenizer_path={tokenizer_dir}"]
+    assert transcribe([*options[:4], "--format", "tsv", *options[4:]]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert rows[0] == ["recording", "start", "end", "asr"]
+    times = [(float(start), float(end)) for _, start, end, _ in rows[1:]]
+    assert len(times) >= len(spans) and {name for name, *_ in rows[1:]} == {"meeting"}
+    assert all(0 <= a < b <= len(wave) / SAMPLE_RATE + 0.01 and b - a <= 4.0 for a, b in times)
+    assert all(b[0] >= a[1] for a, b in zip(times, times[1:], strict=False))
+    assert transcribe([*options[:4], "--format", "text", *options[4:]]) == 0
+    joined = capsys.readouterr().out.rstrip("\n").split("\t")
+    assert joined[0] == "meeting" and joined[1] == join_texts([r[3] for r in rows[1:]])
+    out_dir = tmp_path / "subs"
+    assert transcribe([*options[:4], "--format", "srt", "--out_dir", str(out_dir),
+                       *options[4:]]) == 0
+    cues = (out_dir / "meeting.srt").read_text().strip().split("\n\n")
+    assert len(cues) == len(times) and cues[0].startswith("1\n00:00:0")
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(SAMPLE_RATE * 6, np.float32), SAMPLE_RATE)
+    assert transcribe(["--wav_path", str(silent), *options[2:]]) == 2
+    assert "skipped, no speech found: silent (6.0 s)" in capsys.readouterr().err
+
+
+def test_evaluate_decodes_a_long_recording_of_a_kaldi_set_in_segments(setup, recording,  # noqa: F811
+                                                                     tmp_path, caplog):
+    from mooer.config import compose_config
+    from mooer.evaluation.run import evaluate
+    from tests.evaluation.test_evaluate import overrides
+
+    root, tokenizer_dir = setup
+    path, _, _, texts = recording
+    long_set = tmp_path / "test" / "long"
+    long_set.mkdir(parents=True)
+    (long_set / "wav.scp").write_text(f"meeting {path}\n")
+    (long_set / "text").write_text(f"meeting {join_texts(texts)}\n")
+    cfg, _ = compose_config("evaluate", [
+        *overrides(root, tokenizer_dir), f"test_data_dir={tmp_path / 'test'}", "testsets=[]",
+        "extra_testsets=[long]", "max_segment_s=4", "decoding.num_beams=1",
+        f"decode_path={tmp_path / 'decode'}"])
+    with caplog.at_level("INFO"):
+        [result] = evaluate(cfg)
+    assert result.utterances == 1 and result.rtf > 0
+    lines = (tmp_path / "decode" / "long" / "text").read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("meeting\t")
+    overall = (tmp_path / "decode" / "long" / "wer").read_text().split("Overall -> ")[1]
+    assert int(overall.split("N=")[1].split()[0]) >= len(join_texts(texts).split()) > 0
+    segments = int(caplog.text.split("1 recordings decoded in ")[1].split()[0])
+    assert segments >= len(texts)  # decoded in pieces, not as one 20 s sequence
