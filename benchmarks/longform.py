@@ -14,6 +14,8 @@ baseline: what segmentation costs in accuracy).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import random
 import resource
 import sys
@@ -53,6 +55,14 @@ def build_recording(sets: list[Path], minutes: float, out: Path, seed: int = 0
     return join_texts([texts[k] for k, _ in used]), used
 
 
+def transcribed(argv: list[str]) -> list[str]:
+    """The lines mooer-transcribe prints for `argv`."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        transcribe(argv)
+    return out.getvalue().splitlines()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run_dir", type=Path, default=Path("demo_out/run"))
@@ -72,30 +82,17 @@ def main() -> None:
         long_path = work / "hour.wav"
         reference, used = build_recording([test], args.minutes, long_path)
         seconds = sf.info(long_path).duration
-        out = work / "long.txt"
         started = time.perf_counter()
-        with open(out, "w", encoding="utf-8") as sink:
-            stdout, sys.stdout = sys.stdout, sink
-            try:
-                transcribe(["--wav_path", str(long_path), "--format", "tsv", *model])
-            finally:
-                sys.stdout = stdout
+        rows = transcribed(["--wav_path", str(long_path), "--format", "tsv", *model])[1:]
         elapsed = time.perf_counter() - started
-        rows = out.read_text(encoding="utf-8").splitlines()[1:]
         hypothesis = join_texts([row.split("\t")[3] for row in rows])
         long_cer = score({"hour": reference}, {"hour": hypothesis}).error_rate
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         scp = work / "one_by_one.scp"
         unique = dict(used)
         scp.write_text("".join(f"{k} {p}\n" for k, p in unique.items()), encoding="utf-8")
-        by_one = work / "one_by_one.txt"
-        with open(by_one, "w", encoding="utf-8") as sink:
-            stdout, sys.stdout = sys.stdout, sink
-            try:
-                transcribe(["--wav_scp", str(scp), "--format", "text", *model])
-            finally:
-                sys.stdout = stdout
-        hyps = dict(line.split("\t", 1) for line in by_one.read_text().splitlines())
+        hyps = dict(line.split("\t", 1)
+                    for line in transcribed(["--wav_scp", str(scp), "--format", "text", *model]))
         refs = {k: v for k, v in read_table(test / "text") if k in unique}
         short_cer = score(refs, hyps).error_rate
     print(f"\n{seconds / 60:.1f} min recording ({len(used)} utterances of the demo's held-out "

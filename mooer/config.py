@@ -49,9 +49,14 @@ def task_config(task: str = "asr", run_dir: str | Path | None = None) -> DictCon
     as composed for training, or the one a training run recorded in its run dir."""
     if run_dir is None:
         return compose_config("train", [f"task={task}"])[0].task
+    return OmegaConf.create(OmegaConf.to_container(run_config(run_dir).task, resolve=True))
+
+
+def run_config(run_dir: str | Path) -> DictConfig:
+    """The config a training run recorded (`<run_dir>/.hydra/config.yaml`), unresolved."""
     saved = Path(run_dir) / ".hydra" / "config.yaml"
     if not saved.is_file():
         raise FileNotFoundError(f"run_dir {run_dir} has no .hydra/config.yaml: give the "
                                 "directory a `python train.py` run wrote")
     register_resolvers()
-    return OmegaConf.create(OmegaConf.to_container(OmegaConf.load(saved).task, resolve=True))
+    return OmegaConf.load(saved)

@@ -175,3 +175,24 @@ def test_a_misspelt_key_is_an_error_naming_it(override, message, tokenizer):
                         prompt=instantiate(cfg.task), _convert_="all")
         else:
             build_strategy(cfg, "cpu")
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused():
+    cfg = _compose("encoder=paraformer_tiny", "llm=tiny")
+    with torch.device("meta"), pytest.raises(
+            ValueError, match="the tokenizer has 2000 tokens but the LLM's embedding has 1024 rows"):
+        build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, StubTokenizer(2000))
+
+
+def test_run_dir_gives_the_prompt_format_the_run_trained_with(tmp_path):
+    from omegaconf import OmegaConf
+
+    from mooer.evaluation.model_loading import apply_run_dir
+
+    trained = compose_config("train", ["task=asr_ast", "task.template='<{}>'"],
+                             output_dir=str(tmp_path))[0]
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(trained, tmp_path / ".hydra" / "config.yaml")  # as train.py records it
+    cfg = compose_config("evaluate", [f"run_dir={tmp_path}"])[0]  # evaluate's default: task=asr
+    prompt = instantiate(apply_run_dir(cfg).task)
+    assert prompt.name == "asr_ast" and prompt.text("ast") == "<Translate speech to english text. >"

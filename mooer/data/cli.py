@@ -129,10 +129,10 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             prompt = instantiate(task_config(args.task, args.run_dir))
-        except FileNotFoundError as err:
+            print(show(args.data_list, args.num, args.tokenizer, prompt, args.allow_pipe))
+        except FileNotFoundError as err:  # no run config, or no replace_text table
             print(f"error: {err}", file=sys.stderr)
             return 2
-        print(show(args.data_list, args.num, args.tokenizer, prompt, args.allow_pipe))
     return 0
 
 

@@ -103,7 +103,7 @@ class PromptBuilder:
 
     def __init__(self, tokenizer, prompt: PromptFormat, task: str | None = None,
                  seed: int = 0) -> None:
-        self.tokenizer, self.format = tokenizer, prompt
+        self.tokenizer = tokenizer
         self.task_weights = dict(prompt.weights) if prompt.weights else None
         if self.task_weights and (min(self.task_weights.values()) < 0
                                   or sum(self.task_weights.values()) <= 0):

@@ -81,6 +81,8 @@ def segment(wave: np.ndarray, max_segment_s: float = 30.0) -> list[tuple[int, in
     """Sample spans to decode: the whole recording when it fits in `max_segment_s`, else its
     speech (silero-vad), each span cut at quiet points to fit. A recording with no speech found
     gives no span."""
+    if max_segment_s < 1:
+        raise ValueError(f"max_segment_s must be at least 1 second, got {max_segment_s}")
     max_samples = int(max_segment_s * SAMPLE_RATE)
     if len(wave) <= max_samples:
         return [(0, len(wave))]

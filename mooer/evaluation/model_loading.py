@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mooer.checkpoints import load_mooer, merge_lora
+from mooer.config import run_config
 from mooer.models.build import build_speech_llm
 from mooer.models.llm import torch_dtype
 from mooer.models.speech_llm import SpeechLLM
@@ -59,11 +60,7 @@ def apply_run_dir(cfg: DictConfig) -> DictConfig:
     run_dir = cfg.get("run_dir")
     if not run_dir:
         return cfg
-    saved = Path(run_dir) / ".hydra" / "config.yaml"
-    if not saved.is_file():
-        raise FileNotFoundError(f"run_dir {run_dir} has no .hydra/config.yaml: give the "
-                                "directory a `python train.py` run wrote")
-    trained = OmegaConf.load(saved)
+    trained = run_config(run_dir)
     hydra_file = Path(run_dir) / ".hydra" / "hydra.yaml"
     train_cwd = (Path(OmegaConf.load(hydra_file).hydra.runtime.cwd) if hydra_file.is_file()
                  else Path.cwd())

@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.max_segment_s <= 1:
-        print("error: --max_segment_s must be over 1 second", file=sys.stderr)
+    if args.max_segment_s < 1:
+        print("error: --max_segment_s must be at least 1 second", file=sys.stderr)
         return 2
     multiple = args.wav_scp is not None or len(args.wav_path) > 1
     if args.format in ("srt", "vtt") and multiple and args.out_dir is None:

@@ -22,6 +22,28 @@ def test_show_prints_samples_and_token_layout(shards, tokenizer, capsys):
     assert "Transcribe speech to text." in out and "'<|im_end|>'" in out
 
 
+def test_show_uses_the_prompt_format_a_run_recorded(shards, tokenizer, corpus, tmp_path, capsys):
+    """A run's own prompt (here the demo's short one, multi-task with the translations table)
+    and labels, not a default written in Python."""
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    task = {"_target_": "mooer.data.prompts.PromptFormat", "name": "asr_ast", "template": "{}",
+            "instructions": {"asr": "<|im_start|>Transcribe<|im_end|>",
+                             "ast": "<|im_start|>Translate<|im_end|>"},
+            "replace_text_path": str(corpus / "text.en"), "replace_type": "instruction",
+            "weights": {"asr": 0.0, "ast": 1.0}}
+    OmegaConf.save({"task": task}, run / ".hydra" / "config.yaml")
+    argv = ["show", str(shards), "-n", "3", "--tokenizer", tokenizer.name_or_path]
+    assert main([*argv, "--run_dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("prompt (task ast, ") == 3
+    assert "'<|im_start|>Translate<|im_end|>'" in out and "Transcribe speech" not in out
+    assert main([*argv, "--task", "ast"]) == 2  # conf/task/ast.yaml's table is not there
+    assert "replace_text_path" in capsys.readouterr().err
+
+
 def test_missing_list(tmp_path, capsys):
     assert main(["stats", str(tmp_path / "none.list")]) == 2
     assert "does not exist" in capsys.readouterr().err
