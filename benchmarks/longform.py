@@ -14,10 +14,9 @@ baseline: what segmentation costs in accuracy).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import random
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,6 @@ from mooer.data.audio import read_audio, resample, to_mono
 from mooer.data.text import read_table
 from mooer.evaluation.longform import SAMPLE_RATE, join_texts
 from mooer.evaluation.scoring import score
-from mooer.evaluation.transcribe import main as transcribe
 
 
 def build_recording(sets: list[Path], minutes: float, out: Path, seed: int = 0
@@ -56,11 +54,11 @@ def build_recording(sets: list[Path], minutes: float, out: Path, seed: int = 0
 
 
 def transcribed(argv: list[str]) -> list[str]:
-    """The lines mooer-transcribe prints for `argv`."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        transcribe(argv)
-    return out.getvalue().splitlines()
+    """The lines mooer-transcribe prints for `argv` (run as its own process, so that its peak
+    memory is its own)."""
+    result = subprocess.run([sys.executable, "-m", "mooer.evaluation.transcribe", *argv],
+                            capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()
 
 
 def main() -> None:
@@ -70,6 +68,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--num_beams", type=int, default=1)
+    parser.add_argument("--min_silence_ms", type=int, default=None,
+                        help="mooer-transcribe's --min_silence_ms (default: its own)")
     args = parser.parse_args()
     test = args.data_dir / "demo" / "kaldi" / "test"
     if not (args.run_dir / "checkpoints" / "last.ckpt").is_file() or not test.is_dir():
@@ -83,11 +83,12 @@ def main() -> None:
         reference, used = build_recording([test], args.minutes, long_path)
         seconds = sf.info(long_path).duration
         started = time.perf_counter()
-        rows = transcribed(["--wav_path", str(long_path), "--format", "tsv", *model])[1:]
+        vad = [] if args.min_silence_ms is None else ["--min_silence_ms", str(args.min_silence_ms)]
+        rows = transcribed(["--wav_path", str(long_path), "--format", "tsv", *vad, *model])[1:]
         elapsed = time.perf_counter() - started
         hypothesis = join_texts([row.split("\t")[3] for row in rows])
         long_cer = score({"hour": reference}, {"hour": hypothesis}).error_rate
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # the long run
         scp = work / "one_by_one.scp"
         unique = dict(used)
         scp.write_text("".join(f"{k} {p}\n" for k, p in unique.items()), encoding="utf-8")
@@ -102,7 +103,7 @@ def main() -> None:
     print(f"| segments (silero-vad, at most 30 s) | {len(rows)} |")
     print(f"| wall time (VAD + decoding) | {elapsed:.0f} s |")
     print(f"| real-time factor | {elapsed / seconds:.4f} |")
-    print(f"| peak memory (process RSS) | {peak:.2f} GiB |")
+    print(f"| peak memory (mooer-transcribe process RSS) | {peak:.2f} GiB |")
     print(f"| CER, joined transcript vs joined reference | {long_cer:.2f} % |")
     print(f"| CER, the same {len(unique)} utterances one by one (baseline) | {short_cer:.2f} % |")
 

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 QUIET_WINDOW = 320  # 20 ms at 16 kHz: where a too-long stretch is cut
 FORMATS = ("tsv", "text", "json", "srt", "vtt")
+MIN_SILENCE_MS = 150  # a pause this long ends a segment
 
 
 @dataclass
@@ -46,7 +47,7 @@ def _vad_model():
     return load_silero_vad()  # the TorchScript model inside the wheel
 
 
-def speech_spans(wave: np.ndarray, min_silence_ms: int = 300, speech_pad_ms: int = 100
+def speech_spans(wave: np.ndarray, min_silence_ms: int = MIN_SILENCE_MS, speech_pad_ms: int = 30
                  ) -> list[tuple[int, int]]:
     """[start, end) sample spans of speech in a 16 kHz mono recording (silero-vad)."""
     import torch
@@ -77,7 +78,8 @@ def split_at_quiet(wave: np.ndarray, start: int, end: int, max_samples: int
     return pieces
 
 
-def segment(wave: np.ndarray, max_segment_s: float = 30.0) -> list[tuple[int, int]]:
+def segment(wave: np.ndarray, max_segment_s: float = 30.0, min_silence_ms: int = MIN_SILENCE_MS
+            ) -> list[tuple[int, int]]:
     """Sample spans to decode: the whole recording when it fits in `max_segment_s`, else its
     speech (silero-vad), each span cut at quiet points to fit. A recording with no speech found
     gives no span."""
@@ -87,7 +89,7 @@ def segment(wave: np.ndarray, max_segment_s: float = 30.0) -> list[tuple[int, in
     if len(wave) <= max_samples:
         return [(0, len(wave))]
     spans = []
-    for start, end in speech_spans(wave):
+    for start, end in speech_spans(wave, min_silence_ms):
         spans += split_at_quiet(wave, start, end, max_samples)
     return spans
 
@@ -105,7 +107,7 @@ class Prepared:
 
 
 def prepare(recordings: Sequence[tuple[str, str]], work: Path, max_segment_s: float = 30.0,
-            min_seconds: float = 0.1) -> Prepared:
+            min_seconds: float = 0.1, min_silence_ms: int = MIN_SILENCE_MS) -> Prepared:
     """`work/wav.scp` of the segments of (name, path) `recordings`: a recording that fits in
     `max_segment_s` is decoded from its own file, a longer one is cut (`segment`) into 16 kHz
     WAVs written to `work`. Unreadable or missing files raise ValueError/FileNotFoundError."""
@@ -131,7 +133,7 @@ def prepare(recordings: Sequence[tuple[str, str]], work: Path, max_segment_s: fl
         except AudioError as err:
             raise ValueError(f"{name}: cannot read {path} ({err})") from err
         wave = resample(to_mono(samples), rate, SAMPLE_RATE)
-        spans = segment(wave, max_segment_s)
+        spans = segment(wave, max_segment_s, min_silence_ms)
         if not spans:
             prepared.no_speech.append(f"{name} ({seconds:.1f} s)")
             continue

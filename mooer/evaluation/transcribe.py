@@ -27,7 +27,15 @@ from pathlib import Path
 
 from mooer.config import compose_config
 from mooer.data.text import read_table
-from mooer.evaluation.longform import FORMATS, Segment, decode_prepared, prepare, render, subtitles
+from mooer.evaluation.longform import (
+    FORMATS,
+    MIN_SILENCE_MS,
+    Segment,
+    decode_prepared,
+    prepare,
+    render,
+    subtitles,
+)
 from mooer.evaluation.model_loading import apply_run_dir, load_for_decoding
 from mooer.training.accelerators import resolve_device
 
@@ -70,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_new_tokens", type=int, default=200)
     parser.add_argument("--max_segment_s", type=float, default=30.0,
                         help="longer recordings are cut where silero-vad finds speech")
+    parser.add_argument("--min_silence_ms", type=int, default=MIN_SILENCE_MS,
+                        help="in long recordings, a pause this long ends a segment")
     parser.add_argument("--format", choices=FORMATS, default="text",
                         help="text: name<TAB>text; tsv: a segment a row with times; json; "
                              "srt/vtt: subtitles")
@@ -113,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            prepared = prepare(_inputs(args), Path(tmp), args.max_segment_s, MIN_AUDIO_SECONDS)
+            prepared = prepare(_inputs(args), Path(tmp), args.max_segment_s, MIN_AUDIO_SECONDS,
+                               args.min_silence_ms)
         except (FileNotFoundError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
