@@ -20,7 +20,6 @@ on stderr and the exit status is 1. Extra Hydra overrides (e.g. `llm=qwen2_1_5b`
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -39,7 +38,6 @@ from mooer.evaluation.longform import (
 from mooer.evaluation.model_loading import apply_run_dir, load_for_decoding
 from mooer.training.accelerators import resolve_device
 
-log = logging.getLogger(__name__)
 MIN_AUDIO_SECONDS = 0.1  # shorter audio gives the encoder no frame to attend to
 
 
