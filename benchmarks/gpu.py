@@ -327,23 +327,35 @@ def batching_rows(model, cfg, dtype, device, args) -> list[Row]:
 def decoding_rows(model, cfg, dtype, device, args) -> list[Row]:
     model.eval()
     rows = []
-    for batch_size, merged in ((1, False), (16, False), (1, True), (16, True)):
+    # static: transformers' static KV cache, which generate compiles (CUDA graphs) on a GPU
+    for batch_size, merged, static in ((1, False, False), (16, False, False), (1, True, False),
+                                       (16, True, False), (16, True, True)):
+        name = (f"decode, beam 4, batch {batch_size}, {args.new_tokens} new tokens"
+                + (", LoRA merged" if merged else "")
+                + (", static cache" + (" (compiled)" if device.type == "cuda" else "")
+                   if static else ""))
         batch = synthetic_batch(batch_size, args.seconds, cfg.projector.downsample,
                                 cfg.llm.architecture.vocab_size, device)
         batch["features"] = batch["features"].to(dtype)
         generate: dict[str, Any] = {"num_beams": 4, "max_new_tokens": args.new_tokens,
                                     "min_new_tokens": args.new_tokens, "eos_bias": 0}
-        with lora_merged(model) if merged else contextlib.nullcontext():
-            model.generate(batch, **generate)  # warm-up
-            sync(device)
-            started = time.perf_counter()
-            model.generate(batch, **generate)
-            sync(device)
-            elapsed = time.perf_counter() - started
-        rows.append(show(Row(f"decode, beam 4, batch {batch_size}, {args.new_tokens} new tokens"
-                             + (", LoRA merged" if merged else ""),
-                             {"RTF": f"{elapsed / (batch_size * args.seconds):.4f}",
-                              "utt/s": f"{batch_size / elapsed:.2f}"})))
+        if static:
+            generate["cache_implementation"] = "static"
+        try:
+            with lora_merged(model) if merged else contextlib.nullcontext():
+                for _ in range(2 if static else 1):  # warm-up (and compilation)
+                    model.generate(batch, **generate)
+                sync(device)
+                started = time.perf_counter()
+                model.generate(batch, **generate)
+                sync(device)
+                elapsed = time.perf_counter() - started
+        except Exception as error:  # noqa: BLE001 - reported in the table, the other rows stand
+            traceback.print_exc()
+            rows.append(show(Row(name, {"note": f"failed: {type(error).__name__}: {error}"[:200]})))
+            continue
+        rows.append(show(Row(name, {"RTF": f"{elapsed / (batch_size * args.seconds):.4f}",
+                                    "utt/s": f"{batch_size / elapsed:.2f}"})))
     return rows
 
 
@@ -358,6 +370,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--new_tokens", type=int, default=30)
     parser.add_argument("--tail_utterances", type=int, default=256)
     parser.add_argument("--skip_zero2", action="store_true")
+    parser.add_argument("--decoding_only", action="store_true", help="only the decoding rows")
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="dense bf16 peak; by default from the GPU's name (H100/H200: 989)")
     args = parser.parse_args(argv)
@@ -370,10 +383,13 @@ def main(argv: list[str] | None = None) -> list[Row]:
     model, cfg, dtype = build(args.tiny, device)
     started = time.perf_counter()
     print(f"built on {name} in {started - built:.0f} s", flush=True)
-    rows = training_rows(model, cfg, dtype, device, args)
-    batching = batching_rows(model, cfg, dtype, device, args)
-    decoding = decoding_rows(model, cfg, dtype, device, args)
-    rows += zero2_rows(model, cfg, dtype, device, args) + batching + decoding  # ZeRO-2 casts: last
+    if args.decoding_only:
+        rows = decoding_rows(model, cfg, dtype, device, args)
+    else:
+        rows = training_rows(model, cfg, dtype, device, args)
+        batching = batching_rows(model, cfg, dtype, device, args)
+        decoding = decoding_rows(model, cfg, dtype, device, args)
+        rows += zero2_rows(model, cfg, dtype, device, args) + batching + decoding  # ZeRO-2: last
     print(f"measured in {time.perf_counter() - started:.0f} s", flush=True)
     columns = ["samples/s", "audio s/s", "tokens/s", "MFU", "peak GiB", "RTF", "utt/s", "note"]
     print(f"\n{'tiny shapes' if args.tiny else 'experiment=mt5k shapes'} on {name}, LLM "
