@@ -259,9 +259,14 @@ def zero2_rows(model, cfg, dtype, device, args) -> list[Row]:
     try:
         seconds = timed_steps(zero2_step(model, device), batches, args.warmup, device)
     except Exception as error:  # noqa: BLE001 - reported in the table, the other rows stand
-        traceback.print_exc()
-        return [show(Row(name, {"note": f"failed: {type(error).__name__}: {error}"[:200]}))]
+        return [failed(name, error)]
     return [show(train_row(name, seconds, per_sample, tokens, args, device))]
+
+
+def failed(name: str, error: Exception) -> Row:
+    """A row that failed: its traceback on stderr, the error in the table; the others stand."""
+    traceback.print_exc()
+    return show(Row(name, {"note": f"failed: {type(error).__name__}: {error}"[:200]}))
 
 
 def show(row: Row) -> Row:
@@ -351,8 +356,7 @@ def decoding_rows(model, cfg, dtype, device, args) -> list[Row]:
                 sync(device)
                 elapsed = time.perf_counter() - started
         except Exception as error:  # noqa: BLE001 - reported in the table, the other rows stand
-            traceback.print_exc()
-            rows.append(show(Row(name, {"note": f"failed: {type(error).__name__}: {error}"[:200]})))
+            rows.append(failed(name, error))
             continue
         rows.append(show(Row(name, {"RTF": f"{elapsed / (batch_size * args.seconds):.4f}",
                                     "utt/s": f"{batch_size / elapsed:.2f}"})))
