@@ -308,6 +308,19 @@ def read_replace_table(path: str | Path | None) -> dict[str, str] | None:
     return {key: value for key, value in read_table(path) if value}
 
 
+def slot_counter(encoder_convs: Sequence[Sequence[int]], downsample: int
+                 ) -> Callable[[int], int]:
+    """frames -> audio slots (a picklable partial of `audio_slots`, for loader workers)."""
+    return functools.partial(audio_slots, convs=[list(c) for c in encoder_convs],
+                             downsample=downsample)
+
+
+def model_slots(model) -> Callable[[int], int]:
+    """The slot arithmetic of a built SpeechLLM: its encoder's length convs, its projector's
+    downsample."""
+    return slot_counter(model.encoder.length_convs, model.projector.downsample)
+
+
 class SpeechDataModule(pl.LightningDataModule):
     """Train / validation / test loaders over data.list shards for any encoder frontend and task."""
 
@@ -337,12 +350,11 @@ class SpeechDataModule(pl.LightningDataModule):
     def match_slots(self, encoder_convs: Sequence[Sequence[int]], downsample: int) -> None:
         """Audio slots an utterance gets: its frames through the encoder's length convs, over the
         projector's downsample."""
-        self.slots_for = functools.partial(audio_slots, convs=[list(c) for c in encoder_convs],
-                                           downsample=downsample)
+        self.slots_for = slot_counter(encoder_convs, downsample)
 
     def match_model(self, model) -> None:
         """Take the slot arithmetic from a built SpeechLLM (its encoder and projector)."""
-        self.match_slots(model.encoder.length_convs, model.projector.downsample)
+        self.slots_for = model_slots(model)
 
     def loader(self, split: str, start_epoch: int = 0, skip_batches: int = 0) -> EpochDataLoader:
         path = self.paths[split]

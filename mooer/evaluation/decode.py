@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -12,8 +11,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from mooer.data.collate import audio_slots, move_batch
-from mooer.data.datamodule import EpochDataLoader, PipelineOptions, ShardDataset
+from mooer.data.collate import move_batch
+from mooer.data.datamodule import EpochDataLoader, PipelineOptions, ShardDataset, model_slots
 from mooer.data.prompts import PromptBuilder, PromptFormat
 from mooer.models.speech_llm import SpeechLLM
 
@@ -46,9 +45,7 @@ def decoding_loader(source: str | Path, model: SpeechLLM, frontend, prompt: Prom
     builder = PromptBuilder(model.tokenizer, prompt, task=task)
     options = PipelineOptions(training=False, inference=True, batch_size=batch_size,
                               sort_buffer=batch_size * 16, min_length=0, max_length=10**9)
-    slots_for = functools.partial(audio_slots, convs=model.encoder.length_convs,
-                                  downsample=model.projector.downsample)
-    dataset = ShardDataset(source, frontend, builder, slots_for, options)
+    dataset = ShardDataset(source, frontend, builder, model_slots(model), options)
     return EpochDataLoader(dataset, num_workers=num_workers, name=str(source))
 
 
