@@ -86,3 +86,37 @@ def make_tiny_data(tmp_path_factory, num: int, vocab_size: int, shard_size: int 
     ensure_demo_data(path / "tiny", num=num, seed=0, vocab_size=vocab_size, shard_size=shard_size,
                      prompt=prompt_format("asr"))
     return path
+
+
+TINY = ["encoder=paraformer_tiny", "llm=tiny"]
+
+
+@pytest.fixture(scope="session")
+def tiny_release(corpus, tokenizer, tmp_path_factory):
+    """A test_data_dir with demo_test (shards + text + text.en) and raw (wav.scp + text), and a
+    tiny model (random init, `TINY`) exported in MooER's layout: (root, tokenizer dir)."""
+    import shutil
+
+    import torch
+
+    from mooer.checkpoints import export_mooer
+    from mooer.config import compose_config
+    from mooer.data.pack import pack
+    from mooer.models.build import build_speech_llm
+
+    root = tmp_path_factory.mktemp("eval")
+    test_dir = root / "test"
+    shard_dir, raw_dir = test_dir / "demo_test", test_dir / "raw"
+    raw_dir.mkdir(parents=True)
+    for name in ("wav.scp", "text"):
+        shutil.copy(corpus / name, raw_dir / name)
+    pack(corpus / "wav.scp", corpus / "text", shard_dir, num_utts_per_shard=7, progress=False)
+    shutil.copy(corpus / "text", shard_dir / "text")
+    shutil.copy(corpus / "text.en", shard_dir / "text.en")
+    cfg, _ = compose_config("train", TINY)
+    model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer)
+    export_mooer(model, root / "release")
+    # a checkpoint of every weight, as a run that trains the whole tiny model leaves
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
+               root / "full.ckpt")
+    return root, tokenizer.name_or_path

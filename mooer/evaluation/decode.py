@@ -51,11 +51,12 @@ def decoding_loader(source: str | Path, model: SpeechLLM, frontend, prompt: Prom
 
 def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
            device: torch.device, dtype: torch.dtype, total: int | None = None,
-           desc: str = "decoding") -> Decoded:
-    """Generate every utterance of `loader`; a progress bar counts utterances."""
+           desc: str = "decoding", progress: bool = True) -> Decoded:
+    """Generate every utterance of `loader`; a progress bar counts utterances (unless not
+    `progress`)."""
     hypotheses, references, seconds, duplicates, seen = {}, {}, 0.0, [], set()
     started = time.perf_counter()
-    with tqdm(total=total, desc=desc, unit="utt") as bar:
+    with tqdm(total=total, desc=desc, unit="utt", disable=not progress) as bar:
         for batch in loader:
             for key in batch["keys"]:
                 if key in seen:

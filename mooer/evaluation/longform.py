@@ -161,17 +161,17 @@ def collect(prepared: Prepared, columns: Sequence[dict[str, str]]) -> dict[str, 
 
 
 def decode_prepared(prepared: Prepared, model, frontend, prompt, tasks: Sequence[str],
-                    batch_size: int, decoding: dict, device, dtype
+                    batch_size: int, decoding: dict, device, dtype, progress: bool = True
                     ) -> tuple[dict[str, list[Segment]], list]:
-    """Decode every segment of `prepared` for each task (batched, a progress bar each) and
-    gather them per recording; also returns each task's `Decoded` (timing)."""
+    """Decode every segment of `prepared` for each task (batched, a progress bar each unless not
+    `progress`) and gather them per recording; also returns each task's `Decoded` (timing)."""
     from mooer.evaluation.decode import decode, decoding_loader
 
     runs = []
     for task in tasks:
         loader = decoding_loader(prepared.directory, model, frontend, prompt, task, batch_size)
         runs.append(decode(model, loader, decoding, device, dtype, total=len(prepared.spans),
-                           desc=task))
+                           desc=task, progress=progress))
     return collect(prepared, [run.hypotheses for run in runs]), runs
 
 

@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 from mooer.config import compose_config
 from mooer.data.text import read_table
 from mooer.evaluation.longform import (
@@ -64,13 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--wav_path", nargs="+", help="audio files (any rate and channels)")
     source.add_argument("--wav_scp", type=Path, help="a Kaldi wav.scp (uttid path)")
     parser.add_argument("--task", choices=["asr", "ast", "asr_ast"], default="asr")
-    parser.add_argument("--encoder_path", help="paraformer-encoder.pth")
-    parser.add_argument("--cmvn_path", help="am.mvn")
-    parser.add_argument("--llm_path", help="LLM directory (Qwen2-7B-Instruct)")
-    parser.add_argument("--adapter_path", help="adapter_project.pt")
-    parser.add_argument("--lora_dir", help="LoRA directory (adapter_config.json + weights)")
-    parser.add_argument("--checkpoint", help="a MooER-layout dir or one of our checkpoints")
-    parser.add_argument("--run_dir", help="a training run dir (its config and last checkpoint)")
+    add_model_arguments(parser)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--num_beams", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=200)
@@ -83,10 +79,35 @@ def build_parser() -> argparse.ArgumentParser:
                              "srt/vtt: subtitles")
     parser.add_argument("--out_dir", type=Path,
                         help="write <name>.<format> per recording here instead of printing")
+    return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the model comes from (MooER release paths, a checkpoint or a run dir), the device
+    and precision, and Hydra overrides after `--`: shared by mooer-transcribe and mooer-serve."""
+    parser.add_argument("--encoder_path", help="paraformer-encoder.pth")
+    parser.add_argument("--cmvn_path", help="am.mvn")
+    parser.add_argument("--llm_path", help="LLM directory (Qwen2-7B-Instruct)")
+    parser.add_argument("--adapter_path", help="adapter_project.pt")
+    parser.add_argument("--lora_dir", help="LoRA directory (adapter_config.json + weights)")
+    parser.add_argument("--checkpoint", help="a MooER-layout dir or one of our checkpoints")
+    parser.add_argument("--run_dir", help="a training run dir (its config and last checkpoint)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides after --")
-    return parser
+
+
+def model_config(args: argparse.Namespace) -> DictConfig:
+    """The evaluate config for `args.task` (conf/task/<task>.yaml: the prompt format) with the
+    model paths of `add_model_arguments`; a run dir brings its own config and prompt."""
+    overrides = [f"task={args.task}", *args.overrides]
+    for flag, key in (("encoder_path", "encoder.model.checkpoint"),
+                      ("cmvn_path", "encoder.frontend.cmvn_path"), ("llm_path", "llm.path"),
+                      ("adapter_path", "model.adapter_path"), ("lora_dir", "model.lora_dir"),
+                      ("checkpoint", "checkpoint"), ("run_dir", "run_dir")):
+        if getattr(args, flag):
+            overrides.append(f"{key}={getattr(args, flag)}")
+    return apply_run_dir(compose_config("evaluate", overrides)[0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,17 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --format {args.format} for several recordings needs --out_dir (a file "
               "per recording)", file=sys.stderr)
         return 2
-    # the prompt format: conf/task/<--task> (asr_ast holds both instructions), or the run's own
-    overrides = [f"task={args.task}", *args.overrides]
-    for flag, key in (("encoder_path", "encoder.model.checkpoint"),
-                      ("cmvn_path", "encoder.frontend.cmvn_path"), ("llm_path", "llm.path"),
-                      ("adapter_path", "model.adapter_path"), ("lora_dir", "model.lora_dir"),
-                      ("checkpoint", "checkpoint"), ("run_dir", "run_dir")):
-        if getattr(args, flag):
-            overrides.append(f"{key}={getattr(args, flag)}")
     from hydra.utils import instantiate
 
-    cfg = apply_run_dir(compose_config("evaluate", overrides)[0])
+    # the prompt format: conf/task/<--task> (asr_ast holds both instructions), or the run's own
+    cfg = model_config(args)
     tasks = ["asr", "ast"] if args.task == "asr_ast" else [args.task]
     prompt = instantiate(cfg.task)
     try:

@@ -15,37 +15,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from mooer.checkpoints import export_mooer
 from mooer.config import compose_config
-from mooer.data.pack import pack
 from mooer.data.text import read_table
 from mooer.evaluation.run import evaluate
 from mooer.models.build import build_speech_llm
-from tests.conftest import REPO
-
-TINY = ["encoder=paraformer_tiny", "llm=tiny"]
-
-
-@pytest.fixture(scope="module")
-def setup(corpus, tokenizer, tmp_path_factory):
-    """A test_data_dir with demo_test (shards + text + text.en) and raw (wav.scp + text), and a
-    tiny model exported in MooER's layout."""
-    root = tmp_path_factory.mktemp("eval")
-    test_dir = root / "test"
-    shard_dir, raw_dir = test_dir / "demo_test", test_dir / "raw"
-    raw_dir.mkdir(parents=True)
-    for name in ("wav.scp", "text"):
-        shutil.copy(corpus / name, raw_dir / name)
-    pack(corpus / "wav.scp", corpus / "text", shard_dir, num_utts_per_shard=7, progress=False)
-    shutil.copy(corpus / "text", shard_dir / "text")
-    shutil.copy(corpus / "text.en", shard_dir / "text.en")
-    cfg, _ = compose_config("train", TINY)
-    model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer)
-    export_mooer(model, root / "release")
-    # a checkpoint of every weight, as a run that trains the whole tiny model leaves
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
-               root / "full.ckpt")
-    return root, tokenizer.name_or_path
+from tests.conftest import REPO, TINY
 
 
 def overrides(root: Path, tokenizer_dir: str, *extra: str) -> list[str]:
@@ -54,8 +28,8 @@ def overrides(root: Path, tokenizer_dir: str, *extra: str) -> list[str]:
             *extra]
 
 
-def test_evaluate_script_writes_every_file(setup, corpus):
-    root, tokenizer_dir = setup
+def test_evaluate_script_writes_every_file(tiny_release, corpus):
+    root, tokenizer_dir = tiny_release
     decode_path = root / "decode"
     result = subprocess.run(
         [sys.executable, "evaluate.py", *overrides(root, tokenizer_dir, "task=asr_ast",
@@ -84,8 +58,8 @@ def test_evaluate_script_writes_every_file(setup, corpus):
     assert "| demo_test_ast | BLEU |" in table and table in result.stdout
 
 
-def test_batched_evaluation_equals_batch_size_one(setup):
-    root, tokenizer_dir = setup
+def test_batched_evaluation_equals_batch_size_one(tiny_release):
+    root, tokenizer_dir = tiny_release
     texts = []
     for batch_size in (1, 6):
         cfg, _ = compose_config("evaluate", overrides(
@@ -97,8 +71,8 @@ def test_batched_evaluation_equals_batch_size_one(setup):
     assert texts[0] == texts[1]
 
 
-def test_unknown_test_set_stops_before_decoding(setup):
-    root, tokenizer_dir = setup
+def test_unknown_test_set_stops_before_decoding(tiny_release):
+    root, tokenizer_dir = tiny_release
     cfg, _ = compose_config("evaluate", overrides(root, tokenizer_dir, "testsets=[aishell]",
                                                   "extra_testsets=[nothere]"))
     with pytest.raises(SystemExit, match=r"no test data for aishell .*nothere .*Sets found in "
@@ -106,12 +80,12 @@ def test_unknown_test_set_stops_before_decoding(setup):
         evaluate(cfg)
 
 
-def test_a_set_whose_task_has_no_prompt_stops_before_the_model_loads(setup, monkeypatch):
+def test_a_set_whose_task_has_no_prompt_stops_before_the_model_loads(tiny_release, monkeypatch):
     """evaluate.py's default task=asr holds no AST instruction: an AST set is refused, naming
     what to do, instead of decoding with a prompt written in Python."""
     import mooer.evaluation.run as run
 
-    root, tokenizer_dir = setup
+    root, tokenizer_dir = tiny_release
     monkeypatch.setattr(run, "load_for_decoding", lambda *a, **k: pytest.fail("model loaded"))
     cfg, _ = compose_config("evaluate", overrides(root, tokenizer_dir, "testsets=[demo_test_ast]"))
     with pytest.raises(SystemExit, match=r"demo_test_ast is decoded as ast, but task 'ast' has no "
@@ -119,8 +93,8 @@ def test_a_set_whose_task_has_no_prompt_stops_before_the_model_loads(setup, monk
         evaluate(cfg)
 
 
-def test_transcribe_cli(setup, corpus, tmp_path):
-    root, tokenizer_dir = setup
+def test_transcribe_cli(tiny_release, corpus, tmp_path):
+    root, tokenizer_dir = tiny_release
     stereo = tmp_path / "stereo44k.flac"
     audio, rate = sf.read(read_table(corpus / "wav.scp")[0][1])
     from scipy.signal import resample_poly
@@ -141,11 +115,11 @@ def test_transcribe_cli(setup, corpus, tmp_path):
     assert missing.returncode == 2 and "not found" in missing.stderr
 
 
-def test_a_checkpoint_matching_nothing_is_refused(setup, tmp_path):
+def test_a_checkpoint_matching_nothing_is_refused(tiny_release, tmp_path):
     from mooer.evaluation.model_loading import load_trainable
     from mooer.models.weights import CheckpointError
 
-    root, tokenizer_dir = setup
+    root, tokenizer_dir = tiny_release
     empty = tmp_path / "empty.ckpt"
     torch.save({"state_dict": {}}, empty)
     cfg, _ = compose_config("evaluate", overrides(root, tokenizer_dir, f"checkpoint={empty}"))
@@ -154,8 +128,8 @@ def test_a_checkpoint_matching_nothing_is_refused(setup, tmp_path):
         load_trainable(model, empty)
 
 
-def test_duplicate_and_extra_hypotheses_are_listed(setup, corpus, tmp_path, caplog):
-    root, tokenizer_dir = setup
+def test_duplicate_and_extra_hypotheses_are_listed(tiny_release, corpus, tmp_path, caplog):
+    root, tokenizer_dir = tiny_release
     test_dir = tmp_path / "test" / "dup"
     test_dir.mkdir(parents=True)
     first = Path((root / "test" / "demo_test" / "data.list").read_text().split()[0])
@@ -176,12 +150,12 @@ def test_duplicate_and_extra_hypotheses_are_listed(setup, corpus, tmp_path, capl
     assert any("no reference" in r.message for r in caplog.records)
 
 
-def test_run_dir_works_from_another_directory(setup, tmp_path, monkeypatch):
+def test_run_dir_works_from_another_directory(tiny_release, tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
     from mooer.evaluation.model_loading import apply_run_dir
 
-    root, tokenizer_dir = setup
+    root, tokenizer_dir = tiny_release
     started_in = Path(tokenizer_dir).parent
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
@@ -194,10 +168,10 @@ def test_run_dir_works_from_another_directory(setup, tmp_path, monkeypatch):
     assert Path(evaluated.llm.tokenizer_path).is_dir()
 
 
-def test_transcribe_names_with_spaces_and_too_short_files(setup, corpus, tmp_path, capsys):
+def test_transcribe_names_with_spaces_and_too_short_files(tiny_release, corpus, tmp_path, capsys):
     from mooer.evaluation.transcribe import main as transcribe
 
-    root, tokenizer_dir = setup
+    root, tokenizer_dir = tiny_release
     spaced, plain = tmp_path / "sp ace.wav", tmp_path / "plain.wav"
     for copy in (spaced, plain):
         shutil.copy(read_table(corpus / "wav.scp")[0][1], copy)

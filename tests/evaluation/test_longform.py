@@ -20,7 +20,7 @@ from mooer.evaluation.longform import (
     split_at_quiet,
     subtitles,
 )
-from tests.evaluation.test_evaluate import TINY, setup  # noqa: F401 (the module's fixture)
+from tests.conftest import TINY
 
 
 def test_split_at_quiet_cuts_at_the_quietest_point_within_the_limit():
@@ -90,10 +90,10 @@ def test_join_and_every_format():
     assert vtt.startswith("WEBVTT\n\n00:00:00.500 --> 00:00:02.250\n你好\nhello\n")
 
 
-def test_transcribe_a_long_recording_in_segments(setup, recording, tmp_path, capsys):  # noqa: F811
+def test_transcribe_a_long_recording_in_segments(tiny_release, recording, tmp_path, capsys):
     from mooer.evaluation.transcribe import main as transcribe
 
-    root, tokenizer_dir = setup
+    root, tokenizer_dir = tiny_release
     path, wave, spans, _ = recording
     options = ["--wav_path", str(path), "--max_segment_s", "4", "--checkpoint",
                str(root / "release"), "--device", "cpu", "--max_new_tokens", "3",
@@ -119,13 +119,13 @@ def test_transcribe_a_long_recording_in_segments(setup, recording, tmp_path, cap
     assert "skipped, no speech found: silent (6.0 s)" in capsys.readouterr().err
 
 
-def test_evaluate_decodes_a_long_recording_of_a_kaldi_set_in_segments(setup, recording,  # noqa: F811
+def test_evaluate_decodes_a_long_recording_of_a_kaldi_set_in_segments(tiny_release, recording,
                                                                      tmp_path, caplog):
     from mooer.config import compose_config
     from mooer.evaluation.run import evaluate
     from tests.evaluation.test_evaluate import overrides
 
-    root, tokenizer_dir = setup
+    root, tokenizer_dir = tiny_release
     path, _, _, texts = recording
     long_set = tmp_path / "test" / "long"
     long_set.mkdir(parents=True)

@@ -1,0 +1,326 @@
+"""`mooer-serve`: a web page and an HTTP API that transcribe (ASR) and translate (AST) speech.
+
+    mooer-serve --run_dir demo_out/run                       # after make demo (make serve)
+    mooer-serve --checkpoint exp/asr/checkpoints/last.ckpt -- llm=qwen2_7b ...
+    mooer-serve --encoder_path ... --llm_path ... --adapter_path ... --lora_dir ...  # MooER paths
+
+The page (Gradio, as MooER's, FunASR's and SLAM-LLM's demos): record from the microphone or upload
+a file of any format soundfile reads (WAV, FLAC, OGG/Opus, MP3, ...), choose ASR, AST or both and
+the beam size; it shows the transcript, the translation, a table of segments with their times, and
+an SRT file to download. Recordings longer than --max_segment_s are cut where silero-vad finds
+speech and decoded in batches, as mooer-transcribe does.
+
+The HTTP API (also Gradio's own, at /gradio_api/):
+
+    curl -F file=@meeting.flac -F task=asr -F num_beams=4 http://127.0.0.1:7860/api/transcribe
+
+answers JSON: {"name", "duration", "task", "transcript", "translation", "segments": [{"start",
+"end", "transcript", "translation"}], "srt", "seconds"}; a bad input answers 400 (413 over the
+size limit) with {"error": "..."}, and the server goes on serving. GET /api/health tells the model
+and the tasks. One model decodes one request at a time; the others wait their turn in order (at
+most --max_queue waiting, then 503).
+"""
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import soundfile as sf
+
+from mooer.evaluation.longform import (
+    MIN_SILENCE_MS,
+    decode_prepared,
+    joined,
+    prepare,
+    subtitles,
+)
+from mooer.evaluation.transcribe import MIN_AUDIO_SECONDS, add_model_arguments, model_config
+
+log = logging.getLogger("mooer.serve")
+
+TASK_CHOICES = {"asr": "ASR (transcript)", "ast": "AST (English translation)",
+                "asr_ast": "both"}
+
+
+class InputError(ValueError):
+    """Audio the service cannot take, with a message for the person who sent it."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class Busy(RuntimeError):
+    """The queue is full."""
+
+
+@dataclass
+class Limits:
+    """What one request may hold."""
+
+    max_upload_mb: float = 200.0
+    max_duration_s: float = 3 * 3600.0
+    min_duration_s: float = MIN_AUDIO_SECONDS
+    max_channels: int = 2
+
+
+def check_audio(path: str | Path, limits: Limits, name: str = "the file") -> float:
+    """The duration in seconds of an upload the model can take, or InputError saying why not:
+    empty, too large, not audio, too many channels, too short or too long."""
+    size = os.path.getsize(path)
+    if size == 0:
+        raise InputError(f"{name} is empty (0 bytes)")
+    if size > limits.max_upload_mb * 2**20:
+        raise InputError(f"{name} is {size / 2**20:.1f} MB, over the limit of "
+                         f"{limits.max_upload_mb:g} MB (mooer-serve --max_upload_mb)", 413)
+    try:
+        info = sf.info(str(path))
+    except (RuntimeError, sf.LibsndfileError) as err:
+        reason = str(err).splitlines()[-1].split("': ")[-1]  # without the server's temp path
+        raise InputError(f"{name} is not audio that soundfile reads (WAV, FLAC, OGG/Opus, MP3, "
+                         f"...): {reason}") from err
+    if info.frames == 0 or info.duration == 0:
+        raise InputError(f"{name} holds no audio (0 samples)")
+    if info.channels > limits.max_channels:
+        raise InputError(f"{name} has {info.channels} channels; at most {limits.max_channels} are "
+                         "taken: mix it down or pick a channel first (for example `sox in.wav "
+                         "out.wav remix 1`), or raise mooer-serve --max_channels")
+    if info.duration < limits.min_duration_s:
+        raise InputError(f"{name} is {info.duration:.3f} s long; at least "
+                         f"{limits.min_duration_s:g} s of audio is needed")
+    if info.duration > limits.max_duration_s:
+        raise InputError(f"{name} is {info.duration:.0f} s long, over the limit of "
+                         f"{limits.max_duration_s:g} s (mooer-serve --max_duration_s)")
+    return float(info.duration)
+
+
+@dataclass
+class Transcriber:
+    """One loaded model that decodes one request at a time; the others wait in order."""
+
+    cfg: object
+    device: str = "auto"
+    precision: str = "bf16"
+    batch_size: int = 8
+    max_new_tokens: int = 200
+    max_segment_s: float = 30.0
+    min_silence_ms: int = MIN_SILENCE_MS
+    max_queue: int = 32
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self):
+        from hydra.utils import instantiate
+
+        from mooer.evaluation.model_loading import load_for_decoding
+        from mooer.training.accelerators import resolve_device
+
+        self.prompt = instantiate(self.cfg.task)
+        self.tasks = [task for task in ("asr", "ast") if task in self.prompt.instructions]
+        if not self.tasks:
+            raise SystemExit("error: the prompt format has no instruction for asr or ast")
+        self.torch_device = resolve_device(self.device)
+        self.model, self.dtype = load_for_decoding(self.cfg, self.torch_device, self.precision)
+        self.frontend = instantiate(self.cfg.encoder.frontend)
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._count = threading.Lock()
+
+    def choices(self) -> list[str]:
+        """The tasks the page offers: each the prompt format has, and both when it has both."""
+        return self.tasks + (["asr_ast"] if len(self.tasks) == 2 else [])
+
+    def transcribe(self, path: str | Path, task: str = "asr", num_beams: int = 4,
+                   name: str = "the file") -> dict:
+        """Transcribe and/or translate one recording: the texts, the segments with times, SRT."""
+        if task not in self.choices():
+            raise InputError(f"task {task!r} is not served: choose one of "
+                             f"{', '.join(self.choices())}")
+        if not 1 <= int(num_beams) <= 16:
+            raise InputError(f"num_beams must be between 1 and 16, got {num_beams}")
+        duration = check_audio(path, self.limits, name)
+        tasks = ["asr", "ast"] if task == "asr_ast" else [task]
+        with self._count:
+            if self._waiting >= self.max_queue:
+                raise Busy(f"busy: {self._waiting} requests are waiting; try again later")
+            self._waiting += 1
+        try:
+            with self._lock:
+                started = time.perf_counter()
+                segments = self._decode(Path(path), tasks, int(num_beams))
+        finally:
+            with self._count:
+                self._waiting -= 1
+        texts = dict(zip(tasks, joined(segments, len(tasks)), strict=True))
+        return {
+            "name": name, "duration": round(duration, 3), "task": task,
+            "transcript": texts.get("asr", ""), "translation": texts.get("ast", ""),
+            "segments": [{"start": s.start, "end": s.end,
+                          **dict(zip(("transcript" if t == "asr" else "translation"
+                                      for t in tasks), s.texts, strict=True))}
+                         for s in segments],
+            "srt": subtitles(segments, "srt"),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+
+    def _decode(self, path: Path, tasks: list[str], num_beams: int) -> list:
+        with tempfile.TemporaryDirectory(prefix="mooer-serve-") as tmp:
+            prepared = prepare([("input", str(path))], Path(tmp), self.max_segment_s,
+                               self.limits.min_duration_s, self.min_silence_ms)
+            if prepared.no_speech:
+                raise InputError("no speech was found in the recording")
+            if not prepared.spans:
+                raise InputError("the recording is too short to transcribe")
+            decoding = {"num_beams": num_beams, "max_new_tokens": self.max_new_tokens}
+            recordings, _ = decode_prepared(prepared, self.model, self.frontend, self.prompt,
+                                            tasks, self.batch_size, decoding, self.torch_device,
+                                            self.dtype, len(prepared.spans) > self.batch_size)
+        if "input" not in recordings:
+            raise InputError("the recording could not be decoded (see the server's log)")
+        return recordings["input"]
+
+
+def build_page(transcriber: Transcriber, title: str = "mooer"):
+    """The Gradio page: audio in (microphone or upload), task and beam size; transcript,
+    translation, segments and SRT out. Errors show as a message on the page."""
+    import gradio as gr
+
+    choices = [(TASK_CHOICES[t], t) for t in transcriber.choices()]
+
+    def run(audio_path, task, num_beams):
+        if not audio_path:
+            raise gr.Error("Record or upload audio first.")
+        try:
+            result = transcriber.transcribe(audio_path, task, num_beams,
+                                            name=Path(audio_path).name)
+        except (InputError, Busy) as err:
+            raise gr.Error(str(err)) from err
+        rows = [[s["start"], s["end"], s.get("transcript", ""), s.get("translation", "")]
+                for s in result["segments"]]
+        srt = Path(tempfile.mkdtemp(prefix="mooer-srt-")) / (Path(audio_path).stem + ".srt")
+        srt.write_text(result["srt"], encoding="utf-8")
+        status = (f"{result['duration']:.1f} s of audio, {len(rows)} segment(s), decoded in "
+                  f"{result['seconds']:.1f} s")
+        return result["transcript"], result["translation"], rows, str(srt), status
+
+    with gr.Blocks(title=title, analytics_enabled=False) as page:
+        gr.Markdown(f"# {title}: speech recognition and translation\n"
+                    "Record or upload audio (WAV, FLAC, OGG, MP3, any rate; recordings longer "
+                    f"than {transcriber.max_segment_s:g} s are cut at pauses).")
+        with gr.Row():
+            with gr.Column():
+                audio = gr.Audio(sources=["upload", "microphone"], type="filepath", format=None,
+                                 label="Audio", elem_id="audio")
+                task = gr.Radio(choices, value=choices[-1][1], label="Task", elem_id="task")
+                beams = gr.Slider(1, 8, value=4, step=1, label="Beam size", elem_id="beams")
+                button = gr.Button("Transcribe", variant="primary", elem_id="run")
+            with gr.Column():
+                transcript = gr.Textbox(label="Transcript", lines=3, elem_id="transcript")
+                translation = gr.Textbox(label="Translation", lines=3, elem_id="translation")
+                status = gr.Markdown(elem_id="status")
+        table = gr.Dataframe(headers=["start (s)", "end (s)", "transcript", "translation"],
+                             label="Segments", elem_id="segments", interactive=False)
+        srt = gr.File(label="Subtitles (SRT)", elem_id="srt")
+        button.click(run, [audio, task, beams], [transcript, translation, table, srt, status],
+                     api_name="transcribe", concurrency_limit=1)
+    return page
+
+
+def build_app(transcriber: Transcriber, title: str = "mooer"):
+    """A FastAPI app: POST /api/transcribe, GET /api/health, and the page at /."""
+    import gradio as gr
+    from fastapi import FastAPI, Form, Request, UploadFile
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI(title=f"{title} API")
+    limit = int(transcriber.limits.max_upload_mb * 2**20)
+
+    @app.get("/api/health")
+    def health() -> dict:
+        return {"status": "ok", "tasks": transcriber.choices(),
+                "model": str(transcriber.cfg.get("run_dir") or transcriber.cfg.get("checkpoint")
+                             or transcriber.cfg.llm.get("path") or "")}
+
+    @app.post("/api/transcribe")
+    async def transcribe(request: Request, file: UploadFile, task: str = Form("asr"),
+                         num_beams: int = Form(4)):
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > limit + 2**16:
+            return JSONResponse({"error": f"the upload is {declared / 2**20:.1f} MB, over the "
+                                 f"limit of {transcriber.limits.max_upload_mb:g} MB"}, 413)
+        name = Path(file.filename or "upload").name
+        with tempfile.NamedTemporaryFile(suffix=Path(name).suffix or ".audio") as tmp:
+            shutil.copyfileobj(file.file, tmp)
+            tmp.flush()
+            try:
+                result = await run_in_threadpool(transcriber.transcribe, tmp.name, task,
+                                                 num_beams, name)
+            except InputError as err:
+                log.info("refused %s: %s", name, err)
+                return JSONResponse({"error": str(err)}, err.status)
+            except Busy as err:
+                return JSONResponse({"error": str(err)}, 503)
+        log.info("%s: %.1f s of audio (%s) in %.2f s", name, result["duration"], task,
+                 result["seconds"])
+        return result
+
+    return gr.mount_gradio_app(app, build_page(transcriber, title), path="/",
+                               max_file_size=limit, ssr_mode=False, mcp_server=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mooer-serve", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n", 2)[2])
+    parser.add_argument("--task", choices=["asr", "ast", "asr_ast"], default="asr_ast",
+                        help="the prompt format (conf/task/<task>.yaml) when no --run_dir: "
+                             "asr_ast serves both")
+    add_model_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="0.0.0.0 to serve other machines")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--batch_size", type=int, default=8,
+                        help="segments of a long recording decoded together")
+    parser.add_argument("--max_new_tokens", type=int, default=200)
+    parser.add_argument("--max_segment_s", type=float, default=30.0,
+                        help="longer recordings are cut where silero-vad finds speech")
+    parser.add_argument("--min_silence_ms", type=int, default=MIN_SILENCE_MS)
+    parser.add_argument("--max_upload_mb", type=float, default=Limits.max_upload_mb)
+    parser.add_argument("--max_duration_s", type=float, default=Limits.max_duration_s)
+    parser.add_argument("--max_channels", type=int, default=Limits.max_channels)
+    parser.add_argument("--max_queue", type=int, default=32,
+                        help="requests waiting for the model before the API answers 503")
+    parser.add_argument("--title", default="mooer")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls home
+    if args.max_segment_s < 1:
+        print("error: --max_segment_s must be at least 1 second", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    limits = Limits(args.max_upload_mb, args.max_duration_s, MIN_AUDIO_SECONDS,
+                    args.max_channels)
+    transcriber = Transcriber(model_config(args), args.device, args.precision, args.batch_size,
+                              args.max_new_tokens, args.max_segment_s, args.min_silence_ms,
+                              args.max_queue, limits)
+    app = build_app(transcriber, args.title)
+    print(f"mooer-serve: http://{args.host}:{args.port}/ (API: POST /api/transcribe; "
+          f"tasks {', '.join(transcriber.choices())})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""mooer-serve: input checks, the HTTP API (bad inputs, 8 concurrent requests), and the page
+driven in headless Chromium (Debian's `chromium`, through Playwright; nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mooer.data.text import read_table
+from mooer.evaluation.serve import InputError, Limits, check_audio
+from tests.conftest import TINY
+
+CHROMIUM = os.environ.get("MOOER_CHROMIUM", "/usr/bin/chromium")
+LIMITS = Limits(max_upload_mb=1, max_duration_s=20)
+
+
+def bad_inputs(directory: Path) -> dict[str, tuple[Path, str]]:
+    """Files the service must refuse, each with a phrase its message must hold."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    files = {"empty": (directory / "empty.wav", "empty"),
+             "not audio": (directory / "notes.wav", "not audio"),
+             "0.05 s": (directory / "click.wav", "0.050 s long"),
+             "8 channels": (directory / "array.wav", "8 channels"),
+             "too long": (directory / "long.flac", "over the limit of 20 s"),
+             "too large": (directory / "large.wav", "over the limit of 1 MB")}
+    files["empty"][0].write_bytes(b"")
+    files["not audio"][0].write_text("this is a text file, not audio\n" * 20)
+    sf.write(files["0.05 s"][0], rng.normal(0, 0.1, 800), 16000)
+    sf.write(files["8 channels"][0], rng.normal(0, 0.1, (16000, 8)), 16000)
+    sf.write(files["too long"][0], np.zeros(16000 * 25), 16000)
+    sf.write(files["too large"][0], rng.normal(0, 0.1, 16000 * 19), 16000, subtype="FLOAT")
+    return files
+
+
+def test_bad_inputs_get_clear_messages(tmp_path):
+    for what, (path, phrase) in bad_inputs(tmp_path).items():
+        with pytest.raises(InputError) as caught:
+            check_audio(path, LIMITS, path.name)
+        assert phrase in str(caught.value), (what, str(caught.value))
+        assert caught.value.status == (413 if what == "too large" else 400)
+    good = tmp_path / "good.ogg"
+    sf.write(good, np.zeros(8000 * 3), 8000)  # any format soundfile reads
+    assert check_audio(good, LIMITS) == pytest.approx(3.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_release, tmp_path_factory):
+    """mooer-serve on the tiny release model (both tasks), its URL and the Transcriber that gives
+    the expected results in-process."""
+    import httpx
+
+    root, tokenizer_dir = tiny_release
+    port = free_port()
+    overrides = [*TINY, f"llm.tokenizer_path={tokenizer_dir}"]
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    command = [str(Path(sys.executable).with_name("mooer-serve")), "--checkpoint",
+               str(root / "release"), "--device", "cpu", "--port", str(port),
+               "--max_new_tokens", "4", "--max_upload_mb", "1", "--max_duration_s", "20",
+               "--max_segment_s", "4", "--", *overrides]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        assert process.poll() is None, log_path.read_text()[-3000:]
+        try:
+            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("mooer-serve did not answer in 180 s:\n" + log_path.read_text()[-3000:])
+
+    from argparse import Namespace
+
+    from mooer.evaluation.serve import Transcriber
+    from mooer.evaluation.transcribe import model_config
+
+    args = Namespace(task="asr_ast", overrides=overrides, checkpoint=str(root / "release"),
+                     encoder_path=None, cmvn_path=None, llm_path=None, adapter_path=None,
+                     lora_dir=None, run_dir=None)
+    expected = Transcriber(model_config(args), "cpu", max_new_tokens=4, max_segment_s=4,
+                           limits=LIMITS)
+    yield url, expected, log_path
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def post(url: str, path: Path, task: str = "asr_ast", num_beams: int = 1):
+    import httpx
+
+    with open(path, "rb") as f:
+        return httpx.post(f"{url}/api/transcribe", files={"file": (path.name, f)},
+                          data={"task": task, "num_beams": str(num_beams)}, timeout=300)
+
+
+def test_api_transcribes_and_refuses_bad_input_and_keeps_serving(server, corpus, tmp_path):
+    import httpx
+
+    url, expected, _ = server
+    health = httpx.get(f"{url}/api/health").json()
+    assert health["tasks"] == ["asr", "ast", "asr_ast"]
+    wav = Path(read_table(corpus / "wav.scp")[0][1])
+    answer = post(url, wav)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    want = expected.transcribe(wav, "asr_ast", 1, wav.name)
+    for key in ("name", "duration", "task", "transcript", "translation", "segments", "srt"):
+        assert result[key] == want[key], key
+    assert result["duration"] == pytest.approx(sf.info(wav).duration, abs=1e-3)
+    assert result["segments"][0]["start"] == 0.0
+    assert result["srt"].startswith("1\n00:00:00,000 --> 00:00:0")
+
+    for what, (path, phrase) in bad_inputs(tmp_path).items():
+        refused = post(url, path)
+        assert refused.status_code == (413 if what == "too large" else 400), (what, refused.text)
+        assert phrase in refused.json()["error"], (what, refused.text)
+        assert "/tmp" not in refused.json()["error"]  # no server paths in messages
+    refused = post(url, wav, task="summarize")
+    assert refused.status_code == 400 and "not served" in refused.json()["error"]
+    assert post(url, wav).json()["transcript"] == want["transcript"]  # still serving
+
+
+def test_a_long_recording_comes_back_in_timed_segments(server, corpus, tmp_path):
+    url, expected, _ = server
+    silence = np.zeros(16000, np.float32)
+    pieces, starts = [silence], []
+    for _, path in read_table(corpus / "wav.scp")[3:6]:
+        starts.append(sum(len(p) for p in pieces) / 16000)
+        pieces += [sf.read(path, dtype="float32")[0], silence]
+    recording = tmp_path / "three.flac"
+    sf.write(recording, np.concatenate(pieces), 16000)  # about 9 s, over --max_segment_s 4
+    result = post(url, recording, "asr").json()
+    segments = result["segments"]
+    assert len(segments) == 3, segments
+    assert [round(s["start"]) for s in segments] == [round(start) for start in starts]
+    assert all(s["end"] - s["start"] <= 4 for s in segments)
+    assert result["srt"].count(" --> ") == 3
+    assert result["transcript"] == expected.transcribe(recording, "asr", 1)["transcript"]
+
+
+def test_eight_concurrent_requests_are_queued_and_each_gets_its_own_result(server, corpus):
+    url, expected, log_path = server
+    rows = read_table(corpus / "wav.scp")[:8]
+    paths = [Path(path) for _, path in rows]
+    want = [expected.transcribe(path, "asr", 2, path.name)["transcript"] for path in paths]
+    assert len(set(want)) > 1  # distinct answers, so a mix-up would show
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda p: post(url, p, "asr", 2), paths))
+    assert [a.status_code for a in answers] == [200] * 8, [a.text for a in answers]
+    assert [a.json()["name"] for a in answers] == [p.name for p in paths]
+    assert [a.json()["transcript"] for a in answers] == want
+
+
+def drive_page(url: str, wav: Path, screenshot: Path, timeout_s: float = 120) -> dict[str, str]:
+    """Open the page in headless Chromium, upload `wav`, choose both tasks, press Transcribe and
+    read the transcript and translation off the page; saves a screenshot."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url, timeout=timeout_s * 1000)
+            page.locator("#audio input[type=file]").set_input_files(str(wav))
+            page.locator("#audio audio, #audio .waveform-container, #audio [data-testid="
+                         "'waveform-Audio']").first.wait_for(timeout=timeout_s * 1000)
+            page.get_by_label("both").check()
+            page.locator("#run").click()
+            transcript = page.locator("#transcript textarea")
+            page.wait_for_function(
+                "() => document.querySelector('#transcript textarea').value.length > 0",
+                timeout=timeout_s * 1000)
+            page.locator("#status").get_by_text("segment").wait_for(timeout=timeout_s * 1000)
+            texts = {"transcript": transcript.input_value(),
+                     "translation": page.locator("#translation textarea").input_value(),
+                     "status": page.locator("#status").inner_text()}
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    return texts
+
+
+@pytest.mark.slow
+def test_the_page_in_headless_chromium(server, corpus, tmp_path):
+    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (.ci/run does)")
+    url, expected, _ = server
+    wav = Path(read_table(corpus / "wav.scp")[2][1])
+    screenshot = tmp_path / "page.png"
+    texts = drive_page(url, wav, screenshot)
+    want = expected.transcribe(wav, "asr_ast", 4, wav.name)
+    assert texts["transcript"] == want["transcript"]
+    assert texts["translation"] == want["translation"]
+    assert "1 segment(s)" in texts["status"]
+    assert screenshot.stat().st_size > 10_000 and screenshot.read_bytes()[:4] == b"\x89PNG"
