@@ -115,3 +115,47 @@ def load_mooer(model: SpeechLLM, adapter_path: str | Path | None = None,
     if merge:
         merge_lora(model)
     return model
+
+
+def run_checkpoints(run_dir: str | Path, count: int) -> list[Path]:
+    """The newest `count` checkpoints of a training run, oldest first: `last.ckpt` (the end of
+    training) and the `step_<N>.ckpt` files saved before it."""
+    directory = Path(run_dir) / "checkpoints"
+    by_step = {int(p.stem.split("_", 1)[1]): p for p in directory.glob("step_*.ckpt")
+               if p.stem.split("_", 1)[1].isdigit() and p.is_file()}  # not DeepSpeed dirs
+    last = directory / "last.ckpt"
+    if last.is_file():
+        from mooer.models.weights import safe_torch_load
+
+        step = safe_torch_load(last).get("global_step")
+        if isinstance(step, int) and step not in by_step:
+            by_step[step] = last
+    if len(by_step) < count:
+        raise CheckpointError(f"averaging {count} checkpoints needs {count}, but {directory} "
+                              f"holds {len(by_step)} (steps {sorted(by_step)}): lower average= "
+                              "or save more often (save_interval=, keep_checkpoints=)")
+    return [by_step[step] for step in sorted(by_step)[-count:]]
+
+
+def average_state_dicts(paths: list[str | Path]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the weights of several checkpoints of one model (WeNet's and
+    icefall's model averaging); integer tensors are taken from the last."""
+    total: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    for number, path in enumerate(paths):
+        state = load_state_dict_file(path)
+        if number and set(state) != set(total):
+            raise CheckpointError(f"{path} holds other weights than {paths[0]}: only checkpoints "
+                                  "of one run can be averaged")
+        for key, value in state.items():
+            if not value.is_floating_point():
+                total[key] = value
+            elif number == 0:
+                total[key], dtypes[key] = value.to(torch.float64), value.dtype
+            elif value.shape != total[key].shape:
+                raise CheckpointError(f"{path}: {key} is {tuple(value.shape)}, "
+                                      f"{tuple(total[key].shape)} in {paths[0]}")
+            else:
+                total[key] += value.to(torch.float64)
+    return {key: (value / len(paths)).to(dtypes[key]) if key in dtypes else value
+            for key, value in total.items()}

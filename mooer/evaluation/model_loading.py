@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mooer.checkpoints import load_mooer, merge_lora
+from mooer.checkpoints import average_state_dicts, load_mooer, merge_lora, run_checkpoints
 from mooer.config import run_config
 from mooer.models.build import build_speech_llm
 from mooer.models.llm import torch_dtype
@@ -19,9 +19,11 @@ log = logging.getLogger(__name__)
 LORA_SUBDIRS = ("new_llm", "lora_weights")
 
 
-def load_trainable(model: SpeechLLM, path: str | Path) -> None:
-    """Load one of our training checkpoints (trainable weights under `model.`)."""
-    state = load_state_dict_file(path)
+def load_trainable(model: SpeechLLM, path: str | Path,
+                   state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load one of our training checkpoints (trainable weights under `model.`); `state`, when
+    given, holds its weights already (an average named by `path`)."""
+    state = load_state_dict_file(path) if state is None else state
     state = {k.removeprefix("model."): v for k, v in state.items()}
     own = model.state_dict()
     unknown = sorted(set(state) - set(own))
@@ -59,6 +61,9 @@ def apply_run_dir(cfg: DictConfig) -> DictConfig:
     run decodes with exactly the prompt it was trained with) and its last checkpoint."""
     run_dir = cfg.get("run_dir")
     if not run_dir:
+        if (cfg.get("average") or 1) > 1:
+            raise CheckpointError(f"average={cfg.average} averages a run's checkpoints: give "
+                                  "run_dir= too")
         return cfg
     trained = run_config(run_dir)
     hydra_file = Path(run_dir) / ".hydra" / "hydra.yaml"
@@ -93,8 +98,17 @@ def load_for_decoding(cfg: DictConfig, device: torch.device, precision: str,
     torch.manual_seed(cfg.get("seed", 42))  # pieces without weight files are reproducible
     model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer)
     model_cfg = cfg.get("model") or {}
-    load_weights(model, cfg.get("checkpoint"), model_cfg.get("adapter_path"),
-                 model_cfg.get("lora_dir"))
+    average = cfg.get("average") or 1
+    if average > 1 and cfg.get("run_dir"):
+        paths = run_checkpoints(cfg.run_dir, average)
+        log.info("averaging the weights of %d checkpoints: %s", average,
+                 ", ".join(p.name for p in paths))
+        load_trainable(model, f"the average of {', '.join(map(str, paths))}",
+                       average_state_dicts(paths))
+        load_weights(model, None, model_cfg.get("adapter_path"), model_cfg.get("lora_dir"))
+    else:
+        load_weights(model, cfg.get("checkpoint"), model_cfg.get("adapter_path"),
+                     model_cfg.get("lora_dir"))
     merge_lora(model)
     dtype = torch_dtype(precision)
     if device.type == "cpu" and dtype != torch.float32:

@@ -156,7 +156,8 @@ def _fit(cfg: DictConfig) -> float | None:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     callbacks.append(MooerCheckpoint(
         dirpath=checkpoint_dir, filename="step_{step}", every_n_train_steps=cfg.save_interval,
-        save_top_k=-1, save_last=True, save_on_train_epoch_end=True, save_merge=cfg.save_merge,
+        save_top_k=cfg.keep_checkpoints, monitor="step" if cfg.keep_checkpoints >= 0 else None,
+        mode="max", save_last=True, save_on_train_epoch_end=True, save_merge=cfg.save_merge,
         task=cfg.task.name, auto_insert_metric_name=False))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     strategy = build_strategy(cfg, kind)

@@ -13,11 +13,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mooer.checkpoints import load_mooer
+from mooer.checkpoints import load_mooer, run_checkpoints
 from mooer.config import compose_config
-from mooer.evaluation.model_loading import load_trainable
+from mooer.evaluation.model_loading import apply_run_dir, load_for_decoding, load_trainable
 from mooer.models.build import build_speech_llm
 from mooer.models.llm import load_tokenizer
+from mooer.models.weights import CheckpointError
 from tests.conftest import REPO, make_tiny_data
 
 pytestmark = pytest.mark.slow
@@ -68,8 +69,9 @@ def test_tiny_experiment_learns_to_transcribe(tmp_path, data_dir):
 
 
 def test_resume_continues_the_loss_curve_exactly(tmp_path, data_dir):
-    common = ["module.scheduler.total_steps=20", "module.scheduler.warmup_steps=5", "save_interval=10",
-              "trainer.log_every_n_steps=1", "trainer.check_val_every_n_epoch=100"]
+    common = ["module.scheduler.total_steps=20", "module.scheduler.warmup_steps=5", "save_interval=5",
+              "keep_checkpoints=2", "trainer.log_every_n_steps=1",
+              "trainer.check_val_every_n_epoch=100"]
     run_train(tmp_path / "straight", data_dir, *common, "trainer.max_steps=20")
     run_train(tmp_path / "resumed", data_dir, *common, "trainer.max_steps=10")
     run_train(tmp_path / "resumed", data_dir, *common, "trainer.max_steps=20", "ckpt_path=last")
@@ -80,6 +82,23 @@ def test_resume_continues_the_loss_curve_exactly(tmp_path, data_dir):
     for step in range(10, 20):
         assert resumed[step][0] == pytest.approx(straight[step][0], abs=1e-6), step
         assert resumed[step][1] == straight[step][1], step  # the logged epoch too
+
+    # keep_checkpoints=2 keeps the newest two; evaluate.py average=2 decodes with their mean
+    checkpoints = tmp_path / "straight" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "step_15.ckpt",
+                                                             "step_20.ckpt"]
+    assert run_checkpoints(tmp_path / "straight", 2) == [checkpoints / "step_15.ckpt",
+                                                          checkpoints / "step_20.ckpt"]
+    with pytest.raises(CheckpointError, match="holds 2"):
+        run_checkpoints(tmp_path / "straight", 3)
+    states = [torch.load(checkpoints / f"step_{s}.ckpt", weights_only=True)["state_dict"]
+              for s in (15, 20)]
+    cfg, _ = compose_config("evaluate", [f"run_dir={tmp_path / 'straight'}", "average=2"])
+    model, _ = load_for_decoding(apply_run_dir(cfg), torch.device("cpu"), "fp32")
+    key = "projector.linear1.weight"
+    mean = (states[0][f"model.{key}"] + states[1][f"model.{key}"]) / 2
+    assert not torch.equal(states[0][f"model.{key}"], states[1][f"model.{key}"])
+    torch.testing.assert_close(model.state_dict()[key], mean)
 
 
 def _base_model(data_dir: Path, overrides: list[str]):
