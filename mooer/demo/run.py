@@ -152,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unseen_voices_num", type=int, default=200)
     parser.add_argument("--english_ratio", type=float, default=0.3,
                         help="share of utterances spoken in English (the rest in Mandarin)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the corpus' seed")
+    parser.add_argument("--train_seed", type=int, default=42,
+                        help="training's seed (initialization, data order, augmentation)")
+    parser.add_argument("--average", type=int, default=1,
+                        help="evaluate the mean of the run's last N checkpoints (1: last.ckpt)")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"[2/5] training (experiment=demo, {args.max_steps} steps)", flush=True)
     run_dir = out / "run"
-    run([python, "train.py", *recipe, f"trainer.max_steps={args.max_steps}",
+    run([python, "train.py", *recipe, f"trainer.max_steps={args.max_steps}", f"seed={args.train_seed}",
          "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"],
         out / "train.log", training_status(out / "train.log", run_dir, args.max_steps))
     trained = time.perf_counter()
@@ -183,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     run([python, "evaluate.py", f"run_dir={run_dir}", f"paths.data_dir={data_root}",
          f"test_data_dir={data_root / 'demo' / 'test'}",
          "testsets=[demo_test,demo_unseen_voices,demo_test_ast]", f"decode_path={decode_path}",
+         f"average={args.average}",
          "decoding.num_beams=4", "decoding.batch_size=32", "decoding.max_new_tokens=48",
          "device=cpu", f"hydra.run.dir={out / 'evaluate'}"], out / "evaluate.log",
         progress_status(out / "evaluate.log", "evaluating"))
