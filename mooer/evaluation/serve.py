@@ -22,6 +22,7 @@ most --max_queue waiting, then 503).
 """
 
 import argparse
+import atexit
 import logging
 import os
 import shutil
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,6 +194,8 @@ def build_page(transcriber: Transcriber, title: str = "mooer"):
     import gradio as gr
 
     choices = [(TASK_CHOICES[t], t) for t in transcriber.choices()]
+    subtitles_dir = Path(tempfile.mkdtemp(prefix="mooer-serve-srt-"))
+    atexit.register(shutil.rmtree, subtitles_dir, ignore_errors=True)
 
     def run(audio_path, task, num_beams):
         if not audio_path:
@@ -203,13 +207,18 @@ def build_page(transcriber: Transcriber, title: str = "mooer"):
             raise gr.Error(str(err)) from err
         rows = [[s["start"], s["end"], s.get("transcript", ""), s.get("translation", "")]
                 for s in result["segments"]]
-        srt = Path(tempfile.mkdtemp(prefix="mooer-srt-")) / (Path(audio_path).stem + ".srt")
-        srt.write_text(result["srt"], encoding="utf-8")
+        for old in subtitles_dir.iterdir():  # Gradio has long copied those
+            if time.time() - old.stat().st_mtime > 3600:
+                shutil.rmtree(old, ignore_errors=True)
+        srt = subtitles_dir / f"{uuid.uuid4().hex[:8]}" / (Path(audio_path).stem + ".srt")
+        srt.parent.mkdir()
+        srt.write_text(result["srt"], encoding="utf-8")  # Gradio copies it into its cache
         status = (f"{result['duration']:.1f} s of audio, {len(rows)} segment(s), decoded in "
                   f"{result['seconds']:.1f} s")
         return result["transcript"], result["translation"], rows, str(srt), status
 
-    with gr.Blocks(title=title, analytics_enabled=False) as page:
+    # uploads and answers in Gradio's cache are deleted an hour after they were made
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(600, 3600)) as page:
         gr.Markdown(f"# {title}: speech recognition and translation\n"
                     "Record or upload audio (WAV, FLAC, OGG, MP3, any rate; recordings longer "
                     f"than {transcriber.max_segment_s:g} s are cut at pauses).")
@@ -248,13 +257,19 @@ def build_app(transcriber: Transcriber, title: str = "mooer"):
                 "model": str(transcriber.cfg.get("run_dir") or transcriber.cfg.get("checkpoint")
                              or transcriber.cfg.llm.get("path") or "")}
 
+    @app.middleware("http")
+    async def refuse_large_uploads(request: Request, call_next):
+        """An upload whose declared size is over the limit is refused before it is read."""
+        declared = request.headers.get("content-length", "")
+        if (request.url.path == "/api/transcribe" and declared.isdigit()
+                and int(declared) > limit + 2**16):  # the form's other fields aside
+            return JSONResponse({"error": f"the upload is {int(declared) / 2**20:.1f} MB, over "
+                                 f"the limit of {transcriber.limits.max_upload_mb:g} MB "
+                                 "(mooer-serve --max_upload_mb)"}, 413)
+        return await call_next(request)
+
     @app.post("/api/transcribe")
-    async def transcribe(request: Request, file: UploadFile, task: str = Form("asr"),
-                         num_beams: int = Form(4)):
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > limit + 2**16:
-            return JSONResponse({"error": f"the upload is {declared / 2**20:.1f} MB, over the "
-                                 f"limit of {transcriber.limits.max_upload_mb:g} MB"}, 413)
+    async def transcribe(file: UploadFile, task: str = Form("asr"), num_beams: int = Form(4)):
         name = Path(file.filename or "upload").name
         with tempfile.NamedTemporaryFile(suffix=Path(name).suffix or ".audio") as tmp:
             shutil.copyfileobj(file.file, tmp)
