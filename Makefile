@@ -18,10 +18,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 test: install
-	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15
+	$(PY) -m pytest -q -n 2 --durations=15
 
 test-fast: install
-	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 demo: install
 	$(PY) -m mooer.demo.run
