@@ -175,10 +175,8 @@ class Transcriber:
         with tempfile.TemporaryDirectory(prefix="mooer-serve-") as tmp:
             prepared = prepare([("input", str(path))], Path(tmp), self.max_segment_s,
                                self.limits.min_duration_s, self.min_silence_ms)
-            if prepared.no_speech:
+            if prepared.no_speech:  # too short cannot be: check_audio refused that
                 raise InputError("no speech was found in the recording")
-            if not prepared.spans:
-                raise InputError("the recording is too short to transcribe")
             decoding = {"num_beams": num_beams, "max_new_tokens": self.max_new_tokens}
             recordings, _ = decode_prepared(prepared, self.model, self.frontend, self.prompt,
                                             tasks, self.batch_size, decoding, self.torch_device,

@@ -70,10 +70,10 @@ def server(tiny_release, tmp_path_factory):
     port = free_port()
     overrides = [*TINY, f"llm.tokenizer_path={tokenizer_dir}"]
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    command = [str(Path(sys.executable).with_name("mooer-serve")), "--checkpoint",
-               str(root / "release"), "--device", "cpu", "--port", str(port),
-               "--max_new_tokens", "4", "--max_upload_mb", "1", "--max_duration_s", "20",
-               "--max_segment_s", "4", "--", *overrides]
+    flags = ["--checkpoint", str(root / "release"), "--device", "cpu", "--port", str(port),
+             "--max_new_tokens", "4", "--max_upload_mb", "1", "--max_duration_s", "20",
+             "--max_segment_s", "4", "--", *overrides]
+    command = [str(Path(sys.executable).with_name("mooer-serve")), *flags]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -89,14 +89,10 @@ def server(tiny_release, tmp_path_factory):
         process.kill()
         pytest.fail("mooer-serve did not answer in 180 s:\n" + log_path.read_text()[-3000:])
 
-    from argparse import Namespace
-
-    from mooer.evaluation.serve import Transcriber
+    from mooer.evaluation.serve import Transcriber, build_parser
     from mooer.evaluation.transcribe import model_config
 
-    args = Namespace(task="asr_ast", overrides=overrides, checkpoint=str(root / "release"),
-                     encoder_path=None, cmvn_path=None, llm_path=None, adapter_path=None,
-                     lora_dir=None, run_dir=None)
+    args = build_parser().parse_args(flags)  # the server's own configuration, in-process
     expected = Transcriber(model_config(args), "cpu", max_new_tokens=4, max_segment_s=4,
                            limits=LIMITS)
     yield url, expected, log_path
