@@ -4,7 +4,7 @@ Synthesizes a bilingual corpus, packs it, trains a BPE tokenizer and a small spe
 scratch (ASR + AST), evaluates the held-out sets with evaluate.py, transcribes a fresh sentence
 with mooer-transcribe, plots the training curves and prints a table.
 
-    python -m mooer.demo.run [--out demo_out] [--num 3000] [--max_steps 2800]
+    python -m mooer.demo.run [--out demo_out] [--num 6000] [--max_steps 2800]
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def fresh_utterance(data_dir: Path, out: Path, seed: int) -> tuple[Path, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("demo_out"))
-    parser.add_argument("--num", type=int, default=3000, help="utterances to synthesize")
+    parser.add_argument("--num", type=int, default=6000, help="utterances to synthesize")
     parser.add_argument("--max_steps", type=int, default=2800, help="training steps")
     parser.add_argument("--dev_num", type=int, default=150)
     parser.add_argument("--test_num", type=int, default=300)
@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     print("[4/5] transcribing a fresh sentence with mooer-transcribe", flush=True)
     wav, reference = fresh_utterance(data_root / "demo", out / "fresh", args.seed + 99)
     command = [str(Path(python).with_name("mooer-transcribe")), "--wav_path", str(wav),
-               "--task", "asr_ast", "--run_dir", str(run_dir), "--device", "cpu",
-               "--num_beams", "1", "--", f"paths.data_dir={data_root}"]
+               "--task", "asr_ast", "--format", "text", "--run_dir", str(run_dir),
+               "--device", "cpu", "--num_beams", "1", "--", f"paths.data_dir={data_root}"]
     run(command, out / "transcribe.log")
     transcript = [line for line in (out / "transcribe.log").read_text().splitlines()
                   if line.startswith(wav.stem + "\t")]

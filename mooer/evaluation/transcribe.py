@@ -9,10 +9,11 @@ any length.
         --lora_dir pretrained_models/asr/lora_weights
 
 A recording longer than --max_segment_s (30) is cut where silero-vad finds speech, each piece at
-most that long (mooer.evaluation.longform), decoded in batches and joined. --format text (the
-default) prints Kaldi text, `name<TAB>text` (with --task asr_ast: `name<TAB>transcript<TAB>
-translation`); tsv prints a row per segment with its start and end; json both; srt and vtt
-subtitles (into --out_dir, a file per recording). The name of a --wav_path file is its name
+most that long (mooer.evaluation.longform), decoded in batches and joined. --format tsv (the
+default) prints a header and a row per segment, `recording<TAB>start<TAB>end<TAB>text` (with
+--task asr_ast: the transcript and the translation); text prints Kaldi text, a recording a line
+(`name<TAB>text`), what scorers read; json both; srt and vtt subtitles (into --out_dir, a file
+per recording). The name of a --wav_path file is its name
 without extension. Inputs that cannot be transcribed (shorter than 0.1 s, no speech) are named
 on stderr and the exit status is 1. Extra Hydra overrides (e.g. `llm=qwen2_1_5b`) go after `--`.
 """
@@ -74,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="longer recordings are cut where silero-vad finds speech")
     parser.add_argument("--min_silence_ms", type=int, default=MIN_SILENCE_MS,
                         help="in long recordings, a pause this long ends a segment")
-    parser.add_argument("--format", choices=FORMATS, default="text",
-                        help="text: name<TAB>text; tsv: a segment a row with times; json; "
-                             "srt/vtt: subtitles")
+    parser.add_argument("--format", choices=FORMATS, default="tsv",
+                        help="tsv: a segment a row with its start and end; text: Kaldi text, "
+                             "name<TAB>text; json; srt/vtt: subtitles")
     parser.add_argument("--out_dir", type=Path,
                         help="write <name>.<format> per recording here instead of printing")
     return parser

@@ -106,10 +106,12 @@ def test_transcribe_cli(tiny_release, corpus, tmp_path):
                "--max_new_tokens", "3", "--", *TINY, f"llm.tokenizer_path={tokenizer_dir}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
-    assert [line.split("\t")[0] for line in lines] == [
-        Path(read_table(corpus / "wav.scp")[1][1]).stem, "stereo44k"]
-    assert all(line.count("\t") == 2 for line in lines)  # uttid, transcript, translation
+    # the default --format tsv: a header, then a segment a row (each file is one segment)
+    header, *rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert header == ["recording", "start", "end", "asr", "ast"]
+    assert [row[0] for row in rows] == [Path(read_table(corpus / "wav.scp")[1][1]).stem,
+                                        "stereo44k"]
+    assert all(len(row) == 5 and 0 <= float(row[1]) < float(row[2]) for row in rows)
     missing = subprocess.run([*command[:2], str(tmp_path / "none.wav"), *command[4:]],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "not found" in missing.stderr
