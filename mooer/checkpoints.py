@@ -127,7 +127,7 @@ def run_checkpoints(run_dir: str | Path, count: int) -> list[Path]:
     if last.is_file():
         from mooer.models.weights import safe_torch_load
 
-        step = safe_torch_load(last).get("global_step")
+        step = safe_torch_load(last, mmap=True).get("global_step")  # its weights stay unread
         if isinstance(step, int) and step not in by_step:
             by_step[step] = last
     if len(by_step) < count:

@@ -16,12 +16,13 @@ class CheckpointError(RuntimeError):
     """A weight file that is missing, unreadable, or does not fit the model."""
 
 
-def safe_torch_load(path: str | Path, allowed: Sequence[type] = ()) -> Any:
+def safe_torch_load(path: str | Path, allowed: Sequence[type] = (), mmap: bool = False) -> Any:
     """torch.load with weights_only=True (tensors, plain containers and the `allowed` classes): a
-    pickle that would call anything else is refused, never run."""
+    pickle that would call anything else is refused, never run. `mmap`: tensors are mapped from
+    the file, read only when touched (for a look at a checkpoint's metadata)."""
     try:
         with torch.serialization.safe_globals(list(allowed)):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         if found is None:  # not a pickle stream at all
