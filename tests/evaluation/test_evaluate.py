@@ -181,7 +181,8 @@ def test_transcribe_names_with_spaces_and_too_short_files(tiny_release, corpus, 
     sf.write(short, np.zeros(160, dtype=np.float32), 16000)
     options = ["--checkpoint", str(root / "release"), "--device", "cpu", "--max_new_tokens", "3",
                "--num_beams", "1", "--", *TINY, f"llm.tokenizer_path={tokenizer_dir}"]
-    assert transcribe(["--wav_path", str(spaced), str(short), str(plain), *options]) == 1
+    assert transcribe(["--wav_path", str(spaced), str(short), str(plain), "--format", "text",
+                       *options]) == 1
     out, err = capsys.readouterr()
     names_and_texts = [line.split("\t") for line in out.splitlines()]
     assert [name for name, _ in names_and_texts] == ["sp ace", "plain"]
