@@ -13,8 +13,9 @@ most that long (mooer.evaluation.longform), decoded in batches and joined. --for
 default) prints a header and a row per segment, `recording<TAB>start<TAB>end<TAB>text` (with
 --task asr_ast: the transcript and the translation); text prints Kaldi text, a recording a line
 (`name<TAB>text`), what scorers read; json both; srt and vtt subtitles (into --out_dir, a file
-per recording). The name of a --wav_path file is its name without extension. Inputs that cannot be transcribed (shorter than 0.1 s, no speech) are named
-on stderr and the exit status is 1. Extra Hydra overrides (e.g. `llm=qwen2_1_5b`) go after `--`.
+per recording). The name of a --wav_path file is its name without extension. Inputs that
+cannot be transcribed (shorter than 0.1 s, no speech) are named on stderr and the exit status
+is 1. Extra Hydra overrides (e.g. `llm=qwen2_1_5b`) go after `--`.
 """
 
 from __future__ import annotations
