@@ -117,6 +117,15 @@ class Transcriber:
     max_queue: int = 32
     limits: Limits = field(default_factory=Limits)
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Transcriber":
+        """The transcriber `mooer-serve` runs for its parsed command line."""
+        limits = Limits(args.max_upload_mb, args.max_duration_s, MIN_AUDIO_SECONDS,
+                        args.max_channels)
+        return cls(model_config(args), args.device, args.precision, args.batch_size,
+                   args.max_new_tokens, args.max_segment_s, args.min_silence_ms, args.max_queue,
+                   limits)
+
     def __post_init__(self):
         from hydra.utils import instantiate
 
@@ -323,11 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
-    limits = Limits(args.max_upload_mb, args.max_duration_s, MIN_AUDIO_SECONDS,
-                    args.max_channels)
-    transcriber = Transcriber(model_config(args), args.device, args.precision, args.batch_size,
-                              args.max_new_tokens, args.max_segment_s, args.min_silence_ms,
-                              args.max_queue, limits)
+    transcriber = Transcriber.from_args(args)
     app = build_app(transcriber, args.title)
     print(f"mooer-serve: http://{args.host}:{args.port}/ (API: POST /api/transcribe; "
           f"tasks {', '.join(transcriber.choices())})", flush=True)

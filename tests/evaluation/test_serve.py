@@ -90,11 +90,9 @@ def server(tiny_release, tmp_path_factory):
         pytest.fail("mooer-serve did not answer in 180 s:\n" + log_path.read_text()[-3000:])
 
     from mooer.evaluation.serve import Transcriber, build_parser
-    from mooer.evaluation.transcribe import model_config
 
-    args = build_parser().parse_args(flags)  # the server's own configuration, in-process
-    expected = Transcriber(model_config(args), "cpu", max_new_tokens=4, max_segment_s=4,
-                           limits=LIMITS)
+    # the server's own transcriber, in-process
+    expected = Transcriber.from_args(build_parser().parse_args(flags))
     yield url, expected, log_path
     process.terminate()
     process.wait(timeout=30)
