@@ -23,6 +23,8 @@ most --max_queue waiting, then 503).
 
 import argparse
 import atexit
+import hmac
+import ipaddress
 import logging
 import os
 import shutil
@@ -248,8 +250,23 @@ def build_page(transcriber: Transcriber, title: str = "mooer"):
     return page
 
 
-def build_app(transcriber: Transcriber, title: str = "mooer"):
-    """A FastAPI app: POST /api/transcribe, GET /api/health, and the page at /."""
+API_KEY_ENV = "MOOER_API_KEY"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def build_app(transcriber: Transcriber, title: str = "mooer", api_key: str | None = None):
+    """A FastAPI app: POST /api/transcribe, GET /api/health, and the page at /. With `api_key`,
+    the API answers only requests with `Authorization: Bearer <api_key>` (what OpenAI clients
+    send) and the page asks for it as its password."""
     import gradio as gr
     from fastapi import FastAPI, Form, Request, UploadFile
     from fastapi.concurrency import run_in_threadpool
@@ -275,6 +292,20 @@ def build_app(transcriber: Transcriber, title: str = "mooer"):
                                  "(mooer-serve --max_upload_mb)"}, 413)
         return await call_next(request)
 
+    if api_key:
+        expected = f"Bearer {api_key}".encode()
+
+        @app.middleware("http")
+        async def require_api_key(request: Request, call_next):
+            """Our routes take the key as a bearer token (checked first: the middleware added
+            last runs first); Gradio's own routes ask for the page's login (below)."""
+            given = request.headers.get("authorization", "").encode()
+            if request.url.path.startswith("/api/") and not hmac.compare_digest(given, expected):
+                return JSONResponse({"error": "missing or wrong API key: send the header "
+                                     "`Authorization: Bearer <key>` (mooer-serve --api_key)"},
+                                    401, headers={"WWW-Authenticate": "Bearer"})
+            return await call_next(request)
+
     @app.post("/api/transcribe")
     async def transcribe(file: UploadFile, task: str = Form("asr"), num_beams: int = Form(4)):
         name = Path(file.filename or "upload").name
@@ -293,8 +324,17 @@ def build_app(transcriber: Transcriber, title: str = "mooer"):
                  result["seconds"])
         return result
 
-    return gr.mount_gradio_app(app, build_page(transcriber, title), path="/",
-                               max_file_size=limit, ssr_mode=False, mcp_server=False)
+    page = build_page(transcriber, title)
+    app = gr.mount_gradio_app(
+        app, page, path="/", max_file_size=limit, ssr_mode=False, mcp_server=False,
+        auth=(lambda _user, password: hmac.compare_digest(password.encode(), api_key.encode()))
+        if api_key else None,
+        auth_message="Sign in with any user name and the server's API key as the password.")
+    # Gradio refuses a file handed to an event unless the server received it (an upload) only
+    # once the page "has launched", which mount_gradio_app never marks: unmarked, its API opened
+    # any path on the machine it was given and copied the file where /gradio_api/file= serves it
+    page.has_launched = True
+    return app
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -306,7 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "asr_ast serves both")
     add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1",
-                        help="0.0.0.0 to serve other machines")
+                        help="0.0.0.0 to serve other machines (then an API key is required)")
+    parser.add_argument("--api_key", default=os.environ.get(API_KEY_ENV),
+                        help="clients send it as `Authorization: Bearer <key>`; the page asks "
+                             f"for it as its password (default: ${API_KEY_ENV})")
+    parser.add_argument("--no_auth", action="store_true",
+                        help="serve a non-loopback --host without an API key (behind a proxy "
+                             "that authenticates, or on a trusted network)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--batch_size", type=int, default=8,
                         help="segments of a long recording decoded together")
@@ -330,10 +376,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_segment_s < 1:
         print("error: --max_segment_s must be at least 1 second", file=sys.stderr)
         return 2
+    if not is_loopback(args.host) and not args.api_key and not args.no_auth:
+        print(f"error: --host {args.host} serves other machines: give an API key (--api_key, or "
+              f"${API_KEY_ENV}) that clients send as `Authorization: Bearer <key>`, or pass "
+              "--no_auth to serve without one", file=sys.stderr)
+        return 2
     import uvicorn
 
     transcriber = Transcriber.from_args(args)
-    app = build_app(transcriber, args.title)
+    app = build_app(transcriber, args.title, args.api_key)
     print(f"mooer-serve: http://{args.host}:{args.port}/ (API: POST /api/transcribe; "
           f"tasks {', '.join(transcriber.choices())})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

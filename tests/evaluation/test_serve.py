@@ -70,12 +70,14 @@ def server(tiny_release, tmp_path_factory):
     port = free_port()
     overrides = [*TINY, f"llm.tokenizer_path={tokenizer_dir}"]
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    cache = tmp_path_factory.mktemp("gradio-cache")  # Gradio's uploads and the files it serves
     flags = ["--checkpoint", str(root / "release"), "--device", "cpu", "--port", str(port),
              "--max_new_tokens", "4", "--max_upload_mb", "1", "--max_duration_s", "20",
              "--max_segment_s", "4", "--", *overrides]
     command = [str(Path(sys.executable).with_name("mooer-serve")), *flags]
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "GRADIO_TEMP_DIR": str(cache)})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -93,7 +95,7 @@ def server(tiny_release, tmp_path_factory):
 
     # the server's own transcriber, in-process
     expected = Transcriber.from_args(build_parser().parse_args(flags))
-    yield url, expected, log_path
+    yield url, expected, log_path, cache
     process.terminate()
     process.wait(timeout=30)
 
@@ -109,7 +111,7 @@ def post(url: str, path: Path, task: str = "asr_ast", num_beams: int = 1):
 def test_api_transcribes_and_refuses_bad_input_and_keeps_serving(server, corpus, tmp_path):
     import httpx
 
-    url, expected, _ = server
+    url, expected, *_ = server
     health = httpx.get(f"{url}/api/health").json()
     assert health["tasks"] == ["asr", "ast", "asr_ast"]
     wav = Path(read_table(corpus / "wav.scp")[0][1])
@@ -134,7 +136,7 @@ def test_api_transcribes_and_refuses_bad_input_and_keeps_serving(server, corpus,
 
 
 def test_a_long_recording_comes_back_in_timed_segments(server, corpus, tmp_path):
-    url, expected, _ = server
+    url, expected, *_ = server
     silence = np.zeros(16000, np.float32)
     pieces, starts = [silence], []
     for _, path in read_table(corpus / "wav.scp")[3:6]:
@@ -152,7 +154,7 @@ def test_a_long_recording_comes_back_in_timed_segments(server, corpus, tmp_path)
 
 
 def test_eight_concurrent_requests_are_queued_and_each_gets_its_own_result(server, corpus):
-    url, expected, log_path = server
+    url, expected, *_ = server
     rows = read_table(corpus / "wav.scp")[:8]
     paths = [Path(path) for _, path in rows]
     want = [expected.transcribe(path, "asr", 2, path.name)["transcript"] for path in paths]
@@ -162,6 +164,69 @@ def test_eight_concurrent_requests_are_queued_and_each_gets_its_own_result(serve
     assert [a.status_code for a in answers] == [200] * 8, [a.text for a in answers]
     assert [a.json()["name"] for a in answers] == [p.name for p in paths]
     assert [a.json()["transcript"] for a in answers] == want
+
+
+def call_gradio_api(url: str, path: str) -> str:
+    """Gradio's own API route, called as a hostile client would: with a file *path* on the
+    server instead of an upload. Returns the event stream's text."""
+    import httpx
+
+    data = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, "asr", 1]}
+    started = httpx.post(f"{url}/gradio_api/call/transcribe", json=data, timeout=60)
+    assert started.status_code == 200, started.text
+    event = started.json()["event_id"]
+    return httpx.get(f"{url}/gradio_api/call/transcribe/{event}", timeout=120).text
+
+
+def test_gradio_api_reads_only_files_the_server_was_sent(server, corpus, tmp_path):
+    """A path on the server handed to Gradio's API is refused: not opened, not transcribed, not
+    copied where /gradio_api/file= would serve it (the hole: any file the server could read)."""
+    import httpx
+
+    url, _, _, cache = server
+    secret = tmp_path / "secret.wav"  # real audio the server could transcribe, readable by it
+    shutil.copy(read_table(corpus / "wav.scp")[0][1], secret)
+    secret.chmod(0o600)
+    for path in (str(secret), "/etc/passwd", str(tmp_path / "absent.wav")):
+        stream = call_gradio_api(url, path)
+        assert "event: error" in stream and "event: complete" not in stream, (path, stream)
+    copied = [f for f in cache.rglob("*") if f.is_file()
+              and f.read_bytes() in (secret.read_bytes(), Path("/etc/passwd").read_bytes())]
+    assert copied == []
+    for path in (secret, Path("/etc/passwd")):
+        served = httpx.get(f"{url}/gradio_api/file={path}", timeout=30)
+        assert served.status_code in (403, 404) and served.content != path.read_bytes()
+
+
+def test_an_api_key_guards_the_api_and_the_page(server, corpus, monkeypatch, capsys):
+    from fastapi.testclient import TestClient
+
+    from mooer.evaluation.serve import API_KEY_ENV, build_app, main
+
+    _, expected, *_ = server
+    wav = Path(read_table(corpus / "wav.scp")[0][1])
+    good, wrong = {"Authorization": "Bearer s3cret"}, {"Authorization": "Bearer s3cre"}
+    with TestClient(build_app(expected, api_key="s3cret")) as client:
+        for headers in ({}, wrong):
+            refused = client.get("/api/health", headers=headers)
+            assert refused.status_code == 401 and "API key" in refused.json()["error"]
+            with open(wav, "rb") as f:
+                refused = client.post("/api/transcribe", files={"file": (wav.name, f)},
+                                      headers=headers)
+            assert refused.status_code == 401
+        assert client.get("/api/health", headers=good).json()["tasks"] == ["asr", "ast", "asr_ast"]
+        with open(wav, "rb") as f:
+            answer = client.post("/api/transcribe", files={"file": (wav.name, f)},
+                                 data={"task": "asr", "num_beams": "1"}, headers=good)
+        assert answer.json()["transcript"] == expected.transcribe(wav, "asr", 1)["transcript"]
+        # Gradio's own API and the page's config need the page's login
+        call = client.post("/gradio_api/call/transcribe", json={"data": [None, "asr", 1]})
+        assert call.status_code in (401, 403)
+        assert client.get("/config").status_code in (401, 403)
+    # serving other machines without a key is refused before the model is loaded
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    assert main(["--host", "0.0.0.0", "--checkpoint", "/nonexistent"]) == 2
+    assert "--api_key" in capsys.readouterr().err
 
 
 def need_chromium() -> None:
@@ -227,7 +292,7 @@ def drive_page(url: str, wav: Path | None, screenshot: Path, bad: Path | None = 
 @pytest.mark.slow
 def test_the_page_in_headless_chromium(server, corpus, tmp_path):
     need_chromium()
-    url, expected, _ = server
+    url, expected, *_ = server
     wav = Path(read_table(corpus / "wav.scp")[2][1])
     screenshot = tmp_path / "page.png"
     texts = drive_page(url, wav, screenshot, bad=bad_inputs(tmp_path / "bad")["8 channels"][0])
@@ -242,7 +307,7 @@ def test_the_page_in_headless_chromium(server, corpus, tmp_path):
 @pytest.mark.slow
 def test_the_page_records_from_the_microphone(server, tmp_path):
     need_chromium()
-    url, _, _ = server
+    url, *_ = server
     texts = drive_page(url, None, tmp_path / "microphone.png")
     seconds = float(texts["status"].split(" s of audio")[0])
     assert "1 segment(s)" in texts["status"] and 1.0 <= seconds <= 3.0, texts["status"]
