@@ -1,81 +1,146 @@
-"""MooER's recipe on one GPU: training throughput, MFU and memory, batching, decoding RTF.
+"""MooER's recipe on one GPU, counted honestly: training throughput and MFU, batching of a long
+tail, decoding RTF. One table, and every row as JSON.
 
-    python benchmarks/gpu.py                              # experiment=mt5k shapes, CUDA, random init
-    python benchmarks/gpu.py --tiny --device cpu          # the same table at tiny shapes (a test)
+    python benchmarks/gpu.py --json gpu.json              # experiment=mt5k shapes, CUDA
+    python benchmarks/gpu.py --tiny --device cpu          # every row the CPU can run (a test)
 
-One table. Training: micro-batch 8 of 10 s utterances (28 prompt + 30 answer tokens), the LLM in
-its config's dtype with LoRA; steady-state samples/s, audio s/s, tokens/s, MFU and peak memory
-under `strategy=auto` (plain PyTorch on one device) with and without gradient checkpointing, with
-LoRA dropout off, at twice the micro-batch, with SDPA and (where installed) FlashAttention 2,
-under ZeRO-2 on one rank (DeepSpeed engine), and with the per-step host sync SpeechLLM.forward
-used to have (`.nonzero()` on the labels) put back, to show what removing it saved; the first row
-also says how much of a step the GPU spends in kernels. Then fixed batch 8 against bucketed
-dynamic batches at the same memory on a long-tail duration mix, and decoding (beam 4, batch 1 and
-16, 30 new tokens) with LoRA as adapters and merged into the weights.
+Training rows (micro-batch 8 of 10 s, 28 prompt + 30 answer tokens, random init):
+- `lightning, <strategy>, <precision> (recipe)`: the headline, what `train.py experiment=mt5k`
+  runs: Lightning's `trainer.fit` with the recipe's precision and strategy on one device;
+- `lightning, zero2`: MooER's own strategy (a second model, since DeepSpeed casts the module);
+- `lightning, ..., compiled regions`: `module.compile=true` (each decoder layer and encoder block
+  compiled; the first steps' compile time is reported apart);
+- `lightning, ..., micro-batch 16 x 1` against the recipe's 8 x 2: the same samples a step;
+- `bare loop, autocast`: plain PyTorch with the same numerics (bf16 autocast, fused optimizer),
+  a diagnostic of what Lightning's hooks cost.
+Each row is timed over `--steps` steps after `--warmup`, with CUDA events (a clock on the CPU),
+the rows interleaved over `--repeats` repeats: the median and the spread are printed.
 
-Model FLOPs per sample (counted as a dense model would be, not what kernels skip):
-    LLM, frozen base + LoRA: forward 2 P_llm T and backward through activations 2 P_llm T
-        -> 4 P_llm T, plus attention scores and values 4 L T^2 d (fwd) x 2 (bwd)
-    encoder, frozen, forward only: 2 P_enc F + 4 L_enc F^2 d_enc
-    projector, trained: 6 P_proj F / k
-with T tokens a row, F encoder frames, k the projector's frame stacking. MFU = FLOPs/s over the
-GPU's dense bf16 peak (H100 and H200 SXM: 989 TFLOP/s; --peak_tflops for others).
+Long tail: `--tail_utterances` utterances of 0.5-20 s (log-normal, median 3 s), answers growing
+with duration (3 tokens a second), one pass each under the same token budget (the memory of the
+worst fixed batch): fixed batches of 8, bucketed dynamic batches (2-D: frames and tokens), packed
+rows (`data.packing`).
+
+Decoding: beam 4, batch 1 and 16, 30 new tokens, LoRA as adapters and merged.
+
+FLOPs per sample come from each batch's real lengths (`mooer.models.flops`, whose docstring
+writes the formula out: about 3.97 TFLOP a sample at these shapes), MFU from those over the
+GPU's dense bf16 peak (H100 and H200 SXM: 989 TFLOP/s; --peak_tflops for others); achieved
+TFLOP/s counts the padded work the kernels run. `flop_counter_ratio` is the formula over torch's
+FlopCounterMode on the tiny model; `packed_vs_padded_max_abs_diff` the largest difference of the
+per-utterance losses of a packed and a padded batch of the same utterances (fp32, tiny model).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import random
 import socket
+import statistics
+import sys
 import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
-from model import _Tokenizer, count, synthetic_batch  # benchmarks/model.py, beside this file
 
 from mooer.config import compose_config
-from mooer.data.pipeline import batch_dynamic
-from mooer.data.prompts import IGNORE_INDEX
+from mooer.data.collate import collate, collate_packed, move_batch
+from mooer.data.pipeline import batch_dynamic, pack_rows
+from mooer.data.synthetic import synthetic_samples
 from mooer.models.build import build_speech_llm
+from mooer.models.flops import StepFlops, flop_counter
 from mooer.models.llm import torch_dtype
 
 PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+PROMPT_TOKENS, ANSWER_TOKENS = 28, 30
+TINY = ["encoder=paraformer_tiny", "llm=tiny", "llm.lora.enabled=true", "llm.freeze=true",
+        "encoder.freeze=true", "strategy=auto"]
+MT5K = ["experiment=mt5k", "encoder.model.checkpoint=null", "encoder.frontend.cmvn_path=null",
+        "llm.path=null"]
+
+
+class SyntheticTokenizer:
+    """What SpeechLLM reads of a tokenizer, for synthetic ids: eos is the last id."""
+
+    def __init__(self, vocab: int) -> None:
+        self.eos_token_id, self.pad_token_id, self.vocab = vocab - 1, vocab - 2, vocab
+
+    def decode(self, ids, skip_special_tokens=True) -> str:
+        return " ".join(map(str, ids))
+
+    def __len__(self) -> int:
+        return self.vocab
 
 
 @dataclass
 class Row:
+    """One measured configuration: a figure per repeat, and what every repeat shares."""
+
     name: str
-    values: dict[str, str]
+    kind: str  # train | tail | decode
+    per_repeat: list[dict[str, float]] = field(default_factory=list)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    def value(self, key: str) -> float | None:
+        values = [r[key] for r in self.per_repeat if key in r]
+        return statistics.median(values) if values else None
+
+    def spread(self, key: str) -> str:
+        values = [r[key] for r in self.per_repeat if key in r]
+        if len(values) < 2:
+            return ""
+        return f" ({min(values):.3g}-{max(values):.3g})"
+
+    def record(self) -> dict[str, Any]:
+        keys = sorted({k for r in self.per_repeat for k in r})
+        return {"name": self.name, "kind": self.kind, **self.fixed,
+                **{k: self.value(k) for k in keys},
+                **{f"{k}_repeats": [r[k] for r in self.per_repeat if k in r] for k in keys},
+                "note": self.note}
 
 
-def build(tiny: bool, device: torch.device):
-    overrides = (["encoder=paraformer_tiny", "llm=tiny", "llm.lora.enabled=true", "llm.freeze=true",
-                  "encoder.freeze=true"] if tiny else
-                 ["experiment=mt5k", "encoder.model.checkpoint=null",
-                  "encoder.frontend.cmvn_path=null", "llm.path=null"])
-    cfg, _ = compose_config("train", overrides)
-    vocab = cfg.llm.architecture.vocab_size
+class Clock:
+    """Elapsed seconds between marks: CUDA events on a GPU (read once, at the end), the host's
+    clock elsewhere."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def seconds(self, first: int, last: int) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return self.marks[first].elapsed_time(self.marks[last]) / 1000
+        return self.marks[last] - self.marks[first]
+
+
+def build(tiny: bool, device: torch.device, seed: int = 0):
+    """The model of the run at random init on `device`, its config and dtype."""
+    cfg, _ = compose_config("train", TINY if tiny else MT5K)
+    torch.manual_seed(seed)
     with device:
-        model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, _Tokenizer(vocab))
+        model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm,
+                                 SyntheticTokenizer(cfg.llm.architecture.vocab_size))
     dtype = torch_dtype(cfg.llm.dtype)
-    model.encoder.to(dtype)
-    model.projector.to(dtype)
+    model.encoder.to(dtype)  # frozen: its weights in the LLM's dtype, as decoding loads them
     return model, cfg, dtype
-
-
-def flops_per_sample(model, cfg, tokens: int, frames: int) -> float:
-    arch, enc = cfg.llm.architecture, model.encoder
-    enc_layers = sum(1 for _ in enc.modules() if type(_).__name__.endswith("EncoderLayer")) or 1
-    enc_dim = getattr(enc, "output_size", arch.hidden_size)
-    projector = sum(p.numel() for p in model.projector.parameters())
-    return (4 * count(model.llm) * tokens + 8 * arch.num_hidden_layers * tokens ** 2 * arch.hidden_size
-            + 2 * count(enc) * frames + 4 * enc_layers * frames ** 2 * enc_dim
-            + 6 * projector * frames / cfg.projector.downsample)
 
 
 def sync(device: torch.device) -> None:
@@ -83,79 +148,272 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
 def peak_gib(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
 
 
-def timed_steps(step, batches: list[dict], warmup: int, device: torch.device) -> float:
-    """Seconds per step over `batches` after `warmup` untimed steps."""
-    for batch in batches[:warmup]:
-        step(batch)
-    sync(device)
-    started = time.perf_counter()
-    for batch in batches[warmup:]:
-        step(batch)
-    sync(device)
-    return (time.perf_counter() - started) / max(1, len(batches) - warmup)
+def training_batches(cfg, count: int, batch: int, seconds: float, seed: int = 0) -> list[dict]:
+    """`count` collated batches of the issue's shapes (on the host, as a loader gives them)."""
+    vocab = cfg.llm.architecture.vocab_size
+    return [collate(synthetic_samples([seconds] * batch, [ANSWER_TOKENS] * batch, PROMPT_TOKENS,
+                                      cfg.projector.downsample, vocab, seed=seed + i),
+                    pad_id=vocab - 2) for i in range(count)]
 
 
-def plain_step(model, optimizer, host_sync: bool = False):
-    def step(batch: dict) -> None:
-        if host_sync:  # what SpeechLLM.forward did before: the GPU waits for this number
-            int((batch["labels"] != IGNORE_INDEX).any(0).nonzero()[0])
-        model(batch)["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step
+def throughput(batches: list[dict], seconds: float, flops: StepFlops, peak: float | None,
+               device: torch.device) -> dict[str, float]:
+    """What `batches` hold, over `seconds`: samples, tokens, audio, FLOPs a second."""
+    samples = sum(len(b["keys"]) for b in batches)
+    real = sum(flops.real(b) for b in batches)
+    executed = sum(flops.executed(b) for b in batches)
+    tokens = sum(sum(b["utterance_tokens"]) for b in batches)
+    padded_tokens = sum(b["input_ids"].numel() for b in batches)
+    frames = sum(sum(b["feature_frames"]) for b in batches)
+    padded_frames = sum(b["features"].shape[0] * b["features"].shape[1] for b in batches)
+    figures = {"samples_per_s": samples / seconds, "real_tokens_per_s": tokens / seconds,
+               "answer_tokens_per_s": sum(b["num_scored"] for b in batches) / seconds,
+               "audio_s_per_s": sum(b["audio_seconds"] for b in batches) / seconds,
+               "achieved_tflops": executed / seconds / 1e12,
+               "flops_per_sample": real / samples,
+               "token_efficiency": tokens / padded_tokens,
+               "frame_efficiency": frames / padded_frames,
+               "step_s": seconds / len(batches)}
+    figures["mfu"] = real / seconds / (peak * 1e12) if peak else float("nan")
+    if device.type == "cuda":
+        figures["peak_gib"] = peak_gib(device)
+    return figures
 
 
-def zero2_step(model, device: torch.device):
-    """One-rank DeepSpeed ZeRO-2 with conf/strategy/zero2.yaml's settings (MooER's) and the
-    client optimizer training uses (torch AdamW), so no DeepSpeed op is compiled. DeepSpeed casts
-    the module to bf16, so this runs after every other row."""
-    import deepspeed
+# -- the training loops ---------------------------------------------------------------------
+def bare_loop(model, cfg, device: torch.device, autocast: torch.dtype | None):
+    """Plain PyTorch: forward under autocast (Lightning's bf16-mixed), backward, the recipe's
+    optimizer (fused)."""
+    from hydra.utils import instantiate
 
-    if "MASTER_PORT" not in os.environ:  # one rank of our own: any free port
+    optimizer = instantiate(cfg.module.optimizer)([p for p in model.parameters()
+                                                   if p.requires_grad])
+
+    def run(batches: list[dict], clock: Clock, warmup: int) -> None:
+        model.train()
+        for index, batch in enumerate(batches):
+            if index == warmup:
+                clock.mark()
+            batch = move_batch(batch, device, torch_dtype(cfg.llm.dtype))
+            context = (torch.autocast(device.type, autocast) if autocast
+                       else contextlib.nullcontext())
+            with context:
+                loss = model(batch)["loss"]
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        clock.mark()
+    return run
+
+
+class Loader:
+    """Ready batches, as a loader (Lightning takes a bare list for a list of loaders)."""
+
+    def __init__(self, batches: list[dict]) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def lightning_loop(model, cfg, device: torch.device, strategy: str, precision: str,
+                   accumulate: int = 1, compile_regions: bool = False):
+    """Lightning's trainer.fit as train.py runs it (conf/module's module, the strategy's class),
+    without loggers or checkpoints; a clock mark at every optimizer step's first batch."""
+    import lightning.pytorch as pl
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from mooer.training.run import build_strategy
+
+    module_cfg = OmegaConf.to_container(cfg.module, resolve=True)
+    module_cfg.update(log_interval=0, compile=compile_regions)
+    module = instantiate(module_cfg, model=model, _convert_="all")
+    strategy_cfg = OmegaConf.create({"strategy": OmegaConf.to_container(
+        compose_config("train", [f"strategy={strategy}"])[0].strategy)})
+    if strategy != "auto":
+        one_rank_environment()
+
+    def run(batches: list[dict], clock: Clock, warmup: int) -> None:
+        class Marks(pl.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if batch_idx >= warmup and batch_idx % accumulate == 0:
+                    clock.mark()
+
+            def on_train_end(self, trainer, pl_module):
+                clock.mark()
+
+        trainer = pl.Trainer(
+            accelerator=device.type, devices=1, precision=precision,
+            strategy=build_strategy(strategy_cfg, device.type),
+            max_steps=len(batches) // accumulate, accumulate_grad_batches=accumulate,
+            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+            log_every_n_steps=50, callbacks=[Marks()])
+        trainer.fit(module, train_dataloaders=Loader(batches))
+    return run
+
+
+def one_rank_environment() -> None:
+    """A one-process group of our own for DeepSpeed: any free port."""
+    if "MASTER_PORT" not in os.environ:
         with socket.socket() as free:
             free.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(free.getsockname()[1])
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-              "zero_optimization": {"stage": 2, "allgather_partitions": True,
-                                    "allgather_bucket_size": 2e8, "reduce_scatter": True,
-                                    "reduce_bucket_size": 2e8, "overlap_comm": True,
-                                    "contiguous_gradients": True},
-              "bf16": {"enabled": next(model.llm.parameters()).dtype == torch.bfloat16},
-              "zero_allow_untested_optimizer": True}
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-
-    def step(batch: dict) -> None:
-        engine.backward(engine(batch)["loss"])
-        engine.step()
-    return step
 
 
-@contextlib.contextmanager
-def lora_dropout_off(model):
-    """peft's LoRA dropout (the recipe's 0.05) replaced by identity for the `with` block."""
-    saved = []
-    for module in model.llm.modules():
-        dropouts = getattr(module, "lora_dropout", None)
-        if isinstance(dropouts, torch.nn.ModuleDict):
-            for key in list(dropouts):
-                saved.append((dropouts, key, dropouts[key]))
-                dropouts[key] = torch.nn.Identity()
-    try:
-        yield
-    finally:
-        for dropouts, key, original in saved:
-            dropouts[key] = original
+# -- the rows -------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    """A training row: how to build its loop (once), and its batches' shape."""
+
+    name: str
+    make: Callable[[], Callable]
+    batch: int = 8
+    accumulate: int = 1
+    loop: Callable | None = None
+    row: Row | None = None
+
+
+def training_rows(model, cfg, device: torch.device, args, flops: StepFlops) -> list[Row]:
+    precision = cfg.trainer.precision
+    recipe = cfg.strategy.name
+    autocast = torch.bfloat16 if precision.startswith("bf16") else None
+    plans = [Plan(f"lightning, {recipe}, {precision} (recipe)",
+                  lambda: lightning_loop(model, cfg, device, recipe, precision,
+                                         cfg.trainer.accumulate_grad_batches),
+                  accumulate=cfg.trainer.accumulate_grad_batches),
+             Plan(f"lightning, {recipe}, {precision}, micro-batch 16 x 1",
+                  lambda: lightning_loop(model, cfg, device, recipe, precision), batch=16),
+             Plan(f"lightning, {recipe}, {precision}, compiled regions",
+                  lambda: lightning_loop(model, cfg, device, recipe, precision,
+                                         cfg.trainer.accumulate_grad_batches, True),
+                  accumulate=cfg.trainer.accumulate_grad_batches),
+             Plan("bare loop, autocast, fused optimizer",
+                  lambda: bare_loop(model, cfg, device, autocast))]
+    if not args.skip_zero2:
+        # DeepSpeed casts the module it wraps to bf16: a model of its own
+        plans.append(Plan(f"lightning, zero2, {precision} (MooER's strategy)",
+                          lambda: lightning_loop(build(args.tiny, device, seed=1)[0], cfg, device,
+                                                 "zero2", precision,
+                                                 cfg.trainer.accumulate_grad_batches),
+                          accumulate=cfg.trainer.accumulate_grad_batches))
+    for plan in plans:
+        plan.row = Row(plan.name, "train", fixed={"micro_batch": plan.batch,
+                                                  "accumulate": plan.accumulate})
+    for repeat in range(args.repeats):  # interleaved: each repeat runs every row once
+        for plan in plans:
+            if plan.row.note.startswith("failed"):
+                continue
+            steps = (args.warmup + args.steps) * plan.accumulate
+            batches = training_batches(cfg, steps, plan.batch, args.seconds, seed=repeat * 1000)
+            clock = Clock(device)
+            reset_peak(device)
+            # compiled regions stay compiled: every other row runs them eagerly
+            stance = ("default" if "compiled" in plan.name else "force_eager")
+            try:
+                with torch.compiler.set_stance(stance):
+                    if plan.loop is None:
+                        plan.loop = plan.make()
+                    started = time.perf_counter()
+                    plan.loop(batches, clock, args.warmup * plan.accumulate)
+                wall = time.perf_counter() - started
+            except Exception as error:  # noqa: BLE001 - reported in the table, the rest stand
+                traceback.print_exc()
+                plan.row.note = f"failed: {type(error).__name__}: {error}"[:200]
+                continue
+            timed = batches[args.warmup * plan.accumulate:]
+            figures = throughput(timed, clock.seconds(0, -1), flops, args.peak_tflops, device)
+            if repeat == 0 and "compiled" in plan.name:  # compilation happens in the warm-up
+                warm = wall - clock.seconds(0, -1)
+                plan.row.fixed["warmup_and_compile_s"] = round(warm, 1)
+            plan.row.per_repeat.append(figures)
+            show(plan.row)
+    return [plan.row for plan in plans]
+
+
+def long_tail(count: int, seed: int = 0) -> tuple[list[float], list[int]]:
+    """Durations of 0.5-20 s (log-normal, median 3 s) and answers of 3 tokens a second."""
+    rng = random.Random(seed)
+    seconds = [min(20.0, max(0.5, rng.lognormvariate(math.log(3.0), 0.8))) for _ in range(count)]
+    return seconds, [max(2, round(3 * s)) for s in seconds]
+
+
+def tail_rows(model, cfg, device: torch.device, args, flops: StepFlops) -> list[Row]:
+    """One pass over the same long-tail utterances three ways, under the token budget of the
+    worst fixed batch of 8 (the same peak memory)."""
+    seconds, answers = long_tail(args.tail_utterances)
+    vocab, pad = cfg.llm.architecture.vocab_size, cfg.llm.architecture.vocab_size - 2
+    samples = synthetic_samples(seconds, answers, PROMPT_TOKENS, cfg.projector.downsample, vocab)
+    random.Random(1).shuffle(samples)
+    fixed = [collate(samples[i:i + 8], pad) for i in range(0, len(samples), 8)]
+    budget = max(b["input_ids"].numel() for b in fixed)
+    frames = max(b["features"].shape[0] * b["features"].shape[1] for b in fixed)
+    bucketed = [collate(group, pad) for group in batch_dynamic(
+        iter(samples), max_frames=frames, max_tokens=budget, bucket_ratio=1.2)]
+    row_tokens = max(args.row_tokens, max(max(b["utterance_tokens"]) for b in fixed))
+    rows_per_batch = max(1, budget // row_tokens)
+    packed = [collate_packed(rows, pad, row_tokens=row_tokens) for rows in pack_rows(
+        iter(samples), row_tokens=row_tokens, rows_per_batch=rows_per_batch, buffer_size=512)]
+    run = bare_loop(model, cfg, device, torch.bfloat16 if cfg.llm.dtype == "bf16" else None)
+    rows = []
+    for name, batches in ((f"long tail, fixed batches of 8 ({len(fixed)})", fixed),
+                          (f"long tail, bucketed 2-D ({len(bucketed)} batches)", bucketed),
+                          (f"long tail, packed rows of {row_tokens} tokens "
+                           f"({len(packed)} batches of {rows_per_batch})", packed)):
+        clock = Clock(device)
+        reset_peak(device)
+        run(batches, clock, 1)
+        row = Row(name, "tail", fixed={"utterances": len(samples), "token_budget": budget})
+        row.per_repeat.append(throughput(batches[1:], clock.seconds(0, -1), flops,
+                                         args.peak_tflops, device))
+        rows.append(show(row))
+    return rows
+
+
+def decoding_rows(model, cfg, device: torch.device, args) -> list[Row]:
+    model.eval()
+    vocab = cfg.llm.architecture.vocab_size
+    rows = []
+    for batch_size, merged in ((1, False), (16, False), (1, True), (16, True)):
+        name = (f"decode, beam 4, batch {batch_size}, {args.new_tokens} new tokens"
+                + (", LoRA merged" if merged else ""))
+        batch = move_batch(collate(synthetic_samples(
+            [args.seconds] * batch_size, [1] * batch_size, PROMPT_TOKENS,
+            cfg.projector.downsample, vocab), pad_id=vocab - 2), device, torch_dtype(cfg.llm.dtype))
+        generate = {"num_beams": 4, "max_new_tokens": args.new_tokens,
+                    "min_new_tokens": args.new_tokens, "eos_bias": 0}
+        row = Row(name, "decode")
+        try:
+            with lora_merged(model) if merged else contextlib.nullcontext():
+                model.generate(batch, **generate)  # warm-up
+                sync(device)
+                started = time.perf_counter()
+                model.generate(batch, **generate)
+                sync(device)
+                elapsed = time.perf_counter() - started
+        except Exception as error:  # noqa: BLE001 - reported in the table, the rest stand
+            traceback.print_exc()
+            row.note = f"failed: {type(error).__name__}: {error}"[:200]
+            rows.append(show(row))
+            continue
+        row.per_repeat.append({"rtf": elapsed / (batch_size * args.seconds),
+                               "utterances_per_s": batch_size / elapsed})
+        rows.append(show(row))
+    return rows
 
 
 @contextlib.contextmanager
@@ -168,243 +426,137 @@ def lora_merged(model):
         model.llm.unmerge_adapter()
 
 
-def kernel_share(step, batch: dict, device: torch.device) -> str:
-    """Share of one step's wall time the GPU spends in kernels, and how many it launches:
-    a low share with thousands of kernels means the step waits on Python and launches."""
+# -- checks of the count and of packing (tiny model, fp32) ----------------------------------
+def checks(device: torch.device) -> dict[str, float]:
+    """The FLOP formula over torch's FlopCounterMode, and the largest difference between the
+    per-utterance losses of a packed and a padded batch of the same utterances."""
+    model, cfg, _ = build(True, device)
+    model.train()
+    vocab = cfg.llm.architecture.vocab_size
+    samples = synthetic_samples([1.0, 2.5, 1.7, 3.2, 0.8, 2.0], [4, 9, 6, 11, 3, 7], 12,
+                                cfg.projector.downsample, vocab, seed=5)
+    padded = move_batch(collate(samples, vocab - 2), device)
+    packed = move_batch(collate_packed([samples[:3], samples[3:]], vocab - 2), device)
+    with flop_counter() as counter:
+        out_padded = model(padded)
+        out_padded["loss"].backward()
+    ratio = StepFlops.of(model).executed(padded) / counter.get_total_flops()
+    out_packed = model(packed)
+
+    def per_utterance(out, batch):
+        index = batch["scored_utterance"]
+        sums = torch.zeros(len(batch["keys"]), device=device).index_add(0, index, out["token_loss"])
+        return sums / torch.bincount(index, minlength=len(batch["keys"]))
+
+    difference = (per_utterance(out_packed, packed) - per_utterance(out_padded, padded)).abs()
+    return {"flop_counter_ratio": ratio, "packed_vs_padded_max_abs_diff": float(difference.max())}
+
+
+def top_kernels(model, cfg, device: torch.device, args) -> list[dict[str, Any]]:
+    """The profiler's ten most expensive kernels of the recipe's bare step (CUDA only)."""
     if device.type != "cuda":
-        return "CUDA only"
+        return []
     from torch.profiler import ProfilerActivity, profile
 
-    step(batch)
-    sync(device)
+    run = bare_loop(model, cfg, device, torch.bfloat16)
+    batches = training_batches(cfg, 3, 8, args.seconds)
+    run(batches[:2], Clock(device), 1)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        started = time.perf_counter()
-        step(batch)
+        run(batches[2:], Clock(device), 0)
         sync(device)
-        wall = time.perf_counter() - started
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    busy = sum(e.device_time for e in kernels) / 1e6
-    return f"{busy / wall:.0%} of the step in kernels, {len(kernels)} kernels a step"
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=10)
+    print(table)
+    events = sorted(prof.key_averages(), key=lambda e: e.device_time_total, reverse=True)[:10]
+    return [{"name": e.key, "device_ms": e.device_time_total / 1000, "calls": e.count}
+            for e in events]
 
 
-def set_attention(model, implementation: str) -> bool:
-    """Switch the LLM's attention kernel; False where it is not installed or not supported."""
-    try:
-        model.llm.set_attn_implementation(implementation)
-    except (ImportError, ValueError, AttributeError):
-        return False
-    return True
-
-
-def training_batches(model, cfg, dtype, device, args) -> tuple[list[dict], int, float]:
-    """warmup + steps batches of the issue's shapes; tokens a row; model FLOPs a sample."""
-    vocab = cfg.llm.architecture.vocab_size
-    batches = []
-    for _ in range(args.warmup + args.steps):
-        batch = synthetic_batch(args.batch, args.seconds, cfg.projector.downsample, vocab, device)
-        batch["features"] = batch["features"].to(dtype)
-        batches.append(batch)
-    tokens, frames = batches[0]["input_ids"].shape[1], batches[0]["features"].shape[1]
-    return batches, tokens, flops_per_sample(model, cfg, tokens, frames)
-
-
-def training_rows(model, cfg, dtype, device, args) -> list[Row]:
-    batches, tokens, per_sample = training_batches(model, cfg, dtype, device, args)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-    runs = [("auto, SDPA", "sdpa", False, False), ("auto, SDPA, gradient checkpointing", "sdpa",
-                                                     True, False),
-            ("auto, SDPA, with the old .nonzero() host sync", "sdpa", False, True),
-            ("auto, SDPA, LoRA dropout off", "sdpa", False, False),
-            ("auto, FlashAttention 2", "flash_attention_2", False, False)]
-    rows = []
-    model.train()
-    for name, attention, checkpointing, host_sync in runs:
-        if not set_attention(model, attention):
-            rows.append(show(Row(name, {"note": f"{attention} not available here"})))
-            continue
-        if checkpointing:
-            model.llm.gradient_checkpointing_enable()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        step = plain_step(model, optimizer, host_sync)
-        with lora_dropout_off(model) if "dropout off" in name else contextlib.nullcontext():
-            seconds = timed_steps(step, batches, args.warmup, device)
-        if checkpointing:
-            model.llm.gradient_checkpointing_disable()
-        row = train_row(name, seconds, per_sample, tokens, args, device)
-        if name == "auto, SDPA":
-            row.values["note"] = kernel_share(step, batches[0], device)
-        rows.append(show(row))
-    set_attention(model, "sdpa")
-    double = argparse.Namespace(**{**vars(args), "batch": 2 * args.batch})
-    batches, tokens, per_sample = training_batches(model, cfg, dtype, device, double)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    seconds = timed_steps(plain_step(model, optimizer), batches, args.warmup, device)
-    rows.append(show(train_row(f"auto, SDPA, micro-batch {double.batch}", seconds, per_sample,
-                               tokens, double, device)))
-    return rows
-
-
-def zero2_rows(model, cfg, dtype, device, args) -> list[Row]:
-    """The same steps under a one-rank DeepSpeed ZeRO-2 engine; a failure is a row, not a crash."""
-    name = "zero2, one rank, SDPA"
-    if args.skip_zero2:
-        return []
-    batches, tokens, per_sample = training_batches(model, cfg, dtype, device, args)
-    model.train()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    try:
-        seconds = timed_steps(zero2_step(model, device), batches, args.warmup, device)
-    except Exception as error:  # noqa: BLE001 - reported in the table, the other rows stand
-        return [failed(name, error)]
-    return [show(train_row(name, seconds, per_sample, tokens, args, device))]
-
-
-def failed(name: str, error: Exception) -> Row:
-    """A row that failed: its traceback on stderr, the error in the table; the others stand."""
-    traceback.print_exc()
-    return show(Row(name, {"note": f"failed: {type(error).__name__}: {error}"[:200]}))
+# -- output -------------------------------------------------------------------------------
+COLUMNS = [("samples/s", "samples_per_s", "{:.2f}"), ("real tok/s", "real_tokens_per_s", "{:.0f}"),
+           ("answer tok/s", "answer_tokens_per_s", "{:.0f}"), ("audio s/s", "audio_s_per_s",
+                                                                "{:.1f}"),
+           ("MFU", "mfu", "{:.1%}"), ("TFLOP/s run", "achieved_tflops", "{:.1f}"),
+           ("tokens real", "token_efficiency", "{:.0%}"), ("frames real", "frame_efficiency",
+                                                           "{:.0%}"),
+           ("peak GiB", "peak_gib", "{:.1f}"), ("RTF", "rtf", "{:.4f}"),
+           ("utt/s", "utterances_per_s", "{:.2f}")]
 
 
 def show(row: Row) -> Row:
     """Print each row as it is measured, so a run cut short still reports what it measured."""
-    print(f"measured: {row.name}: {row.values}", flush=True)
+    print(f"measured: {row.name}: {row.per_repeat[-1] if row.per_repeat else row.note}",
+          flush=True)
     return row
 
 
-def train_row(name: str, seconds: float, per_sample: float, tokens: int, args, device) -> Row:
-    samples = args.batch / seconds
-    mfu = (f"{samples * per_sample / (args.peak_tflops * 1e12):.1%}" if args.peak_tflops
-           else "n/a")
-    return Row(name, {"samples/s": f"{samples:.2f}", "audio s/s": f"{samples * args.seconds:.1f}",
-                      "tokens/s": f"{samples * tokens:.0f}", "MFU": mfu,
-                      "peak GiB": f"{peak_gib(device):.1f}"})
+def cell(row: Row, key: str, form: str) -> str:
+    value = row.value(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return form.format(value) + (row.spread(key) if key == "samples_per_s" else "")
 
 
-def long_tail(count_: int, rng: random.Random) -> list[float]:
-    return [min(20.0, max(0.5, rng.lognormvariate(math.log(3.0), 0.8))) for _ in range(count_)]
+def table(rows: Iterable[Row]) -> str:
+    lines = ["| run | " + " | ".join(c[0] for c in COLUMNS) + " | note |",
+             "|---|" + "---|" * (len(COLUMNS) + 1)]
+    for row in rows:
+        note = row.note or ", ".join(f"{k} {v}" for k, v in row.fixed.items()
+                                     if k.endswith("_s"))
+        lines.append(f"| {row.name} | " + " | ".join(cell(row, k, f) for _, k, f in COLUMNS)
+                     + f" | {note} |")
+    return "\n".join(lines)
 
 
-def batching_rows(model, cfg, dtype, device, args) -> list[Row]:
-    """Fixed batch 8 and bucketed dynamic batches over the same long-tail utterances, the
-    dynamic frame budget being the padded size of 8 of the longest (the same peak memory)."""
-    rng = random.Random(0)
-    seconds = long_tail(args.tail_utterances, rng)
-    vocab = cfg.llm.architecture.vocab_size
-    frames_of = [int(s * 100) // 6 + 1 for s in seconds]
-    fake = [{"features": torch.empty(f, 0), "num_audio_slots": f // cfg.projector.downsample,
-             "prompt_ids": [0] * 28, "answer_ids": [0] * 30, "seconds": s}
-            for f, s in zip(frames_of, seconds, strict=True)]
-    fixed = [fake[i:i + args.batch] for i in range(0, len(fake), args.batch)]
-    dynamic = list(batch_dynamic(iter(fake), max_frames=args.batch * max(frames_of)))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-    rows = []
-    for name, groups in (("fixed batch 8", fixed), ("bucketed dynamic, same memory", dynamic)):
-        batches = []
-        for group in groups:
-            longest = max(s["seconds"] for s in group)
-            batch = synthetic_batch(len(group), longest, cfg.projector.downsample, vocab, device)
-            batch["features"] = batch["features"].to(dtype)
-            batches.append(batch)
-        real = sum(len(s["features"]) for g in groups for s in g)
-        padded = sum(max(len(s["features"]) for s in g) * len(g) for g in groups)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        plain = plain_step(model, optimizer)
-        plain(batches[0])  # warm-up
-        sync(device)
-        started = time.perf_counter()
-        for batch in batches:
-            plain(batch)
-        sync(device)
-        elapsed = time.perf_counter() - started
-        rows.append(show(Row(f"{name} ({len(groups)} batches, {real / padded:.0%} frames real)",
-                        {"samples/s": f"{len(fake) / elapsed:.2f}",
-                         "audio s/s": f"{sum(seconds) / elapsed:.1f}",
-                         "peak GiB": f"{peak_gib(device):.1f}"})))
-    return rows
-
-
-def decoding_rows(model, cfg, dtype, device, args) -> list[Row]:
-    model.eval()
-    rows = []
-    # static: transformers' static KV cache, which generate compiles (CUDA graphs) on a GPU
-    for batch_size, merged, static in ((1, False, False), (16, False, False), (1, True, False),
-                                       (16, True, False), (16, True, True)):
-        name = (f"decode, beam 4, batch {batch_size}, {args.new_tokens} new tokens"
-                + (", LoRA merged" if merged else "")
-                + (", static cache" + (" (compiled)" if device.type == "cuda" else "")
-                   if static else ""))
-        batch = synthetic_batch(batch_size, args.seconds, cfg.projector.downsample,
-                                cfg.llm.architecture.vocab_size, device)
-        batch["features"] = batch["features"].to(dtype)
-        generate: dict[str, Any] = {"num_beams": 4, "max_new_tokens": args.new_tokens,
-                                    "min_new_tokens": args.new_tokens, "eos_bias": 0}
-        if static:
-            generate["cache_implementation"] = "static"
-        try:
-            with lora_merged(model) if merged else contextlib.nullcontext():
-                for _ in range(2 if static else 1):  # warm-up (and compilation)
-                    model.generate(batch, **generate)
-                sync(device)
-                started = time.perf_counter()
-                model.generate(batch, **generate)
-                sync(device)
-                elapsed = time.perf_counter() - started
-        except Exception as error:  # noqa: BLE001 - reported in the table, the other rows stand
-            rows.append(failed(name, error))
-            continue
-        rows.append(show(Row(name, {"RTF": f"{elapsed / (batch_size * args.seconds):.4f}",
-                                    "utt/s": f"{batch_size / elapsed:.2f}"})))
-    return rows
-
-
-def main(argv: list[str] | None = None) -> list[Row]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (CPU check)")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps a row and repeat")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new_tokens", type=int, default=30)
-    parser.add_argument("--tail_utterances", type=int, default=256)
+    parser.add_argument("--tail_utterances", type=int, default=2000)
+    parser.add_argument("--row_tokens", type=int, default=2048,
+                        help="packed rows' length (data.max_tokens_in_row)")
     parser.add_argument("--skip_zero2", action="store_true")
-    parser.add_argument("--decoding_only", action="store_true", help="only the decoding rows")
+    parser.add_argument("--only", choices=["train", "tail", "decode"], default=None)
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="dense bf16 peak; by default from the GPU's name (H100/H200: 989)")
+    parser.add_argument("--json", type=Path, default=None, help="write every row here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     if args.peak_tflops is None:
         args.peak_tflops = next((v for k, v in PEAKS.items() if k in name), None)
-    torch.manual_seed(0)
-    built = time.perf_counter()
-    model, cfg, dtype = build(args.tiny, device)
     started = time.perf_counter()
-    print(f"built on {name} in {started - built:.0f} s", flush=True)
-    if args.decoding_only:
-        rows = decoding_rows(model, cfg, dtype, device, args)
-    else:
-        rows = training_rows(model, cfg, dtype, device, args)
-        batching = batching_rows(model, cfg, dtype, device, args)
-        decoding = decoding_rows(model, cfg, dtype, device, args)
-        rows += zero2_rows(model, cfg, dtype, device, args) + batching + decoding  # ZeRO-2: last
-    print(f"measured in {time.perf_counter() - started:.0f} s", flush=True)
-    columns = ["samples/s", "audio s/s", "tokens/s", "MFU", "peak GiB", "RTF", "utt/s", "note"]
-    print(f"\n{'tiny shapes' if args.tiny else 'experiment=mt5k shapes'} on {name}, LLM "
-          f"{cfg.llm.dtype}, LoRA r={cfg.llm.lora.r}, micro-batch {args.batch} x "
-          f"{args.seconds:.0f} s, torch {torch.__version__}\n")
-    print("| run | " + " | ".join(columns) + " |")
-    print("|---|" + "---|" * len(columns))
-    for row in rows:
-        print(f"| {row.name} | " + " | ".join(row.values.get(c, "") for c in columns) + " |")
-    return rows
+    result: dict[str, Any] = {"device": name, "torch": torch.__version__, **checks(device)}
+    print(f"checks: {result}", flush=True)
+    model, cfg, _ = build(args.tiny, device)
+    flops = StepFlops.of(model)
+    print(f"built on {name} in {time.perf_counter() - started:.0f} s", flush=True)
+    rows: list[Row] = []
+    if args.only in (None, "train"):
+        rows += training_rows(model, cfg, device, args, flops)
+    with torch.compiler.set_stance("force_eager"):  # the compiled row's regions: eager here
+        if args.only in (None, "tail"):
+            rows += tail_rows(model, cfg, device, args, flops)
+        if args.only in (None, "decode"):
+            rows += decoding_rows(model, cfg, device, args)
+        result["top_kernels"] = top_kernels(model, cfg, device, args) if args.only is None else []
+    result.update(rows=[row.record() for row in rows], seconds=time.perf_counter() - started,
+                  shapes=f"{'tiny' if args.tiny else 'experiment=mt5k'}, LLM {cfg.llm.dtype}, "
+                         f"LoRA r={cfg.llm.lora.r}, {args.seconds:g} s utterances, "
+                         f"{PROMPT_TOKENS} prompt + {ANSWER_TOKENS} answer tokens")
+    print(f"\n{result['shapes']} on {name}, torch {torch.__version__}; FLOP formula / "
+          f"FlopCounterMode {result['flop_counter_ratio']:.4f}; packed vs padded losses: max "
+          f"|diff| {result['packed_vs_padded_max_abs_diff']:.2e}; {args.repeats} repeats of "
+          f"{args.steps} steps, median (spread)\n")
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(0 if main() else 1)

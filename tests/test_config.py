@@ -63,7 +63,7 @@ def test_evaluate_two_testsets():
 def test_mt5k_recipe_values():
     cfg, choices = _compose("train", ["experiment=mt5k"])
     assert choices["encoder"] == "paraformer" and choices["llm"] == "qwen2_7b"
-    assert choices["strategy"] == "zero2"
+    assert choices["strategy"] == "auto"  # measured: ZeRO-2 on one rank costs 30-50 %
     assert cfg.projector.downsample == 2 and cfg.projector.hidden_dim == 2048
     assert cfg.llm.architecture.hidden_size == 3584
     lora = cfg.llm.lora
@@ -74,8 +74,11 @@ def test_mt5k_recipe_values():
     assert optimizer._target_ == "torch.optim.Adam" and optimizer.lr == 1e-4
     assert (scheduler.name, scheduler.warmup_steps, scheduler.total_steps) == (
         "warmup_decay", 1000, 1_000_000)
-    assert cfg.data.batch_size == 8 and cfg.trainer.accumulate_grad_batches == 2
-    assert cfg.trainer.precision == "bf16-mixed" and cfg.strategy.stage == 2
+    # MooER's 16 samples an optimizer step (8 x 2), as one micro-batch (measured faster)
+    assert cfg.data.batch_size == 16 and cfg.trainer.accumulate_grad_batches == 1
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.module.optimizer.fused is True
+    mooer, _ = _compose("train", ["experiment=mt5k", "strategy=zero2"])  # MooER's, on request
+    assert mooer.strategy.stage == 2
     assert cfg.save_interval == 20000 and cfg.trainer.max_epochs == 10
     assert (cfg.data.min_length, cfg.data.max_length) == (20, 2000)
 

@@ -1,25 +1,41 @@
-"""Collate utterances into a model batch: prompts left-padded, answers right-padded.
+"""Collate utterances into a model batch: padded rows (one utterance a row) or packed rows
+(several utterances a row, no padding between them).
 
-Row layout:  [pad ... pad][audio slots][prompt][answer + eos][pad ... pad]
-             `----- left-padded to P -----------'`--- right-padded to A ---'
-so every row's answer starts at column P: `input_ids[:, :P]` is the batch's generation prompt.
+Padded:  [pad ... pad][audio slots][prompt][answer + eos][pad ... pad]
+         `----- left-padded to P -----------'`--- right-padded to A ---'
+so every row's answer starts at column P (`prompt_width`): `input_ids[:, :P]` is the batch's
+generation prompt.
+
+Packed:  [slots][prompt][answer + eos][slots][prompt][answer + eos] ... [pad ... pad]
+         `------- utterance 1 ---------'`------- utterance 2 ---------'
+positions restart at each utterance and attention never crosses one (`segment_ids`).
+
+Both layouts carry the same host-built indices, so the model's step reads no number back from
+the device: where each audio frame goes (`audio_slot_index` <- `audio_frame_index`), which
+positions are scored and against which token (`scored_index`, `scored_targets`), and to which
+utterance each scored token belongs (`scored_utterance`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from mooer.data.prompts import IGNORE_INDEX
 
+Sample = dict[str, Any]
+FrameCount = TypeVar("FrameCount", int, torch.Tensor)
 
-def conv_output_frames(frames: int, convs: Sequence[Sequence[int]]) -> int:
+
+def conv_output_frames(frames: FrameCount, convs: Sequence[Sequence[int]]) -> FrameCount:
     """Frames after 1-D convolutions given as (kernel, stride, padding): how an encoder shortens
-    its input (Whisper: [[3,1,1],[3,2,1]]; HuBERT on samples: (10,5,0), (3,2,0) x4, (2,2,0) x2)."""
+    its input (Whisper: [[3,1,1],[3,2,1]]; HuBERT on samples: (10,5,0), (3,2,0) x4, (2,2,0) x2).
+    An int on the host, or a tensor of lengths on the device (nothing read back)."""
     for kernel, stride, padding in convs:
-        frames = max(0, (frames + 2 * padding - kernel) // stride + 1)
+        frames = (frames + 2 * padding - kernel) // stride + 1
+        frames = frames.clamp_min(0) if isinstance(frames, torch.Tensor) else max(0, frames)
     return frames
 
 
@@ -28,30 +44,89 @@ def audio_slots(feature_frames: int, convs: Sequence[Sequence[int]], downsample:
     return conv_output_frames(feature_frames, convs) // downsample
 
 
-def collate(samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Stack tokenized utterances (see `mooer.data.pipeline.tokenize`) into a padded batch."""
-    batch_size = len(samples)
+def round_up(value: int, multiple: int) -> int:
+    """`value` rounded up to a multiple of `multiple` (the length buckets that bound how many
+    shapes a compiled step sees)."""
+    return -(-value // multiple) * multiple
+
+
+def sequence_length(sample: Sample) -> int:
+    """Tokens an utterance occupies in the LLM: audio slots + prompt + answer."""
+    return sample["num_audio_slots"] + len(sample["prompt_ids"]) + len(sample["answer_ids"])
+
+
+def collate(samples: Sequence[Sample], pad_id: int, pad_to_multiple: int = 1) -> dict[str, Any]:
+    """Stack tokenized utterances (see `mooer.data.pipeline.tokenize`) into a padded batch, one
+    utterance a row; token and frame widths rounded up to `pad_to_multiple`."""
     prompt_lengths = [s["num_audio_slots"] + len(s["prompt_ids"]) for s in samples]
-    answer_lengths = [len(s["answer_ids"]) for s in samples]
-    prompt_width, answer_width = max(prompt_lengths), max(answer_lengths)
-    width = prompt_width + answer_width
-    input_ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
-    labels = torch.full((batch_size, width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((batch_size, width), dtype=torch.long)
-    audio_slot_mask = torch.zeros((batch_size, width), dtype=torch.bool)
+    prompt_width = max(prompt_lengths)
+    width = round_up(prompt_width + max(len(s["answer_ids"]) for s in samples), pad_to_multiple)
+    placements = [(row, prompt_width - length) for row, length in enumerate(prompt_lengths)]
+    batch = _layout(samples, placements, len(samples), width, pad_id, pad_to_multiple)
+    batch["prompt_width"] = prompt_width
+    return batch
+
+
+def collate_packed(rows: Sequence[Sequence[Sample]], pad_id: int, row_tokens: int | None = None,
+                   pad_to_multiple: int = 1) -> dict[str, Any]:
+    """Pack rows of utterances (see `mooer.data.pipeline.pack_rows`) into one batch: each row
+    holds its utterances back to back, padded at the end to `row_tokens` (or to the longest
+    row, rounded up to `pad_to_multiple`). For training: generation needs padded rows."""
+    samples, placements, longest = [], [], 0
+    for row, utterances in enumerate(rows):
+        start = 0
+        for sample in utterances:
+            samples.append(sample)
+            placements.append((row, start))
+            start += sequence_length(sample)
+        longest = max(longest, start)
+    width = row_tokens or round_up(longest, pad_to_multiple)
+    if longest > width:
+        raise ValueError(f"a packed row holds {longest} tokens, over row_tokens={width}")
+    batch = _layout(samples, placements, len(rows), width, pad_id, pad_to_multiple)
+    batch["prompt_width"] = None
+    return batch
+
+
+def _layout(samples: Sequence[Sample], placements: Sequence[tuple[int, int]], num_rows: int,
+            width: int, pad_id: int, pad_to_multiple: int) -> dict[str, Any]:
+    """Token rows, masks, positions and indices of `samples`, utterance i starting (audio slots
+    first) at column placements[i][1] of row placements[i][0]."""
+    input_ids = torch.full((num_rows, width), pad_id, dtype=torch.long)
+    labels = torch.full((num_rows, width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((num_rows, width), dtype=torch.long)
+    segment_ids = torch.zeros((num_rows, width), dtype=torch.long)
+    position_ids = torch.zeros((num_rows, width), dtype=torch.long)
+    audio_slot_mask = torch.zeros((num_rows, width), dtype=torch.bool)
     frames = [len(s["features"]) for s in samples]
-    features = samples[0]["features"].new_zeros((batch_size, max(frames),
-                                                 samples[0]["features"].shape[1]))
-    for row, sample in enumerate(samples):
-        start = prompt_width - prompt_lengths[row]
-        prompt_start = start + sample["num_audio_slots"]
-        answer_end = prompt_width + answer_lengths[row]
+    features = samples[0]["features"].new_zeros(
+        (len(samples), round_up(max(frames), pad_to_multiple), samples[0]["features"].shape[1]))
+    slot_rows, slot_cols, frame_utts, frame_pos = [], [], [], []
+    scored_rows, scored_cols, scored_targets, scored_utts = [], [], [], []
+    segments_in_row = [0] * num_rows
+    for utterance, (sample, (row, start)) in enumerate(zip(samples, placements, strict=True)):
+        slots, answer = sample["num_audio_slots"], torch.as_tensor(sample["answer_ids"])
+        prompt_start = start + slots
+        answer_start = prompt_start + len(sample["prompt_ids"])
+        end = answer_start + len(answer)
+        segments_in_row[row] += 1
         audio_slot_mask[row, start:prompt_start] = True
-        input_ids[row, prompt_start:prompt_width] = sample["prompt_ids"]
-        input_ids[row, prompt_width:answer_end] = sample["answer_ids"]
-        labels[row, prompt_width:answer_end] = sample["answer_ids"]
-        attention_mask[row, start:answer_end] = 1
-        features[row, :frames[row]] = sample["features"]
+        input_ids[row, prompt_start:answer_start] = torch.as_tensor(sample["prompt_ids"])
+        input_ids[row, answer_start:end] = answer
+        labels[row, answer_start:end] = answer
+        attention_mask[row, start:end] = 1
+        segment_ids[row, start:end] = segments_in_row[row]
+        position_ids[row, start:end] = torch.arange(end - start)
+        features[utterance, :frames[utterance]] = sample["features"]
+        slot_rows += [row] * slots
+        slot_cols += range(start, prompt_start)
+        frame_utts += [utterance] * slots
+        frame_pos += range(slots)
+        # the position before each answer token predicts it
+        scored_rows += [row] * len(answer)
+        scored_cols += range(answer_start - 1, end - 1)
+        scored_targets += answer.tolist()
+        scored_utts += [utterance] * len(answer)
     batch = {
         "keys": [s["key"] for s in samples],
         "targets": [s["target"] for s in samples],
@@ -59,11 +134,22 @@ def collate(samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         "input_ids": input_ids,
         "labels": labels,
         "attention_mask": attention_mask,
+        "segment_ids": segment_ids,
+        "position_ids": position_ids,
+        # whether attention needs a mask: padding, or more than one utterance in a row
+        "needs_mask": bool((segment_ids != 1).any()),
         "audio_slot_mask": audio_slot_mask,
-        "num_audio_slots": torch.tensor([s["num_audio_slots"] for s in samples]),
-        "prompt_width": prompt_width,
+        "num_audio_slots": [s["num_audio_slots"] for s in samples],
+        "audio_slot_index": torch.tensor([slot_rows, slot_cols], dtype=torch.long),
+        "audio_frame_index": torch.tensor([frame_utts, frame_pos], dtype=torch.long),
+        "scored_index": torch.tensor([scored_rows, scored_cols], dtype=torch.long),
+        "scored_targets": torch.tensor(scored_targets, dtype=torch.long),
+        "scored_utterance": torch.tensor(scored_utts, dtype=torch.long),
+        "num_scored": len(scored_targets),
+        "utterance_tokens": [sequence_length(s) for s in samples],
         "features": features,
         "feature_lengths": torch.tensor(frames),
+        "feature_frames": frames,
         "audio_seconds": float(sum(len(s["wav"]) / s["sample_rate"] for s in samples)),
     }
     if "transcript_ids" in samples[0]:
@@ -76,7 +162,7 @@ def collate(samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
 def move_batch(batch: dict[str, Any], device: torch.device,
                features_dtype: torch.dtype | None = None) -> dict[str, Any]:
     """A batch's tensors on `device` (its features in `features_dtype` when given); its key and
-    text lists as they are."""
+    text lists, and the host-side numbers, as they are."""
     moved = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
              for k, v in batch.items()}
     if features_dtype is not None:

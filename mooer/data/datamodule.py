@@ -16,7 +16,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mooer.data import pipeline as P
-from mooer.data.collate import audio_slots, collate
+from mooer.data.collate import audio_slots, collate, collate_packed
 from mooer.data.prompts import PromptBuilder, PromptFormat
 from mooer.data.text import read_table
 
@@ -39,6 +39,10 @@ class PipelineOptions:
     max_frames_in_batch: int = 12000
     max_tokens_in_batch: int | None = None
     bucket_ratio: float = 1.1      # dynamic batching: longest / shortest utterance of a batch
+    packing: bool = False          # training: several utterances a row (collate_packed)
+    max_tokens_in_row: int = 4096  # packing: LLM tokens a row (audio slots + prompt + answer)
+    rows_per_batch: int = 1        # packing: rows a batch
+    pad_to_multiple: int = 1       # token and frame widths rounded up to this (compile buckets)
     speed_perturb: Sequence[float] = ()
     # True (defaults) or the keyword arguments of pipeline.spec_augment
     spec_augment: bool | Mapping[str, Any] = False
@@ -49,7 +53,8 @@ class PipelineOptions:
     replace_type: str = "replace"
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_frames_in_batch", "sample_rate"):
+        for name in ("batch_size", "max_frames_in_batch", "sample_rate", "max_tokens_in_row",
+                     "rows_per_batch", "pad_to_multiple"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"data.{name} must be a positive integer, got {value!r}")
@@ -140,14 +145,25 @@ class ShardDataset(IterableDataset):
                                         errors=errors))
         if o.training and o.shuffle_buffer > 1:
             stages.append(functools.partial(P.shuffle, buffer_size=o.shuffle_buffer, seed=seed + 2))
-        if o.dynamic_batching:  # duration buckets: no sort buffer needed
-            stages.append(functools.partial(P.batch_dynamic, max_frames=o.max_frames_in_batch,
-                                            max_tokens=o.max_tokens_in_batch,
-                                            bucket_ratio=o.bucket_ratio))
+        pad_id = self.prompt_builder.pad_id
+        if o.packing and o.training:  # validation and decoding need padded rows (generation)
+            stages.append(functools.partial(P.pack_rows, row_tokens=o.max_tokens_in_row,
+                                            rows_per_batch=o.rows_per_batch,
+                                            buffer_size=max(o.sort_buffer, 1), errors=errors))
+            make_batch = functools.partial(collate_packed, pad_id=pad_id,
+                                           row_tokens=o.max_tokens_in_row,
+                                           pad_to_multiple=o.pad_to_multiple)
         else:
-            if o.sort_buffer > 1:
-                stages.append(functools.partial(P.sort_by_length, buffer_size=o.sort_buffer))
-            stages.append(functools.partial(P.batch_fixed, batch_size=o.batch_size))
+            if o.dynamic_batching:  # length buckets: no sort buffer needed
+                stages.append(functools.partial(P.batch_dynamic, max_frames=o.max_frames_in_batch,
+                                                max_tokens=o.max_tokens_in_batch,
+                                                bucket_ratio=o.bucket_ratio))
+            else:
+                if o.sort_buffer > 1:
+                    stages.append(functools.partial(P.sort_by_length, buffer_size=o.sort_buffer))
+                stages.append(functools.partial(P.batch_fixed, batch_size=o.batch_size))
+            make_batch = functools.partial(collate, pad_id=pad_id,
+                                           pad_to_multiple=o.pad_to_multiple)
         reported, reported_shards = P.DataErrors(), set()
 
         def news() -> dict[str, Any]:
@@ -160,7 +176,7 @@ class ShardDataset(IterableDataset):
             return fresh
 
         for samples in wds.DataPipeline(*stages):
-            yield {**collate(samples, self.prompt_builder.pad_id), **news()}
+            yield {**make_batch(samples), **news()}
         yield {**news(), "report_only": True}  # what happened after the last batch
 
 

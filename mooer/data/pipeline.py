@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mooer.data.audio import AUDIO_EXTENSIONS, AudioError, decode_audio, resample, to_mono
+from mooer.data.collate import sequence_length
 from mooer.data.text import WORD_JOINER
 
 log = logging.getLogger(__name__)
@@ -387,11 +388,6 @@ def sort_by_length(samples: Iterable[Sample], buffer_size: int) -> Iterator[Samp
     yield from buffer
 
 
-def sequence_length(sample: Sample) -> int:
-    """Tokens an utterance occupies in the LLM: audio slots + prompt + answer."""
-    return sample["num_audio_slots"] + len(sample["prompt_ids"]) + len(sample["answer_ids"])
-
-
 def batch_fixed(samples: Iterable[Sample], batch_size: int) -> Iterator[list[Sample]]:
     """Batches of `batch_size` utterances (the last may be smaller)."""
     return groups(samples, batch_size)
@@ -399,17 +395,20 @@ def batch_fixed(samples: Iterable[Sample], batch_size: int) -> Iterator[list[Sam
 
 def batch_dynamic(samples: Iterable[Sample], max_frames: int, max_tokens: int | None = None,
                   bucket_ratio: float = 1.1) -> Iterator[list[Sample]]:
-    """Batches of utterances of similar length whose padded size stays within budget (duration
+    """Batches of utterances of similar length whose padded size stays within budget (length
     buckets, as lhotse's and WeNet's bucketing samplers): an utterance of f feature frames joins
-    bucket floor(log f / log bucket_ratio), so a batch's lengths differ by at most that ratio; a
-    bucket's batch is given out when the next utterance would take longest frames x count past
-    `max_frames` (or longest sequence x count past `max_tokens`). The partial batches follow at the
-    end, shortest bucket first. An utterance over budget alone forms its own batch."""
+    bucket floor(log f / log bucket_ratio), so a batch's durations differ by at most that ratio;
+    with `max_tokens`, buckets are 2-D (NeMo's 2D bucketing), on its LLM tokens (audio slots +
+    prompt + answer, what the step's memory follows) as well, so a batch pads little in either.
+    A bucket's batch is given out when the next utterance would take longest frames x count
+    past `max_frames` (or longest sequence x count past `max_tokens`). The partial batches follow
+    at the end, shortest bucket first. An utterance over budget alone forms its own batch."""
     log_ratio = math.log(bucket_ratio)
-    open_batches: dict[int, tuple[list[Sample], int, int]] = {}
+    open_batches: dict[tuple[int, int], tuple[list[Sample], int, int]] = {}
     for sample in samples:
         frames, tokens = len(sample["features"]), sequence_length(sample)
-        bucket = int(math.log(max(frames, 1)) / log_ratio)
+        bucket = (int(math.log(max(frames, 1)) / log_ratio),
+                  int(math.log(max(tokens, 1)) / log_ratio) if max_tokens else 0)
         batch, longest_frames, longest_tokens = open_batches.get(bucket, ([], 0, 0))
         longest_frames, longest_tokens = max(longest_frames, frames), max(longest_tokens, tokens)
         size = len(batch) + 1
@@ -421,3 +420,47 @@ def batch_dynamic(samples: Iterable[Sample], max_frames: int, max_tokens: int | 
         open_batches[bucket] = (batch, longest_frames, longest_tokens)
     for bucket in sorted(open_batches):
         yield open_batches[bucket][0]
+
+
+def pack_rows(samples: Iterable[Sample], row_tokens: int, rows_per_batch: int, buffer_size: int,
+              errors: DataErrors | None = None) -> Iterator[list[list[Sample]]]:
+    """Packed batches (`mooer.data.collate.collate_packed`): `rows_per_batch` rows of at most
+    `row_tokens` LLM tokens (audio slots + prompt + answer, so the budget is the step's memory),
+    each row several utterances back to back.
+
+    Each buffer of `buffer_size` utterances is sorted longest first and dealt first-fit into
+    rows (first-fit decreasing fills rows to within a few tokens), so a batch's utterances have
+    similar durations and the encoder, which runs on them as a padded batch, pads little. Rows
+    of a buffer that do not fill a whole batch are dealt again with the next buffer; the last
+    batch of the stream may have fewer rows. An utterance longer than a row is skipped (counted).
+    """
+    carried: list[Sample] = []
+
+    def deal(buffer: list[Sample]) -> list[list[Sample]]:
+        rows: list[list[Sample]] = []
+        room: list[int] = []
+        for sample in sorted(buffer, key=sequence_length, reverse=True):
+            length = sequence_length(sample)
+            if length > row_tokens:
+                if errors is not None:
+                    errors.skip("longer than data.max_tokens_in_row", sample["key"],
+                                f"({length} tokens)")
+                continue
+            row = next((i for i, free in enumerate(room) if free >= length), None)
+            if row is None:
+                rows.append([])
+                room.append(row_tokens)
+                row = len(rows) - 1
+            rows[row].append(sample)
+            room[row] -= length
+        return rows
+
+    for buffer in groups(samples, buffer_size):
+        rows = deal(carried + buffer)
+        whole = len(rows) - len(rows) % rows_per_batch
+        for start in range(0, whole, rows_per_batch):
+            yield rows[start:start + rows_per_batch]
+        carried = [sample for row in rows[whole:] for sample in row]
+    rows = deal(carried)
+    for start in range(0, len(rows), rows_per_batch):
+        yield rows[start:start + rows_per_batch]

@@ -1,7 +1,9 @@
 """SpeechLLM: encoder -> projector -> audio embeddings spliced into the LLM's input embeddings.
 
-Knows nothing of Lightning. Batches come from `mooer.data.collate.collate`: audio slots, prompt
-and answer in one row, `audio_slot_mask` marking where projected audio frames go.
+Knows nothing of Lightning. Batches come from `mooer.data.collate` (padded or packed rows): the
+host-built indices there say where each projected audio frame goes and which positions are
+scored, so a training step reads nothing back from the device (no host sync: it compiles with
+`fullgraph=True`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mooer.data.prompts import IGNORE_INDEX
+from mooer.data.collate import audio_slots
 
 
 @dataclass
@@ -23,9 +25,13 @@ class Generated:
     texts: list[str]
 
 
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counting only attended tokens, so left padding does not shift a row."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+def segment_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """[rows, T] segment ids -> [rows, 1, T, T] boolean mask (True: attend): causal, and only
+    within a segment (one utterance of a packed row; padding is segment 0 and sees only
+    padding, so no row of the mask is empty). Built on the device from the collated ids."""
+    width = segment_ids.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=segment_ids.device).tril()
+    return ((segment_ids[:, :, None] == segment_ids[:, None, :]) & causal)[:, None]
 
 
 class SpeechLLM(nn.Module):
@@ -36,6 +42,11 @@ class SpeechLLM(nn.Module):
                  ctc_weight: float = 0.0) -> None:
         super().__init__()
         self.encoder, self.projector, self.llm = encoder, projector, llm
+        layer_types = set(getattr(llm.config, "layer_types", None) or ["full_attention"])
+        if layer_types != {"full_attention"}:
+            raise ValueError(f"the LLM has {', '.join(sorted(layer_types - {'full_attention'}))} "
+                             "layers: the training step's attention masks cover full attention "
+                             "only (set use_sliding_window: false)")
         self.tokenizer = tokenizer
         rows = llm.get_input_embeddings().num_embeddings
         if tokenizer is not None and len(tokenizer) > rows:
@@ -77,45 +88,61 @@ class SpeechLLM(nn.Module):
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.projector(states), self.projector.output_lengths(lengths)
 
+    def check_audio_slots(self, batch: dict[str, Any]) -> None:
+        """On the host: each utterance has as many audio slots as this model's encoder and
+        projector give its frames (batches made for another encoder would not)."""
+        convs, downsample = self.encoder.length_convs, self.projector.downsample
+        for utterance, (frames, want) in enumerate(zip(batch["feature_frames"],
+                                                       batch["num_audio_slots"], strict=True)):
+            have = audio_slots(frames, convs, downsample)
+            if have < want:
+                raise ValueError(f"utterance {utterance}: the encoder gives {have} audio frames "
+                                 f"but the batch has {want} audio slots: the batches were made "
+                                 "for another encoder (its length_convs) or projector.downsample")
+
     def embed(self, batch: dict[str, Any], encoded: tuple | None = None) -> torch.Tensor:
         """Token embeddings with the audio slots replaced by projected audio."""
+        if not torch.compiler.is_compiling():
+            self.check_audio_slots(batch)
         embeddings = self.llm.get_input_embeddings()(batch["input_ids"])
-        audio, audio_lengths = self._project(
+        audio, _ = self._project(
             *(encoded or self._encode(batch["features"], batch["feature_lengths"])))
-        slots = batch["num_audio_slots"].tolist()
-        for row, (have, want) in enumerate(zip(audio_lengths.tolist(), slots, strict=True)):
-            if have < want:
-                raise ValueError(f"row {row}: the encoder gives {have} audio frames but the batch "
-                                 f"has {want} audio slots: the batches were made for another "
-                                 "encoder (its length_convs) or projector.downsample")
-        frames = torch.cat([audio[row, :n] for row, n in enumerate(slots)])
-        mask = batch["audio_slot_mask"][..., None]
-        return embeddings.masked_scatter(mask, frames.to(embeddings.dtype))
+        utterances, frames = batch["audio_frame_index"]
+        rows, columns = batch["audio_slot_index"]
+        return embeddings.index_put((rows, columns), audio[utterances, frames].to(embeddings.dtype))
+
+    def attention(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The decoder's attention masks, ready made (a mapping by layer type, which transformers
+        takes as is), and positions. None where every row is one utterance without padding:
+        plain causal attention, the fastest kernels, and positions 0..T-1, which the decoder
+        counts itself. (Left to build its own mask, transformers reads the positions back to
+        look for packed rows: a host sync every step.)"""
+        if not batch["needs_mask"]:
+            return {"attention_mask": {"full_attention": None}}
+        return {"attention_mask": {"full_attention": segment_attention_mask(batch["segment_ids"])},
+                "position_ids": batch["position_ids"]}
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Loss over labelled positions and next-token accuracy there (plus the weighted CTC
-        loss of the transcript on the encoder, when a CTC head is configured)."""
+        """Loss over the scored (answer) positions, each token's loss (`token_loss`, in the
+        order of `scored_targets`) and next-token accuracy there (plus the weighted CTC loss of
+        the transcript on the encoder, when a CTC head is configured).
+
+        The decoder runs without its output head; the head runs only at the scored positions
+        (a tenth of a row at MooER's shapes), which the collate listed. So the LLM must be a
+        decoder plus an output head, as Qwen2's and Llama's causal LMs are.
+        """
         encoded = self._encode(batch["features"], batch["feature_lengths"])
-        labels = batch["labels"]
-        # logits only from the first position that predicts a label on: prompts and audio are
-        # most of the sequence, and [batch, positions, vocabulary] logits are the largest tensor.
-        # Answers start at the collated `prompt_width` in every row: a host-side number, so the
-        # GPU need not wait for the CPU to look for the first label (a .nonzero() sync per step)
-        first = max(batch["prompt_width"] - 1, 0)
-        out = self.llm(inputs_embeds=self.embed(batch, encoded),
-                       attention_mask=batch["attention_mask"],
-                       position_ids=position_ids_from_mask(batch["attention_mask"]),
-                       logits_to_keep=labels.shape[1] - first)
-        logits = out.logits[:, :-1]
-        targets = labels[:, first + 1:]
-        loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                                           ignore_index=IGNORE_INDEX)
-        predictions = logits.argmax(-1)
-        labelled = targets != IGNORE_INDEX
-        correct = (predictions == targets) & labelled
-        result = {"loss": loss, "llm_loss": loss,
-                  "accuracy": correct.sum() / labelled.sum().clamp_min(1),
-                  "num_tokens": labelled.sum()}
+        hidden = self.llm.get_decoder()(inputs_embeds=self.embed(batch, encoded), use_cache=False,
+                                        **self.attention(batch)).last_hidden_state
+        rows, columns = batch["scored_index"]
+        logits = self.llm.get_output_embeddings()(hidden[rows, columns])
+        targets = batch["scored_targets"]
+        token_loss = nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+        loss = token_loss.mean()
+        correct = (logits.argmax(-1) == targets).sum()
+        result = {"loss": loss, "llm_loss": loss, "token_loss": token_loss,
+                  "accuracy": correct / max(batch["num_scored"], 1),
+                  "num_tokens": batch["num_scored"]}
         if self.ctc_weight > 0 and "transcript_ids" in batch:
             result["ctc_loss"] = self.ctc_loss(*encoded, batch["transcript_ids"],
                                                batch["transcript_lengths"])
@@ -142,6 +169,9 @@ class SpeechLLM(nn.Module):
         if self.tokenizer is None:
             raise ValueError("SpeechLLM.generate needs a tokenizer")
         width = batch["prompt_width"]
+        if width is None:
+            raise ValueError("packed batches are for training: decode padded batches "
+                             "(mooer.data.collate.collate)")
         prompt = {**batch, "input_ids": batch["input_ids"][:, :width],
                   "audio_slot_mask": batch["audio_slot_mask"][:, :width]}
         attention_mask = batch["attention_mask"][:, :width]

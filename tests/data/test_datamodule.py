@@ -220,7 +220,7 @@ def test_datamodule_from_composed_config(task, shards, tokenizer, corpus):
                              tokenizer=tokenizer, prompt=instantiate(cfg.task), _convert_="all")
     batch = next(iter(datamodule.val_dataloader()))
     assert batch["features"].shape[-1] == 560
-    assert batch["num_audio_slots"].tolist() == (batch["feature_lengths"] // 2).tolist()
+    assert batch["num_audio_slots"] == (batch["feature_lengths"] // 2).tolist()
     expected = {"asr": {"asr"}, "ast": {"ast"}, "asr_ast": {"asr", "ast"}}[task]
     assert set(batch["tasks"]) <= expected
 
@@ -240,3 +240,34 @@ def test_spec_augment_masks_the_same_bins_of_every_stacked_frame():
     masked_rows = (timed["features"] == 0).all(1).sum()
     assert masked_rows <= 5  # at most a tenth of 50 frames
     assert not (features == 0).any()  # the input is not changed in place
+
+
+def test_packed_training_batches_hold_each_utterance_once_within_the_row_budget(shards, tokenizer,
+                                                                                 corpus):
+    texts = dict(read_table(corpus / "text"))
+    dm = make_dm(shards, tokenizer, packing=True, max_tokens_in_row=256, rows_per_batch=2,
+                 sort_buffer=12)
+    batches = list(dm.train_dataloader())
+    assert sorted(all_keys(batches)) == sorted(texts)  # each utterance exactly once
+    used = []
+    for batch in batches:
+        assert batch["input_ids"].shape[1] == 256 and batch["input_ids"].shape[0] <= 2
+        assert batch["prompt_width"] is None
+        for row in range(batch["input_ids"].shape[0]):
+            segments = batch["segment_ids"][row]
+            used.append(int((segments > 0).sum()))
+            # each utterance of the row starts at position 0 with its audio slots
+            starts = (batch["position_ids"][row] == 0) & (segments > 0)
+            assert batch["audio_slot_mask"][row][starts].all()
+            assert int(starts.sum()) == int(segments.max())
+        answers = {}
+        for target, utterance in zip(batch["scored_targets"].tolist(),
+                                     batch["scored_utterance"].tolist(), strict=True):
+            answers.setdefault(utterance, []).append(target)
+        for utterance, key in enumerate(batch["keys"]):
+            assert answers[utterance][-1] == tokenizer.eos_token_id
+            assert tokenizer.decode(answers[utterance][:-1]) == texts[key]
+    # first-fit decreasing fills the rows: all but the last few close to the budget
+    assert sorted(used)[len(used) // 2] > 0.8 * 256, used
+    validation = next(iter(dm.val_dataloader()))  # decoding needs padded rows
+    assert isinstance(validation["prompt_width"], int)

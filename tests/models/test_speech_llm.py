@@ -158,10 +158,9 @@ def test_loss_counts_only_answer_tokens(tokenizer, batch):
     torch.testing.assert_close(out["accuracy"], expected_accuracy)
 
 
-def _rows(batch, rows):
-    """The sub-batch of `rows`, trimmed of padding columns, as the collate would build it."""
-    from mooer.data.collate import collate
-
+def samples_of(batch, rows) -> list[dict]:
+    """The tokenized utterances of a padded batch's `rows`, as the pipeline gives them to the
+    collate (read back from the batch's rows, trimmed of padding)."""
     samples = []
     for row in rows:
         mask = batch["attention_mask"][row].bool()
@@ -176,7 +175,14 @@ def _rows(batch, rows):
             "answer_ids": answer,
             "features": batch["features"][row, :batch["feature_lengths"][row]],
             "wav": torch.zeros(1), "sample_rate": 16000})
-    return collate(samples, pad_id=0)
+    return samples
+
+
+def _rows(batch, rows):
+    """The sub-batch of `rows`, trimmed of padding columns, as the collate would build it."""
+    from mooer.data.collate import collate
+
+    return collate(samples_of(batch, rows), pad_id=0)
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])

@@ -1,8 +1,9 @@
-"""benchmarks/gpu.py at tiny shapes on the CPU: every row of the GPU table is produced."""
+"""benchmarks/gpu.py at tiny shapes on the CPU: every row the CPU can run, the JSON it writes,
+and its two checks (the FLOP formula against FlopCounterMode, packed against padded losses)."""
 
 from __future__ import annotations
 
-import re
+import json
 import subprocess
 import sys
 
@@ -13,24 +14,39 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-def test_gpu_benchmark_runs_at_tiny_shapes_on_the_cpu():
+def test_gpu_benchmark_runs_every_row_at_tiny_shapes_on_the_cpu(tmp_path):
+    out = tmp_path / "gpu.json"
     result = subprocess.run(
         [sys.executable, "benchmarks/gpu.py", "--tiny", "--device", "cpu", "--steps", "2",
-         "--warmup", "1", "--tail_utterances", "16", "--new_tokens", "4"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+         "--warmup", "1", "--repeats", "2", "--tail_utterances", "40", "--new_tokens", "4",
+         "--row_tokens", "256", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:]
-            for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line}
-    for name in ("auto, SDPA", "auto, SDPA, gradient checkpointing",
-                 "auto, SDPA, with the old .nonzero() host sync", "auto, SDPA, LoRA dropout off",
-                 "auto, SDPA, micro-batch 16", "zero2, one rank, SDPA"):
-        samples, audio, tokens = (float(v) for v in rows[name][:3])
-        assert samples > 0 and audio == pytest.approx(samples * 10, rel=0.01) and tokens > audio
-    assert "not available" in rows["auto, FlashAttention 2"][-1] or float(
-        rows["auto, FlashAttention 2"][0]) > 0
-    bucketed = next(name for name in rows if name.startswith("bucketed dynamic"))
-    assert int(re.search(r"(\d+)% frames real", bucketed).group(1)) >= 90
-    for batch_size in (1, 16):
-        for merged in ("", ", LoRA merged"):
-            decode = rows[f"decode, beam 4, batch {batch_size}, 4 new tokens{merged}"]
-            assert float(decode[5]) > 0 and float(decode[6]) > 0  # RTF, utt/s
+    report = json.loads(out.read_text())
+    assert report["flop_counter_ratio"] == pytest.approx(1.0, abs=0.03)
+    assert report["packed_vs_padded_max_abs_diff"] < 1e-5
+    rows = {row["name"]: row for row in report["rows"]}
+    training = [row for row in rows.values() if row["kind"] == "train"]
+    assert [row["name"] for row in training] == [
+        "lightning, auto, bf16-mixed (recipe)", "lightning, auto, bf16-mixed, micro-batch 16 x 1",
+        "lightning, auto, bf16-mixed, compiled regions", "bare loop, autocast, fused optimizer",
+        "lightning, zero2, bf16-mixed (MooER's strategy)"]
+    for row in training:
+        assert not row["note"].startswith("failed"), row
+        assert len(row["samples_per_s_repeats"]) == 2 and row["samples_per_s"] > 0
+        # 10 s a sample, 83 audio slots + 28 prompt + 30 answer tokens, no padding
+        assert row["audio_s_per_s"] == pytest.approx(10 * row["samples_per_s"], rel=1e-6)
+        assert row["real_tokens_per_s"] == pytest.approx(141 * row["samples_per_s"], rel=1e-6)
+        assert row["answer_tokens_per_s"] == pytest.approx(30 * row["samples_per_s"], rel=1e-6)
+        assert row["token_efficiency"] == 1.0 and row["flops_per_sample"] > 0
+        assert "mfu" in row  # NaN on the CPU: no peak to divide by
+    assert rows["lightning, auto, bf16-mixed, compiled regions"]["warmup_and_compile_s"] > 0
+    tail = {name.split(",")[1].split()[0]: row for name, row in rows.items()
+            if row["kind"] == "tail"}
+    assert set(tail) == {"fixed", "bucketed", "packed"}
+    # packing and bucketing pad less than fixed batches of the same utterances
+    assert tail["packed"]["token_efficiency"] > tail["fixed"]["token_efficiency"]
+    assert tail["bucketed"]["frame_efficiency"] > tail["fixed"]["frame_efficiency"]
+    decoding = [row for row in rows.values() if row["kind"] == "decode"]
+    assert len(decoding) == 4 and all(row["rtf"] > 0 for row in decoding)
+    assert "| lightning, auto, bf16-mixed (recipe) |" in result.stdout

@@ -30,25 +30,75 @@ def module(tokenizer):
     return build_module(tokenizer)
 
 
-def test_nonfinite_loss_is_skipped_counted_and_bounded(module, monkeypatch):
-    module._trainer = SimpleNamespace(strategy=SimpleNamespace(), global_step=0,
-                                      log_every_n_steps=1, fast_dev_run=False)
-    monkeypatch.setattr(module, "log", lambda *a, **k: None)
-    nan = {"loss": torch.tensor(float("nan")), "accuracy": torch.tensor(0.0),
-           "num_tokens": torch.tensor(3)}
-    monkeypatch.setattr(module.model, "forward", lambda batch: nan)
-    assert module.training_step({"keys": ["a"]}, 0) is None
-    assert module.training_step({"keys": ["a"]}, 1) is None
-    assert module.nonfinite_steps == 2
-    finite = {**nan, "loss": torch.tensor(1.5)}
-    monkeypatch.setattr(module.model, "forward", lambda batch: finite)
-    assert module.training_step({"keys": ["a"], "audio_seconds": 1.0}, 2) == 1.5
-    assert module.consecutive_nonfinite == 0
-    monkeypatch.setattr(module.model, "forward", lambda batch: nan)
-    module.training_step({"keys": ["a"]}, 3)
-    module.training_step({"keys": ["a"]}, 4)
+@pytest.fixture(scope="module")
+def batches(shards, tokenizer) -> list[dict]:
+    """Four corpus batches of 4 utterances."""
+    from mooer.data.datamodule import SpeechDataModule
+    from mooer.data.features import ParaformerFrontend
+    from tests.conftest import prompt_format
+
+    dm = SpeechDataModule(ParaformerFrontend(None), tokenizer, prompt_format("asr"),
+                          val_data_path=str(shards), val_batch_size=4, min_length=0,
+                          sort_buffer=0)
+    return list(dm.val_dataloader())[:4]
+
+
+def poisoned(batch: dict) -> dict:
+    """The batch with NaN features: its loss is NaN."""
+    return {**batch, "features": torch.full_like(batch["features"], float("nan"))}
+
+
+def fit(module, batches: list[dict]) -> list[dict[str, torch.Tensor]]:
+    """Lightning fit on the CPU, one optimizer step a batch; the trainable weights after each."""
+    import lightning.pytorch as pl
+
+    after = []
+
+    class Snapshots(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            after.append({n: p.detach().clone() for n, p in pl_module.model.named_parameters()
+                          if p.requires_grad})
+
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, log_every_n_steps=1,
+                         callbacks=[Snapshots()])
+    trainer.fit(module, train_dataloaders=Batches(batches))
+    return after
+
+
+class Batches:
+    """A loader of ready batches (Lightning would take a bare list for a list of loaders)."""
+
+    def __init__(self, batches: list[dict]) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["on the device", "on the host"])
+def test_nonfinite_loss_is_skipped_counted_and_bounded(tokenizer, batches, fused):
+    """A NaN batch leaves every trainable weight as it was, is counted, and too many in a row
+    stop the run. A fused optimizer skips on the device (found_inf: nothing read back); others
+    read the loss back and skip on the host."""
+    module = build_module(tokenizer, f"module.optimizer.fused={str(fused).lower()}")
+    weights = fit(module, [batches[0], poisoned(batches[1]), batches[2], batches[3]])
+    assert module._device_skip is fused
+    assert same(weights[1], weights[0])  # the NaN step changed nothing
+    assert not same(weights[2], weights[1]) and not same(weights[3], weights[2])
+    assert all(torch.isfinite(w).all() for w in weights[3].values())
+    assert module.nonfinite_steps == 1 and module.consecutive_nonfinite == 0
+    module = build_module(tokenizer, f"module.optimizer.fused={str(fused).lower()}")
     with pytest.raises(NonFiniteLossError, match="3 consecutive batches"):
-        module.training_step({"keys": ["a"]}, 5)
+        fit(module, [batches[0]] + [poisoned(b) for b in batches[1:]])
 
 
 def test_step_metrics_are_logged_only_on_the_steps_that_are_read(module, monkeypatch):

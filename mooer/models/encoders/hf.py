@@ -56,6 +56,11 @@ class WhisperEncoder(nn.Module):
         self.output_size = self.model.config.d_model
         self.length_convs = [[3, 1, 1], [3, 2, 1]]  # conv1, conv2 (stride 2)
 
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """The repeated layers (what regional compilation compiles)."""
+        return list(self.model.layers)
+
     def forward(self, features: torch.Tensor, lengths: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """features [B, T, n_mels] -> [B, ceil(T / 2), d_model]."""
@@ -69,8 +74,7 @@ class WhisperEncoder(nn.Module):
         x = F.dropout(x, p=m.dropout, training=self.training)
         for layer in m.layers:
             x = layer(x, None)
-        return m.layer_norm(x), torch.tensor([conv_output_frames(int(n), self.length_convs)
-                                              for n in lengths], device=lengths.device)
+        return m.layer_norm(x), conv_output_frames(lengths, self.length_convs)
 
 
 class HubertEncoder(nn.Module):
@@ -87,6 +91,11 @@ class HubertEncoder(nn.Module):
         self.length_convs = [[kernel, stride, 0] for kernel, stride in
                              zip(self.model.config.conv_kernel, self.model.config.conv_stride,
                                  strict=True)]
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """The repeated layers (what regional compilation compiles)."""
+        return list(self.model.encoder.layers)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,6 +123,11 @@ class W2vBert2Encoder(nn.Module):
         self.length_convs = ([[c.adapter_kernel_size, c.adapter_stride,
                                c.adapter_kernel_size // 2]] * c.num_adapter_layers
                              if c.add_adapter else [])
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """The repeated layers (what regional compilation compiles)."""
+        return list(self.model.encoder.layers)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -118,6 +118,11 @@ class ParaformerEncoder(nn.Module):
         if checkpoint is not None:
             load_strict(self, load_state_dict_file(checkpoint), str(checkpoint))
 
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """The repeated SANM blocks (what regional compilation compiles)."""
+        return [*self.encoders0, *self.encoders]
+
     def forward(self, features: torch.Tensor, lengths: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """features [B, T, input_size], lengths [B] -> states [B, T, output_size], lengths."""
@@ -125,7 +130,7 @@ class ParaformerEncoder(nn.Module):
         mask = torch.arange(time, device=features.device)[None, :] < lengths[:, None]
         x = features * self.output_size**0.5
         x = x + sinusoidal_positions(time, x.shape[-1], x.dtype, x.device)
-        for block in [*self.encoders0, *self.encoders]:
+        for block in self.blocks:
             if self.gradient_checkpointing and self.training:
                 x = checkpoint(block, x, mask, use_reentrant=False)
             else:

@@ -1,0 +1,35 @@
+"""Synthetic tokenized utterances of given shapes (random features and token ids), as the
+pipeline hands them to the collate: for benchmarks and FLOP counts at real model sizes, where no
+audio or tokenizer is at hand."""
+
+from __future__ import annotations
+
+import torch
+
+# Paraformer's frontend: 10 ms frames stacked 7 at a stride of 6 (LFR), 80 mel bins each
+LFR_STRIDE, LFR_DIM = 6, 560
+
+
+def lfr_frames(seconds: float) -> int:
+    """Paraformer feature frames of `seconds` of audio."""
+    return int(seconds * 100) // LFR_STRIDE + 1
+
+
+def synthetic_samples(durations: list[float], answer_tokens: list[int], prompt_tokens: int,
+                      downsample: int, vocab: int, feature_dim: int = LFR_DIM,
+                      seed: int = 0) -> list[dict]:
+    """One utterance a duration: LFR-sized random features, `downsample` frames an audio slot,
+    `prompt_tokens` prompt ids and its answer's ids (ending in token vocab - 1, the eos)."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for index, (seconds, answer) in enumerate(zip(durations, answer_tokens, strict=True)):
+        frames = lfr_frames(seconds)
+        ids = torch.randint(0, vocab - 2, (prompt_tokens + answer,), generator=generator)
+        ids[-1] = vocab - 1
+        samples.append({
+            "key": f"synthetic{index:06d}", "target": "", "task": "asr",
+            "features": torch.randn(frames, feature_dim, generator=generator),
+            "num_audio_slots": frames // downsample,
+            "prompt_ids": ids[:prompt_tokens], "answer_ids": ids[prompt_tokens:],
+            "wav": torch.empty(int(seconds * 16000)), "sample_rate": 16000})
+    return samples
