@@ -40,6 +40,7 @@ bench: install
 	$(PY) benchmarks/pack.py
 	$(PY) benchmarks/dataloader.py
 	$(PY) benchmarks/model.py
+	$(PY) benchmarks/flops.py
 	$(PY) benchmarks/decode.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/scale.py

@@ -54,7 +54,7 @@ import torch
 from mooer.config import compose_config
 from mooer.data.collate import collate, collate_packed, move_batch
 from mooer.data.pipeline import batch_dynamic, pack_rows
-from mooer.data.synthetic import synthetic_samples
+from mooer.data.synthetic import SyntheticTokenizer, synthetic_samples
 from mooer.models.build import build_speech_llm
 from mooer.models.flops import StepFlops, flop_counter
 from mooer.models.llm import torch_dtype
@@ -65,19 +65,6 @@ TINY = ["encoder=paraformer_tiny", "llm=tiny", "llm.lora.enabled=true", "llm.fre
         "encoder.freeze=true", "strategy=auto"]
 MT5K = ["experiment=mt5k", "encoder.model.checkpoint=null", "encoder.frontend.cmvn_path=null",
         "llm.path=null"]
-
-
-class SyntheticTokenizer:
-    """What SpeechLLM reads of a tokenizer, for synthetic ids: eos is the last id."""
-
-    def __init__(self, vocab: int) -> None:
-        self.eos_token_id, self.pad_token_id, self.vocab = vocab - 1, vocab - 2, vocab
-
-    def decode(self, ids, skip_special_tokens=True) -> str:
-        return " ".join(map(str, ids))
-
-    def __len__(self) -> int:
-        return self.vocab
 
 
 @dataclass

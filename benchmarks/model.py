@@ -6,9 +6,8 @@
     python benchmarks/model.py --recipe mt5k --llm qwen2_1_5b --dtype fp32 --batch 2 --steps 2
         # real shapes on a CPU: Paraformer-large + Qwen2-1.5B-shaped LLM, LoRA r=64 (fits 24 GB)
 
-Prints samples/s, achieved TFLOP/s and MFU (model FLOPs: 2 x parameters per token forward,
-4 x for forward + backward through a frozen base), peak memory, and the real-time factor of
-decoding (greedy and beam 4).
+Prints samples/s, achieved TFLOP/s and MFU (model FLOPs from `mooer.models.flops`), peak
+memory, and the real-time factor of decoding (greedy and beam 4).
 """
 
 from __future__ import annotations
@@ -20,40 +19,19 @@ import time
 import torch
 
 from mooer.config import compose_config
-from mooer.data.prompts import IGNORE_INDEX
+from mooer.data.collate import collate, move_batch
+from mooer.data.synthetic import SyntheticTokenizer, synthetic_samples
 from mooer.models.build import build_speech_llm
+from mooer.models.flops import StepFlops
 from mooer.models.llm import torch_dtype
-
-
-class _Tokenizer:
-    """Just what SpeechLLM.generate needs for synthetic ids."""
-
-    def __init__(self, vocab: int) -> None:
-        self.eos_token_id, self.pad_token_id, self.vocab = vocab - 1, vocab - 2, vocab
-
-    def decode(self, ids, skip_special_tokens=True) -> str:
-        return " ".join(map(str, ids))
-
-    def __len__(self) -> int:
-        return self.vocab
 
 
 def synthetic_batch(batch: int, seconds: float, slots_per_frame: int, vocab: int, device,
                     prompt_tokens: int = 28, answer_tokens: int = 30) -> dict:
-    frames = int(seconds * 100) // 6 + 1  # LFR frames
-    slots = frames // slots_per_frame
-    width = slots + prompt_tokens
-    total = width + answer_tokens
-    input_ids = torch.randint(0, vocab - 2, (batch, total), device=device)
-    labels = torch.full((batch, total), IGNORE_INDEX, device=device)
-    labels[:, width:] = input_ids[:, width:]
-    slot_mask = torch.zeros((batch, total), dtype=torch.bool, device=device)
-    slot_mask[:, :slots] = True
-    return {"input_ids": input_ids, "labels": labels,
-            "attention_mask": torch.ones((batch, total), dtype=torch.long, device=device),
-            "audio_slot_mask": slot_mask, "num_audio_slots": torch.full((batch,), slots),
-            "prompt_width": width, "features": torch.randn(batch, frames, 560, device=device),
-            "feature_lengths": torch.full((batch,), frames, device=device)}
+    """`batch` utterances of `seconds` (LFR features) with random prompt and answer ids."""
+    samples = synthetic_samples([seconds] * batch, [answer_tokens] * batch, prompt_tokens,
+                                slots_per_frame, vocab)
+    return move_batch(collate(samples, pad_id=vocab - 2), device)
 
 
 def count(module) -> int:
@@ -82,7 +60,7 @@ def main() -> None:
     vocab = cfg.llm.architecture.vocab_size
     device = torch.device(args.device)
     with device:
-        model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, _Tokenizer(vocab))
+        model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, SyntheticTokenizer(vocab))
     dtype = torch_dtype(cfg.llm.dtype)
     model.encoder.to(dtype)
     model.projector.to(dtype)
@@ -108,9 +86,7 @@ def main() -> None:
     sync()
     step_seconds = (time.perf_counter() - started) / args.steps
     tokens = batch["input_ids"].numel()
-    frames = batch["features"].shape[0] * batch["features"].shape[1]
-    flops = 4 * count(model.llm) * tokens + 2 * count(model.encoder) * frames
-    achieved = flops / step_seconds / 1e12
+    achieved = StepFlops.of(model).real(batch) / step_seconds / 1e12
     model.eval()
     decode = {}
     for beams in (1, 4):

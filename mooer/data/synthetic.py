@@ -33,3 +33,17 @@ def synthetic_samples(durations: list[float], answer_tokens: list[int], prompt_t
             "prompt_ids": ids[:prompt_tokens], "answer_ids": ids[prompt_tokens:],
             "wav": torch.empty(int(seconds * 16000)), "sample_rate": 16000})
     return samples
+
+
+class SyntheticTokenizer:
+    """What SpeechLLM reads of a tokenizer, for synthetic ids: its size, eos (the last id) and
+    padding (the one before), and a decode that spells the ids."""
+
+    def __init__(self, vocab: int) -> None:
+        self.eos_token_id, self.pad_token_id, self.vocab = vocab - 1, vocab - 2, vocab
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return " ".join(map(str, ids))
+
+    def __len__(self) -> int:
+        return self.vocab
