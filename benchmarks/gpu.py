@@ -12,7 +12,8 @@ Training rows (micro-batch 8 of 10 s, 28 prompt + 30 answer tokens, random init)
   compiled; the first steps' compile time is reported apart);
 - `lightning, ..., micro-batch 16 x 1` against the recipe's 8 x 2: the same samples a step;
 - `bare loop, autocast`: plain PyTorch with the same numerics (bf16 autocast, fused optimizer),
-  a diagnostic of what Lightning's hooks cost.
+  a diagnostic of what Lightning's hooks cost; on CUDA with liger-kernel installed, the same
+  with Liger's RMSNorm and SwiGLU kernels (a model of its own), to measure that lever.
 Each row is timed over `--steps` steps after `--warmup`, with CUDA events (a clock on the CPU),
 the rows interleaved over `--repeats` repeats: the median and the spread are printed.
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -298,6 +300,9 @@ def training_rows(model, cfg, device: torch.device, args, flops: StepFlops) -> l
                                                  "zero2", precision,
                                                  cfg.trainer.accumulate_grad_batches),
                           accumulate=cfg.trainer.accumulate_grad_batches))
+    if device.type == "cuda" and importlib.util.find_spec("liger_kernel"):
+        plans.append(Plan("bare loop, autocast, Liger RMSNorm and SwiGLU kernels",
+                          lambda: bare_loop(liger_model(args, device), cfg, device, autocast)))
     for plan in plans:
         plan.row = Row(plan.name, "train", fixed={"micro_batch": plan.batch,
                                                   "accumulate": plan.accumulate})
@@ -330,6 +335,19 @@ def training_rows(model, cfg, device: torch.device, args, flops: StepFlops) -> l
             plan.row.per_repeat.append(figures)
             show(plan.row)
     return [plan.row for plan in plans]
+
+
+def liger_model(args, device: torch.device):
+    """A model of its own with Liger-Kernel's Triton RMSNorm and SwiGLU in its decoder (patched
+    per instance; its RoPE patch would change every Qwen2 of the process, so it stays off). A
+    row to measure, not a training option: its kernels are not bitwise the plain ones."""
+    from liger_kernel.transformers import apply_liger_kernel_to_qwen2
+
+    model = build(args.tiny, device, seed=2)[0]
+    apply_liger_kernel_to_qwen2(rope=False, rms_norm=True, swiglu=True, cross_entropy=False,
+                                fused_linear_cross_entropy=False,
+                                model=model.llm.get_base_model())
+    return model
 
 
 def long_tail(count: int, seed: int = 0) -> tuple[list[float], list[int]]:
