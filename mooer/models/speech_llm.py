@@ -34,6 +34,20 @@ def segment_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
     return ((segment_ids[:, :, None] == segment_ids[:, None, :]) & causal)[:, None]
 
 
+def segment_block_mask(segment_ids: torch.Tensor) -> Any:
+    """The same mask as FlexAttention's block mask (`llm.attn_implementation=flex_attention`):
+    blocks no query of which attends skip their work, so packed rows cost their utterances'
+    attention, not whole rows'."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def same_segment_causal(batch, head, query, key):
+        return (segment_ids[batch, query] == segment_ids[batch, key]) & (query >= key)
+
+    rows, width = segment_ids.shape
+    return create_block_mask(same_segment_causal, rows, None, width, width,
+                             device=segment_ids.device)
+
+
 class SpeechLLM(nn.Module):
     """Speech encoder + projector + causal LM (optionally LoRA-wrapped)."""
 
@@ -119,8 +133,11 @@ class SpeechLLM(nn.Module):
         look for packed rows: a host sync every step.)"""
         if not batch["needs_mask"]:
             return {"attention_mask": {"full_attention": None}}
-        return {"attention_mask": {"full_attention": segment_attention_mask(batch["segment_ids"])},
-                "position_ids": batch["position_ids"]}
+        if self.llm.config._attn_implementation == "flex_attention":
+            mask = segment_block_mask(batch["segment_ids"])
+        else:
+            mask = segment_attention_mask(batch["segment_ids"])
+        return {"attention_mask": {"full_attention": mask}, "position_ids": batch["position_ids"]}
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Loss over the scored (answer) positions, each token's loss (`token_loss`, in the

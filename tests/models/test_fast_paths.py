@@ -240,3 +240,17 @@ def _prompts(batch) -> list[list[int]]:
 def _answers(batch) -> list[list[int]]:
     labels = batch["labels"]
     return [labels[row][labels[row] >= 0].tolist() for row in range(len(batch["keys"]))]
+
+
+@pytest.mark.slow
+def test_flex_attention_masks_packed_rows_as_sdpa_does(tokenizer, samples):
+    """FlexAttention's block mask (llm.attn_implementation=flex_attention) gives the dense
+    mask's per-token losses on packed rows (forward only: its CPU backward does not exist;
+    training with it needs CUDA)."""
+    sdpa = trained_adapters(tokenizer)
+    flex = trained_adapters(tokenizer, "llm.attn_implementation=flex_attention")
+    assert flex.llm.config._attn_implementation == "flex_attention"
+    packed = collate_packed([samples[:3], samples[3:5]], pad_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected, got = sdpa(packed)["token_loss"], flex(packed)["token_loss"]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
