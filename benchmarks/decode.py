@@ -17,7 +17,7 @@ from mooer.data.features import ParaformerFrontend
 from mooer.data.text import read_table
 from mooer.demo.corpus import draw_specs, write_corpus
 from mooer.demo.tokenizer import train_tokenizer
-from mooer.evaluation.decode import decode, decoding_loader
+from mooer.inference.decode import decode, decoding_loader
 from mooer.models.build import build_speech_llm
 
 

@@ -27,8 +27,9 @@ import soundfile as sf
 
 from mooer.data.audio import read_audio, resample, to_mono
 from mooer.data.text import read_table
-from mooer.evaluation.longform import SAMPLE_RATE, join_texts
 from mooer.evaluation.scoring import score
+from mooer.inference.formats import join_texts
+from mooer.inference.segment import SAMPLE_RATE
 
 
 def build_recording(sets: list[Path], minutes: float, out: Path, seed: int = 0
@@ -56,7 +57,7 @@ def build_recording(sets: list[Path], minutes: float, out: Path, seed: int = 0
 def transcribed(argv: list[str]) -> list[str]:
     """The lines mooer-transcribe prints for `argv` (run as its own process, so that its peak
     memory is its own)."""
-    result = subprocess.run([sys.executable, "-m", "mooer.evaluation.transcribe", *argv],
+    result = subprocess.run([sys.executable, "-m", "mooer.inference.transcribe", *argv],
                             capture_output=True, text=True, check=True)
     return result.stdout.splitlines()
 

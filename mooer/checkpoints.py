@@ -1,18 +1,28 @@
-"""MooER release format: `adapter_project.pt` (projector, keys `encoder_projector.*`, plus
+"""Checkpoints, one owner: MooER's release layout, this project's training checkpoints, averaging,
+verification before a resume, and atomic writes. (Reading a weight file safely is
+`mooer.models.weights`, below the models that load their own.)
+
+MooER's release: `adapter_project.pt` (projector, keys `encoder_projector.*`, plus
 `encoder.model.<SANM key>` when the encoder was trained, as MooER's MooerModel names them) and a
 peft LoRA dir (`adapter_config.json` + `adapter_model.bin` or `.safetensors`). Load them as
-released; export ours the same way."""
+released; export ours the same way. Ours: the trainable weights under `model.` (a frozen 7B LLM
+is never rewritten), in Lightning's checkpoint file or DeepSpeed's directory."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from collections.abc import Iterable
+from importlib import import_module
 from pathlib import Path
 
 import torch
 
 from mooer.models.speech_llm import SpeechLLM
-from mooer.models.weights import CheckpointError, load_state_dict_file, load_strict
+from mooer.models.weights import CheckpointError, load_state_dict_file, load_strict, safe_torch_load
 
+LORA_SUBDIRS = ("new_llm", "lora_weights")  # where MooER-layout dirs keep their LoRA
 PROJECTOR_PREFIX = "encoder_projector."
 ENCODER_PREFIX = "encoder.model."  # MooER wraps the SANM encoder as `encoder.model`
 
@@ -125,8 +135,6 @@ def run_checkpoints(run_dir: str | Path, count: int) -> list[Path]:
                if p.stem.split("_", 1)[1].isdigit() and p.is_file()}  # not DeepSpeed dirs
     last = directory / "last.ckpt"
     if last.is_file():
-        from mooer.models.weights import safe_torch_load
-
         step = safe_torch_load(last, mmap=True).get("global_step")  # its weights stay unread
         if isinstance(step, int) and step not in by_step:
             by_step[step] = last
@@ -159,3 +167,106 @@ def average_state_dicts(paths: list[str | Path]) -> dict[str, torch.Tensor]:
                 total[key] += value.to(torch.float64)
     return {key: (value / len(paths)).to(dtypes[key]) if key in dtypes else value
             for key, value in total.items()}
+
+
+def load_trainable(model: SpeechLLM, path: str | Path,
+                   state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load one of our training checkpoints (trainable weights under `model.`); `state`, when
+    given, holds its weights already (an average named by `path`)."""
+    state = load_state_dict_file(path) if state is None else state
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise CheckpointError(f"{path} has weights this model lacks: {', '.join(unknown[:5])} "
+                              "(is the encoder/llm/projector config the one it was trained with?)")
+    missing = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in state)
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks {len(missing)} of the weights this config trains "
+            f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): it was not "
+            "trained with this encoder/projector/llm config (give run_dir= to use the run's)")
+    model.load_state_dict(state, strict=False)
+
+
+def load_weights(model: SpeechLLM, checkpoint: str | Path | None, adapter_path: str | None,
+                 lora_dir: str | None) -> None:
+    """`checkpoint` is a MooER-layout dir (adapter_project.pt + new_llm/ or lora_weights/) or
+    one of our checkpoint files; adapter_path/lora_dir are MooER release files."""
+    if checkpoint:
+        checkpoint = Path(checkpoint)
+        if checkpoint.is_dir():
+            if not (checkpoint / "adapter_project.pt").is_file():
+                raise CheckpointError(f"{checkpoint} has no adapter_project.pt: expected a "
+                                      "MooER-layout dir (<task>_epoch_<E>_step_<S>_merged/ or a release dir)")
+            lora = next((checkpoint / d for d in LORA_SUBDIRS if (checkpoint / d).is_dir()), None)
+            load_mooer(model, checkpoint / "adapter_project.pt", lora)
+        else:
+            load_trainable(model, checkpoint)
+    load_mooer(model, adapter_path, lora_dir)
+
+
+def _deepspeed_classes() -> list[type]:
+    """The classes DeepSpeed's optimizer-state files hold besides tensors (its loss scaler, ZeRO
+    stage and fragment addresses): allowed in weights_only loading, nothing else is."""
+    classes = []
+    for module, name in (("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+                         ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+                         ("deepspeed.utils.tensor_fragment", "fragment_address")):
+        try:
+            classes.append(getattr(import_module(module), name))
+        except (ImportError, AttributeError):  # another DeepSpeed version: that class is not used
+            continue
+    return classes
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Refuse a resume checkpoint that holds more than tensors, plain containers and the few
+    classes DeepSpeed writes, before anything unpickles it without weights_only (DeepSpeed does);
+    name empty, truncated or foreign files."""
+    path = Path(path)
+    # every file of a DeepSpeed directory: ZeRO's elastic loading reads all ranks' shards
+    files = sorted(path.rglob("*.pt")) if path.is_dir() else [path]
+    if not files:
+        raise CheckpointError(f"{path} holds no checkpoint files (*.pt): not a checkpoint of "
+                              "this project")
+    allowed = _deepspeed_classes() if path.is_dir() else []  # a DeepSpeed checkpoint directory
+    for file in files:
+        try:
+            safe_torch_load(file, allowed)
+        except CheckpointError as err:
+            raise CheckpointError(f"cannot resume from {path}: {err}") from None
+
+
+def swap_in(partial: str | Path, path: str | Path) -> None:
+    """Put a completely written checkpoint (`<path>.partial`, a file or DeepSpeed's directory)
+    under its final name: a kill mid-save never leaves a half-written checkpoint there, and the
+    previous one stays whole until the new one is complete."""
+    if not os.path.isdir(partial):
+        os.replace(partial, path)  # atomic, over the old file
+        return
+    old = f"{path}.old"
+    if os.path.exists(path):
+        os.replace(path, old)
+    os.replace(partial, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def partial_path(path: str | Path) -> str:
+    """Where a checkpoint is written before `swap_in` moves it to `path`."""
+    return f"{path}.partial"
+
+
+def trainable_state(state: dict[str, torch.Tensor], trainable: Iterable[str]
+                    ) -> dict[str, torch.Tensor]:
+    """The entries of a state dict that train (what our checkpoints keep)."""
+    keep = set(trainable)
+    return {key: value for key, value in state.items() if key in keep}
+
+
+def check_trainable(state: dict[str, torch.Tensor], trainable: Iterable[str]) -> None:
+    """A checkpoint must hold every weight that trains, or it was made for another model."""
+    missing = sorted(set(trainable) - set(state))
+    if missing:
+        raise KeyError(f"the checkpoint lacks trainable weights {missing[:4]}: was it made with "
+                       "the same encoder/projector/llm config?")

@@ -187,7 +187,7 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused():
 def test_run_dir_gives_the_prompt_format_the_run_trained_with(tmp_path):
     from omegaconf import OmegaConf
 
-    from mooer.evaluation.model_loading import apply_run_dir
+    from mooer.inference.loading import apply_run_dir
 
     trained = compose_config("train", ["task=asr_ast", "task.template='<{}>'"],
                              output_dir=str(tmp_path))[0]

@@ -73,7 +73,7 @@ def show(data_list: Path, num: int, tokenizer_path: str | None, prompt: PromptFo
          allow_pipe: bool = False) -> str:
     """The first `num` utterances: text, duration and, with a tokenizer, the model's view (the
     prompt and labels `prompt` gives them, as in training's first epoch)."""
-    from mooer.data.datamodule import read_replace_table
+    from mooer.data.loader import read_replace_table
     from mooer.data.prompts import PromptBuilder
 
     errors = DataErrors()

@@ -1,6 +1,7 @@
 """Audio frontends, vectorized in torch: Paraformer (Kaldi fbank + LFR + CMVN), Whisper log-mel, raw.
 
-Every frontend maps a 1-D float32 waveform in [-1, 1] and its sample rate to a [frames, dim] tensor.
+Every frontend keeps the `Frontend` contract: a 1-D float32 waveform in [-1, 1] and its sample
+rate to a [frames, dim] tensor, and `batch` for several (vectorized where the frontend can be).
 """
 
 from __future__ import annotations
@@ -9,11 +10,38 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 FLOAT_EPS = float(np.finfo(np.float32).eps)  # Kaldi's log floor
+
+
+@runtime_checkable
+class Frontend(Protocol):
+    """What the data pipeline and decoding rely on of a frontend (`encoder.frontend`)."""
+
+    sample_rate: int  # the rate its waveforms must come at (the pipeline resamples to it)
+    dim: int          # feature dimension
+
+    def __call__(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """[samples] -> [frames, dim]."""
+        ...
+
+    def batch(self, waveforms: Sequence[torch.Tensor], sample_rate: int) -> list[torch.Tensor]:
+        """Several waveforms' features, in one pass where the frontend can."""
+        ...
+
+
+class OneByOne:
+    """`batch` for frontends that compute one utterance at a time."""
+
+    def __call__(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def batch(self, waveforms: Sequence[torch.Tensor], sample_rate: int) -> list[torch.Tensor]:
+        return [self(w, sample_rate) for w in waveforms]
 
 
 def _next_power_of_two(n: int) -> int:
@@ -217,7 +245,7 @@ class ParaformerFrontend:
         return list(stacked.split([lfr_frames(len(f), self.lfr_n) for f in fbanks]))
 
 
-class WhisperFrontend:
+class WhisperFrontend(OneByOne):
     """Whisper's log-mel spectrogram (as transformers' WhisperFeatureExtractor), without padding
     to 30 s: [frames, num_mel_bins] with frames = samples // hop_length."""
 
@@ -250,7 +278,7 @@ class WhisperFrontend:
         return ((log_spec + 4.0) / 4.0).T
 
 
-class WaveformFrontend:
+class WaveformFrontend(OneByOne):
     """Raw waveform for HuBERT-style encoders: [samples, 1], optionally zero-mean unit-variance."""
 
     def __init__(self, normalize: bool = True, sample_rate: int = 16000) -> None:
@@ -268,7 +296,7 @@ class WaveformFrontend:
         return wave[:, None]
 
 
-class HFFeatureExtractorFrontend:
+class HFFeatureExtractorFrontend(OneByOne):
     """A transformers feature extractor from a local dir (w2v-BERT 2.0's SeamlessM4T fbank...)."""
 
     def __init__(self, path: str | Path | None = None, extractor=None, sample_rate: int = 16000

@@ -21,6 +21,7 @@ import torch
 
 from mooer.data.audio import AUDIO_EXTENSIONS, AudioError, decode_audio, resample, to_mono
 from mooer.data.collate import sequence_length
+from mooer.data.features import Frontend
 from mooer.data.text import WORD_JOINER
 
 log = logging.getLogger(__name__)
@@ -289,16 +290,12 @@ def groups(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
         yield group
 
 
-def compute_features(samples: Iterable[Sample], frontend: Callable, group_size: int = 32
+def compute_features(samples: Iterable[Sample], frontend: Frontend, group_size: int = 32
                      ) -> Iterator[Sample]:
-    """`features` [frames, dim] from the waveform with the encoder's frontend; frontends with a
-    `batch` method compute `group_size` utterances in one vectorized pass."""
+    """`features` [frames, dim] from the waveform with the encoder's frontend, `group_size`
+    utterances a pass (vectorized where the frontend can be)."""
     for group in groups(samples, group_size):
-        waves = [s["wav"] for s in group]
-        if hasattr(frontend, "batch"):
-            features = frontend.batch(waves, group[0]["sample_rate"])
-        else:
-            features = [frontend(w, s["sample_rate"]) for w, s in zip(waves, group, strict=True)]
+        features = frontend.batch([s["wav"] for s in group], group[0]["sample_rate"])
         for sample, feature in zip(group, features, strict=True):
             sample["features"] = feature
             yield sample

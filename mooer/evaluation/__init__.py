@@ -1,1 +1,2 @@
-"""Evaluation: batched decoding to Kaldi-style text files and WER/CER/BLEU scoring."""
+"""Evaluation: scoring as MooER's compute-wer.py (WER/CER/MER), BLEU, the validation metric,
+and `evaluate.py`'s per-set driver."""

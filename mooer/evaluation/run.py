@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mooer.data.prompts import PromptFormat
 from mooer.data.text import one_line, read_table
-from mooer.evaluation.decode import Decoded, decode, decoding_loader
-from mooer.evaluation.longform import decode_prepared, has_long_recordings, join_texts, prepare
-from mooer.evaluation.model_loading import apply_run_dir, load_for_decoding
 from mooer.evaluation.scoring import bleu_chrf, format_wer, score
-from mooer.training.accelerators import resolve_device
+from mooer.inference.decode import Decoded
+from mooer.inference.formats import join_texts
+from mooer.inference.loading import apply_run_dir
+from mooer.inference.longform import has_long_recordings
+from mooer.inference.recognizer import Recognizer, prompt_for
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +87,6 @@ def resolve_sets(cfg: DictConfig) -> list[TestSet]:
     return sets
 
 
-def check_tasks(sets: list[TestSet], prompt: PromptFormat) -> None:
-    """Every set's task must have an instruction in the prompt format decoding uses."""
-    for test_set in sets:
-        try:
-            prompt.require(test_set.task)
-        except ValueError as err:
-            raise SystemExit(f"error: test set {test_set.name} is decoded as {test_set.task}, "
-                             f"but {err}") from None
-
-
 def write_set(out_dir: Path, test_set: TestSet, hypotheses: dict[str, str],
               references: dict[str, str], duplicates: list[str] = ()) -> tuple[float, float | None]:
     """`text` (uttid<TAB>hyp) and `wer` (or `bleu`) files; returns the score (and chrF)."""
@@ -127,20 +115,18 @@ def summary_table(results: list[SetResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def decode_long(test_set: TestSet, model, frontend, prompt, batch_size: int, decoding: dict,
-                device, dtype, max_segment_s: float) -> Decoded:
+def decode_long(test_set: TestSet, recognizer: Recognizer, max_segment_s: float) -> Decoded:
     """A Kaldi-dir set holding recordings over `max_segment_s`: each is cut where silero-vad
-    finds speech, decoded in segments and joined (mooer.evaluation.longform)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = prepare(read_table(test_set.source / "wav.scp"), Path(tmp), max_segment_s)
-        for what, names in (("too short", prepared.too_short), ("no speech", prepared.no_speech)):
-            if names:
-                log.warning("%s: %d recordings not decoded (%s): %s", test_set.name, len(names),
-                            what, " ".join(names[:10]))
-        recordings, (run,) = decode_prepared(prepared, model, frontend, prompt, [test_set.task],
-                                             batch_size, decoding, device, dtype)
+    finds speech, decoded in segments and joined (mooer.inference.longform)."""
+    decoded = recognizer.decode_long(read_table(test_set.source / "wav.scp"), [test_set.task],
+                                     max_segment_s)
+    prepared, (run,) = decoded.prepared, decoded.runs
+    for what, names in (("too short", prepared.too_short), ("no speech", prepared.no_speech)):
+        if names:
+            log.warning("%s: %d recordings not decoded (%s): %s", test_set.name, len(names),
+                        what, " ".join(names[:10]))
     hypotheses = {name: join_texts([s.texts[0] for s in segments])
-                  for name, segments in recordings.items()}
+                  for name, segments in decoded.recordings.items()}
     log.info("%s: %d recordings decoded in %d segments", test_set.name, len(hypotheses),
              len(run.hypotheses))
     return Decoded(hypotheses, {}, run.audio_seconds, run.elapsed)
@@ -154,26 +140,27 @@ def evaluate(cfg: DictConfig) -> list[SetResult]:
         sets = resolve_sets(cfg)
     except UnknownTestSet as err:
         raise SystemExit(f"error: {err}") from None
-    prompt = instantiate(cfg.task)
-    check_tasks(sets, prompt)
-    device = resolve_device(cfg.device)
-    model, dtype = load_for_decoding(cfg, device, cfg.precision)
-    frontend = instantiate(cfg.encoder.frontend)
+    prompt = prompt_for(cfg)
+    for test_set in sets:  # every set's task needs an instruction in the prompt format
+        try:
+            prompt.require(test_set.task)
+        except ValueError as err:
+            raise SystemExit(f"error: test set {test_set.name} is decoded as {test_set.task}, "
+                             f"but {err}") from None
     decoding = OmegaConf.to_container(cfg.decoding, resolve=True)
     batch_size = decoding.pop("batch_size")
+    recognizer = Recognizer.from_config(cfg, cfg.device, cfg.precision, batch_size, decoding,
+                                        prompt=prompt)
     decode_path = Path(cfg.decode_path)
     results = []
     for test_set in sets:
         references = dict(read_table(test_set.references)) if test_set.references else None
         if test_set.source.is_dir() and has_long_recordings(test_set.source / "wav.scp",
                                                             cfg.max_segment_s):
-            decoded = decode_long(test_set, model, frontend, prompt, batch_size, decoding,
-                                  device, dtype, cfg.max_segment_s)
+            decoded = decode_long(test_set, recognizer, cfg.max_segment_s)
         else:
-            loader = decoding_loader(test_set.source, model, frontend, prompt, test_set.task,
-                                     batch_size)
-            decoded = decode(model, loader, decoding, device, dtype,
-                             total=len(references) if references else None, desc=test_set.name)
+            decoded = recognizer.decode(test_set.source, test_set.task, desc=test_set.name,
+                                        total=len(references) if references else None)
         value, chrf = write_set(decode_path / test_set.name, test_set, decoded.hypotheses,
                                 references if references is not None else decoded.references,
                                 decoded.duplicates)

@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mooer.models.llm import build_llm, load_tokenizer
+from mooer.models.protocols import Projector, SpeechEncoder, check_contract
 from mooer.models.speech_llm import SpeechLLM
 
 # what the encoder group holds besides its model's arguments (`model`) and its frontend's
@@ -34,11 +35,13 @@ def build_speech_llm(encoder: DictConfig, projector: DictConfig, llm: DictConfig
     if tokenizer is None:
         tokenizer = load_tokenizer(llm_options.get("tokenizer_path") or llm_options["path"])
     built_encoder = instantiate(encoder.model, _convert_="all")
+    check_contract("encoder.model", built_encoder, SpeechEncoder)
     built_llm = build_llm(**{k: v for k, v in llm_options.items() if k not in LLM_LABELS})
     projector_options = OmegaConf.to_container(projector, resolve=True)
     freeze_projector = projector_options.pop("freeze", False)
     built_projector = instantiate(projector_options, encoder_dim=built_encoder.output_size,
                                   llm_dim=built_llm.config.hidden_size, _convert_="all")
+    check_contract("projector", built_projector, Projector)
     return SpeechLLM(
         encoder=built_encoder,
         projector=built_projector,

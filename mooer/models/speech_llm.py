@@ -9,12 +9,16 @@ scored, so a training step reads nothing back from the device (no host sync: it 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.nn.attention.flex_attention import create_block_mask
 
 from mooer.data.collate import audio_slots
+
+if TYPE_CHECKING:
+    from mooer.models.protocols import EncoderModule, ProjectorModule
 
 
 @dataclass
@@ -38,8 +42,6 @@ def segment_block_mask(segment_ids: torch.Tensor) -> Any:
     """The same mask as FlexAttention's block mask (`llm.attn_implementation=flex_attention`):
     blocks no query of which attends skip their work, so packed rows cost their utterances'
     attention, not whole rows'."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
     def same_segment_causal(batch, head, query, key):
         return (segment_ids[batch, query] == segment_ids[batch, key]) & (query >= key)
 
@@ -51,7 +53,11 @@ def segment_block_mask(segment_ids: torch.Tensor) -> Any:
 class SpeechLLM(nn.Module):
     """Speech encoder + projector + causal LM (optionally LoRA-wrapped)."""
 
-    def __init__(self, encoder: nn.Module, projector: nn.Module, llm: nn.Module, tokenizer=None,
+    encoder: EncoderModule
+    projector: ProjectorModule
+
+    def __init__(self, encoder: EncoderModule, projector: ProjectorModule, llm: nn.Module,
+                 tokenizer: Any = None,
                  freeze_encoder: bool = True, freeze_projector: bool = False,
                  ctc_weight: float = 0.0) -> None:
         super().__init__()

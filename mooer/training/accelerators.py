@@ -7,14 +7,7 @@ from typing import Any
 import torch
 from lightning.pytorch.accelerators import Accelerator, AcceleratorRegistry
 
-
-def musa_module():
-    """`torch.musa`, which `import torch_musa` installs; None when torch_musa is absent."""
-    try:
-        import torch_musa  # noqa: F401
-    except ImportError:
-        return None
-    return getattr(torch, "musa", None)
+from mooer.devices import musa_module
 
 
 class MUSAAccelerator(Accelerator):
@@ -77,18 +70,3 @@ def register_musa() -> bool:
     if "musa" not in AcceleratorRegistry:
         MUSAAccelerator.register_accelerators(AcceleratorRegistry)
     return True
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """The device a name stands for, in training (`trainer.accelerator`) and decoding
-    (`device=`) alike: `auto` takes CUDA, then MUSA, then the CPU; `gpu` is CUDA."""
-    if name == "gpu":
-        return torch.device("cuda")
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    musa = musa_module()
-    if musa is not None and musa.is_available():
-        return torch.device("musa")
-    return torch.device("cpu")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mooer.checkpoints import export_mooer
+from mooer.checkpoints import export_mooer, partial_path, swap_in
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -19,9 +18,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     checkpoint under the final name (the previous one stays usable)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        partial = f"{path}.partial"
+        partial = partial_path(path)
         super().save_checkpoint(checkpoint, partial, storage_options)
-        os.replace(partial, path)
+        swap_in(partial, path)
 
 
 def _gathered(pl_module: pl.LightningModule):

@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 
+from mooer.checkpoints import check_trainable, trainable_state
 from mooer.data.collate import move_batch
 from mooer.evaluation.metric import ErrorRate
 from mooer.models.speech_llm import SpeechLLM
@@ -289,19 +290,16 @@ class SpeechLLMModule(pl.LightningModule):
     # -- checkpoints: only what trains ----------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.read_nonfinite()
-        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
         state = checkpoint.get("state_dict")
         if state is not None:
-            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in trainable}
+            checkpoint["state_dict"] = trainable_state(state, self._trainable_keys())
         checkpoint["nonfinite_steps"] = self.nonfinite_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.nonfinite_steps = checkpoint.get("nonfinite_steps", 0)
         state = checkpoint.get("state_dict")
         if state is not None:
-            trainable = {f"model.{n}" for n, p in self.model.named_parameters()
-                         if p.requires_grad}
-            missing = sorted(trainable - set(state))
-            if missing:
-                raise KeyError(f"the checkpoint lacks trainable weights {missing[:4]}: was it "
-                               "made with the same encoder/projector/llm config?")
+            check_trainable(state, self._trainable_keys())
+
+    def _trainable_keys(self) -> list[str]:
+        return [f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad]

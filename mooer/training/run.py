@@ -8,8 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from hydra.utils import instantiate
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from omegaconf import DictConfig, OmegaConf
+
+from mooer.checkpoints import load_mooer, verify_checkpoint
+from mooer.devices import resolve_device
+from mooer.models.build import build_speech_llm
+from mooer.models.llm import load_tokenizer
+from mooer.models.weights import CheckpointError
+from mooer.training.accelerators import register_musa
+from mooer.training.callbacks import AtomicCheckpointIO, MooerCheckpoint
+from mooer.training.launch import isolate_job, run_job_in_subprocess, write_result
+from mooer.training.module import EmptyEpochError
+from mooer.training.strategies import set_deepspeed_accelerator
 
 log = logging.getLogger(__name__)
 
@@ -44,52 +57,11 @@ def check_trainer_numbers(trainer_cfg: DictConfig) -> None:
             raise SystemExit(f"error: trainer.{key} must be a number, got {value!r}")
 
 
-def _deepspeed_classes() -> list[type]:
-    """The classes DeepSpeed's optimizer-state files hold besides tensors (its loss scaler, ZeRO
-    stage and fragment addresses): allowed in weights_only loading, nothing else is."""
-    from importlib import import_module
-
-    classes = []
-    for module, name in (("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
-                         ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
-                         ("deepspeed.utils.tensor_fragment", "fragment_address")):
-        try:
-            classes.append(getattr(import_module(module), name))
-        except (ImportError, AttributeError):  # another DeepSpeed version: that class is not used
-            continue
-    return classes
-
-
-def verify_checkpoint(path: str | Path) -> None:
-    """Refuse a resume checkpoint that holds more than tensors, plain containers and the few
-    classes DeepSpeed writes, before anything unpickles it without weights_only (DeepSpeed does);
-    name empty, truncated or foreign files."""
-    from mooer.models.weights import CheckpointError, safe_torch_load
-
-    path = Path(path)
-    # every file of a DeepSpeed directory: ZeRO's elastic loading reads all ranks' shards
-    files = sorted(path.rglob("*.pt")) if path.is_dir() else [path]
-    if not files:
-        raise SystemExit(f"error: {path} holds no checkpoint files (*.pt): not a checkpoint of "
-                         "this project")
-    allowed = _deepspeed_classes() if path.is_dir() else []  # a DeepSpeed checkpoint directory
-    for file in files:
-        try:
-            safe_torch_load(file, allowed)
-        except CheckpointError as err:
-            raise SystemExit(f"error: cannot resume from {path}: {err}") from None
-
-
 def build_strategy(cfg: DictConfig, kind: str) -> Any:
     """`conf/strategy`'s choice; DeepSpeed is first told the accelerator (`kind`)."""
     if cfg.strategy.name == "auto":
         return "auto"
-    from hydra.utils import get_class
-    from lightning.pytorch.strategies import DeepSpeedStrategy
-
     if issubclass(get_class(cfg.strategy._target_), DeepSpeedStrategy):
-        from mooer.training.strategies import set_deepspeed_accelerator
-
         set_deepspeed_accelerator(kind)
     options = {k: v for k, v in cfg.strategy.items() if k != "name"}
     return instantiate(options, _convert_="all")
@@ -98,8 +70,6 @@ def build_strategy(cfg: DictConfig, kind: str) -> Any:
 def require_shared_run_dir() -> None:
     """Ranks started by torchrun, SLURM or DeepSpeed's launcher each resolve the default run
     dir's timestamp themselves, seconds apart: they must be given one directory."""
-    from hydra.core.hydra_config import HydraConfig
-
     world_size = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
     if world_size > 1 and HydraConfig.initialized() and not any(
             o.startswith("hydra.run.dir=") for o in HydraConfig.get().overrides.hydra):
@@ -114,30 +84,21 @@ def train(cfg: DictConfig) -> float | None:
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return None
     require_shared_run_dir()
-    from mooer.training.launch import isolate_job, run_job_in_subprocess
-
     if isolate_job():  # each sweep job in a process of its own (see mooer.training.launch)
         return run_job_in_subprocess()
     return _fit(cfg)
 
 
 def _fit(cfg: DictConfig) -> float | None:
-    from lightning.pytorch.strategies import DeepSpeedStrategy
-
-    from mooer.checkpoints import load_mooer
-    from mooer.models.build import build_speech_llm
-    from mooer.models.llm import load_tokenizer
-    from mooer.training.accelerators import register_musa, resolve_device
-    from mooer.training.callbacks import AtomicCheckpointIO, MooerCheckpoint
-    from mooer.training.launch import write_result
-    from mooer.training.module import EmptyEpochError
-
     check_trainer_numbers(cfg.trainer)
     output_dir = Path(cfg.paths.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, checkpoint_dir)
     if ckpt_path:
-        verify_checkpoint(ckpt_path)
+        try:
+            verify_checkpoint(ckpt_path)
+        except CheckpointError as err:
+            raise SystemExit(f"error: {err}") from None
     pl.seed_everything(cfg.seed, workers=True)
     kind = resolve_device(cfg.trainer.accelerator).type
     if kind == "musa" and not register_musa():

@@ -8,11 +8,12 @@ the device (nccl, mccl, gloo). Settings mirror MooER's deepspeed_config_zero2/ze
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any
 
 import torch
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+
+from mooer.checkpoints import partial_path, swap_in
 
 BACKENDS = {"cuda": "nccl", "musa": "mccl", "cpu": "gloo"}
 
@@ -86,14 +87,11 @@ class DeepSpeedAnyDeviceStrategy(DeepSpeedStrategy):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options=None) -> None:
         """DeepSpeed writes a directory; write it aside and swap it in once complete."""
-        partial, old = f"{filepath}.partial", f"{filepath}.old"
+        partial = partial_path(filepath)
         super().save_checkpoint(checkpoint, partial, storage_options)
         self.barrier()
         if self.is_global_zero:
-            if os.path.exists(filepath):
-                os.replace(filepath, old)
-            os.replace(partial, filepath)
-            shutil.rmtree(old, ignore_errors=True)
+            swap_in(partial, filepath)
         self.barrier()
 
     def _get_process_group_backend(self) -> str:

@@ -51,9 +51,9 @@ def untrained_error_rate(out) -> float:
     from hydra.utils import instantiate
 
     from mooer.config import compose_config
-    from mooer.evaluation.decode import decode, decoding_loader
-    from mooer.evaluation.model_loading import apply_run_dir, load_for_decoding
     from mooer.evaluation.scoring import score
+    from mooer.inference.decode import decode, decoding_loader
+    from mooer.inference.loading import apply_run_dir, load_for_decoding
 
     cfg = apply_run_dir(compose_config("evaluate", [f"run_dir={out / 'run'}",
                                                     f"paths.data_dir={out / 'data'}"])[0])

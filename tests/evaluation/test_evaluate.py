@@ -83,10 +83,11 @@ def test_unknown_test_set_stops_before_decoding(tiny_release):
 def test_a_set_whose_task_has_no_prompt_stops_before_the_model_loads(tiny_release, monkeypatch):
     """evaluate.py's default task=asr holds no AST instruction: an AST set is refused, naming
     what to do, instead of decoding with a prompt written in Python."""
-    import mooer.evaluation.run as run
+    import mooer.inference.recognizer as recognizer
 
     root, tokenizer_dir = tiny_release
-    monkeypatch.setattr(run, "load_for_decoding", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(recognizer, "load_for_decoding",
+                        lambda *a, **k: pytest.fail("model loaded"))
     cfg, _ = compose_config("evaluate", overrides(root, tokenizer_dir, "testsets=[demo_test_ast]"))
     with pytest.raises(SystemExit, match=r"demo_test_ast is decoded as ast, but task 'ast' has no "
                                          r"prompt in task=asr \(it has asr\).*run_dir="):
@@ -118,7 +119,7 @@ def test_transcribe_cli(tiny_release, corpus, tmp_path):
 
 
 def test_a_checkpoint_matching_nothing_is_refused(tiny_release, tmp_path):
-    from mooer.evaluation.model_loading import load_trainable
+    from mooer.checkpoints import load_trainable
     from mooer.models.weights import CheckpointError
 
     root, tokenizer_dir = tiny_release
@@ -155,7 +156,7 @@ def test_duplicate_and_extra_hypotheses_are_listed(tiny_release, corpus, tmp_pat
 def test_run_dir_works_from_another_directory(tiny_release, tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from mooer.evaluation.model_loading import apply_run_dir
+    from mooer.inference.loading import apply_run_dir
 
     root, tokenizer_dir = tiny_release
     started_in = Path(tokenizer_dir).parent
@@ -171,7 +172,7 @@ def test_run_dir_works_from_another_directory(tiny_release, tmp_path, monkeypatc
 
 
 def test_transcribe_names_with_spaces_and_too_short_files(tiny_release, corpus, tmp_path, capsys):
-    from mooer.evaluation.transcribe import main as transcribe
+    from mooer.inference.transcribe import main as transcribe
 
     root, tokenizer_dir = tiny_release
     spaced, plain = tmp_path / "sp ace.wav", tmp_path / "plain.wav"

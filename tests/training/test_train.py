@@ -13,9 +13,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mooer.checkpoints import load_mooer, run_checkpoints
+from mooer.checkpoints import load_mooer, load_trainable, run_checkpoints
 from mooer.config import compose_config
-from mooer.evaluation.model_loading import apply_run_dir, load_for_decoding, load_trainable
+from mooer.inference.loading import apply_run_dir, load_for_decoding
 from mooer.models.build import build_speech_llm
 from mooer.models.llm import load_tokenizer
 from mooer.models.weights import CheckpointError

@@ -11,15 +11,8 @@ import soundfile as sf
 
 from mooer.data.audio import read_audio, resample, to_mono
 from mooer.data.text import read_table
-from mooer.evaluation.longform import (
-    SAMPLE_RATE,
-    Segment,
-    join_texts,
-    render,
-    segment,
-    split_at_quiet,
-    subtitles,
-)
+from mooer.inference.formats import Segment, join_texts, render, subtitles
+from mooer.inference.segment import SAMPLE_RATE, segment, split_at_quiet
 from tests.conftest import TINY
 
 
@@ -91,7 +84,7 @@ def test_join_and_every_format():
 
 
 def test_transcribe_a_long_recording_in_segments(tiny_release, recording, tmp_path, capsys):
-    from mooer.evaluation.transcribe import main as transcribe
+    from mooer.inference.transcribe import main as transcribe
 
     root, tokenizer_dir = tiny_release
     path, wave, spans, _ = recording

@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 
 from mooer.data.text import read_table
-from mooer.evaluation.serve import InputError, Limits, check_audio
+from mooer.inference.serve import InputError, Limits, check_audio
 from tests.conftest import TINY
 
 CHROMIUM = os.environ.get("MOOER_CHROMIUM", "/usr/bin/chromium")
@@ -91,7 +91,7 @@ def server(tiny_release, tmp_path_factory):
         process.kill()
         pytest.fail("mooer-serve did not answer in 180 s:\n" + log_path.read_text()[-3000:])
 
-    from mooer.evaluation.serve import Transcriber, build_parser
+    from mooer.inference.serve import Transcriber, build_parser
 
     # the server's own transcriber, in-process
     expected = Transcriber.from_args(build_parser().parse_args(flags))
@@ -201,7 +201,7 @@ def test_gradio_api_reads_only_files_the_server_was_sent(server, corpus, tmp_pat
 def test_an_api_key_guards_the_api_and_the_page(server, corpus, monkeypatch, capsys):
     from fastapi.testclient import TestClient
 
-    from mooer.evaluation.serve import API_KEY_ENV, build_app, main
+    from mooer.inference.serve import API_KEY_ENV, build_app, main
 
     _, expected, *_ = server
     wav = Path(read_table(corpus / "wav.scp")[0][1])

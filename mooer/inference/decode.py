@@ -12,7 +12,8 @@ import torch
 from tqdm import tqdm
 
 from mooer.data.collate import move_batch
-from mooer.data.datamodule import EpochDataLoader, PipelineOptions, ShardDataset, model_slots
+from mooer.data.features import Frontend
+from mooer.data.loader import EpochDataLoader, PipelineOptions, ShardDataset, model_slots
 from mooer.data.prompts import PromptBuilder, PromptFormat
 from mooer.models.speech_llm import SpeechLLM
 
@@ -38,7 +39,7 @@ class Decoded:
         return len(self.hypotheses) / self.elapsed if self.elapsed else 0.0
 
 
-def decoding_loader(source: str | Path, model: SpeechLLM, frontend, prompt: PromptFormat,
+def decoding_loader(source: str | Path, model: SpeechLLM, frontend: Frontend, prompt: PromptFormat,
                     task: str, batch_size: int, num_workers: int = 0) -> EpochDataLoader:
     """Prompt-only batches of a data.list or Kaldi dir for `model` (its tokenizer and slot
     arithmetic), asking `task` in `prompt`'s words, sorted by length to pad little."""

@@ -37,15 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import soundfile as sf
+from omegaconf import DictConfig
 
-from mooer.evaluation.longform import (
-    MIN_SILENCE_MS,
-    decode_prepared,
-    joined,
-    prepare,
-    subtitles,
-)
-from mooer.evaluation.transcribe import MIN_AUDIO_SECONDS, add_model_arguments, model_config
+from mooer.inference.formats import Segment, joined, subtitles
+from mooer.inference.recognizer import MIN_AUDIO_SECONDS, Recognizer
+from mooer.inference.segment import MIN_SILENCE_MS
+from mooer.inference.transcribe import add_model_arguments, add_segment_arguments, model_config
 
 log = logging.getLogger("mooer.serve")
 
@@ -107,13 +104,11 @@ def check_audio(path: str | Path, limits: Limits, name: str = "the file") -> flo
 
 @dataclass
 class Transcriber:
-    """One loaded model that decodes one request at a time; the others wait in order."""
+    """One loaded model (a Recognizer) that decodes one request at a time; the others wait in
+    order, at most `max_queue` of them."""
 
-    cfg: object
-    device: str = "auto"
-    precision: str = "bf16"
-    batch_size: int = 8
-    max_new_tokens: int = 200
+    cfg: DictConfig
+    recognizer: Recognizer
     max_segment_s: float = 30.0
     min_silence_ms: int = MIN_SILENCE_MS
     max_queue: int = 32
@@ -122,32 +117,28 @@ class Transcriber:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Transcriber":
         """The transcriber `mooer-serve` runs for its parsed command line."""
+        cfg = model_config(args)
+        try:
+            recognizer = Recognizer.from_config(cfg, args.device, args.precision, args.batch_size,
+                                                {"max_new_tokens": args.max_new_tokens})
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+        if not recognizer.tasks:
+            raise SystemExit("error: the prompt format has no instruction for asr or ast")
         limits = Limits(args.max_upload_mb, args.max_duration_s, MIN_AUDIO_SECONDS,
                         args.max_channels)
-        return cls(model_config(args), args.device, args.precision, args.batch_size,
-                   args.max_new_tokens, args.max_segment_s, args.min_silence_ms, args.max_queue,
+        return cls(cfg, recognizer, args.max_segment_s, args.min_silence_ms, args.max_queue,
                    limits)
 
-    def __post_init__(self):
-        from hydra.utils import instantiate
-
-        from mooer.evaluation.model_loading import load_for_decoding
-        from mooer.training.accelerators import resolve_device
-
-        self.prompt = instantiate(self.cfg.task)
-        self.tasks = [task for task in ("asr", "ast") if task in self.prompt.instructions]
-        if not self.tasks:
-            raise SystemExit("error: the prompt format has no instruction for asr or ast")
-        self.torch_device = resolve_device(self.device)
-        self.model, self.dtype = load_for_decoding(self.cfg, self.torch_device, self.precision)
-        self.frontend = instantiate(self.cfg.encoder.frontend)
+    def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._waiting = 0
         self._count = threading.Lock()
 
     def choices(self) -> list[str]:
         """The tasks the page offers: each the prompt format has, and both when it has both."""
-        return self.tasks + (["asr_ast"] if len(self.tasks) == 2 else [])
+        tasks = self.recognizer.tasks
+        return tasks + (["asr_ast"] if len(tasks) == 2 else [])
 
     def transcribe(self, path: str | Path, task: str = "asr", num_beams: int = 4,
                    name: str = "the file") -> dict:
@@ -182,19 +173,15 @@ class Transcriber:
             "seconds": round(time.perf_counter() - started, 3),
         }
 
-    def _decode(self, path: Path, tasks: list[str], num_beams: int) -> list:
-        with tempfile.TemporaryDirectory(prefix="mooer-serve-") as tmp:
-            prepared = prepare([("input", str(path))], Path(tmp), self.max_segment_s,
-                               self.limits.min_duration_s, self.min_silence_ms)
-            if prepared.no_speech:  # too short cannot be: check_audio refused that
-                raise InputError("no speech was found in the recording")
-            decoding = {"num_beams": num_beams, "max_new_tokens": self.max_new_tokens}
-            recordings, _ = decode_prepared(prepared, self.model, self.frontend, self.prompt,
-                                            tasks, self.batch_size, decoding, self.torch_device,
-                                            self.dtype, len(prepared.spans) > self.batch_size)
-        if "input" not in recordings:
+    def _decode(self, path: Path, tasks: list[str], num_beams: int) -> list[Segment]:
+        decoded = self.recognizer.decode_long(
+            [("input", str(path))], tasks, self.max_segment_s, self.min_silence_ms,
+            progress=None, num_beams=num_beams)
+        if decoded.prepared.no_speech:  # too short cannot be: check_audio refused that
+            raise InputError("no speech was found in the recording")
+        if "input" not in decoded.recordings:
             raise InputError("the recording could not be decoded (see the server's log)")
-        return recordings["input"]
+        return decoded.recordings["input"]
 
 
 def build_page(transcriber: Transcriber, title: str = "mooer"):
@@ -357,9 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=8,
                         help="segments of a long recording decoded together")
     parser.add_argument("--max_new_tokens", type=int, default=200)
-    parser.add_argument("--max_segment_s", type=float, default=30.0,
-                        help="longer recordings are cut where silero-vad finds speech")
-    parser.add_argument("--min_silence_ms", type=int, default=MIN_SILENCE_MS)
+    add_segment_arguments(parser)
     parser.add_argument("--max_upload_mb", type=float, default=Limits.max_upload_mb)
     parser.add_argument("--max_duration_s", type=float, default=Limits.max_duration_s)
     parser.add_argument("--max_channels", type=int, default=Limits.max_channels)
@@ -373,9 +358,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls home
-    if args.max_segment_s < 1:
-        print("error: --max_segment_s must be at least 1 second", file=sys.stderr)
-        return 2
     if not is_loopback(args.host) and not args.api_key and not args.no_auth:
         print(f"error: --host {args.host} serves other machines: give an API key (--api_key, or "
               f"${API_KEY_ENV}) that clients send as `Authorization: Bearer <key>`, or pass "

@@ -8,52 +8,20 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mooer.checkpoints import average_state_dicts, load_mooer, merge_lora, run_checkpoints
+from mooer.checkpoints import (
+    average_state_dicts,
+    load_trainable,
+    load_weights,
+    merge_lora,
+    run_checkpoints,
+)
 from mooer.config import run_config
 from mooer.models.build import build_speech_llm
 from mooer.models.llm import torch_dtype
 from mooer.models.speech_llm import SpeechLLM
-from mooer.models.weights import CheckpointError, load_state_dict_file
+from mooer.models.weights import CheckpointError
 
 log = logging.getLogger(__name__)
-LORA_SUBDIRS = ("new_llm", "lora_weights")
-
-
-def load_trainable(model: SpeechLLM, path: str | Path,
-                   state: dict[str, torch.Tensor] | None = None) -> None:
-    """Load one of our training checkpoints (trainable weights under `model.`); `state`, when
-    given, holds its weights already (an average named by `path`)."""
-    state = load_state_dict_file(path) if state is None else state
-    state = {k.removeprefix("model."): v for k, v in state.items()}
-    own = model.state_dict()
-    unknown = sorted(set(state) - set(own))
-    if unknown:
-        raise CheckpointError(f"{path} has weights this model lacks: {', '.join(unknown[:5])} "
-                              "(is the encoder/llm/projector config the one it was trained with?)")
-    missing = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in state)
-    if missing:
-        raise CheckpointError(
-            f"{path} lacks {len(missing)} of the weights this config trains "
-            f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): it was not "
-            "trained with this encoder/projector/llm config (give run_dir= to use the run's)")
-    model.load_state_dict(state, strict=False)
-
-
-def load_weights(model: SpeechLLM, checkpoint: str | Path | None, adapter_path: str | None,
-                 lora_dir: str | None) -> None:
-    """`checkpoint` is a MooER-layout dir (adapter_project.pt + new_llm/ or lora_weights/) or
-    one of our checkpoint files; adapter_path/lora_dir are MooER release files."""
-    if checkpoint:
-        checkpoint = Path(checkpoint)
-        if checkpoint.is_dir():
-            if not (checkpoint / "adapter_project.pt").is_file():
-                raise CheckpointError(f"{checkpoint} has no adapter_project.pt: expected a "
-                                      "MooER-layout dir (<task>_epoch_<E>_step_<S>_merged/ or a release dir)")
-            lora = next((checkpoint / d for d in LORA_SUBDIRS if (checkpoint / d).is_dir()), None)
-            load_mooer(model, checkpoint / "adapter_project.pt", lora)
-        else:
-            load_trainable(model, checkpoint)
-    load_mooer(model, adapter_path, lora_dir)
 
 
 def apply_run_dir(cfg: DictConfig) -> DictConfig:

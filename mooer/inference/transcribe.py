@@ -9,7 +9,7 @@ any length.
         --lora_dir pretrained_models/asr/lora_weights
 
 A recording longer than --max_segment_s (30) is cut where silero-vad finds speech, each piece at
-most that long (mooer.evaluation.longform), decoded in batches and joined. --format tsv (the
+most that long (mooer.inference.segment), decoded in batches and joined. --format tsv (the
 default) prints a header and a row per segment, `recording<TAB>start<TAB>end<TAB>text` (with
 --task asr_ast: the transcript and the translation); text prints Kaldi text, a recording a line
 (`name<TAB>text`), what scorers read; json both; srt and vtt subtitles (into --out_dir, a file
@@ -29,19 +29,11 @@ from omegaconf import DictConfig
 
 from mooer.config import compose_config
 from mooer.data.text import read_table
-from mooer.evaluation.longform import (
-    FORMATS,
-    MIN_SILENCE_MS,
-    Segment,
-    decode_prepared,
-    prepare,
-    render,
-    subtitles,
-)
-from mooer.evaluation.model_loading import apply_run_dir, load_for_decoding
-from mooer.training.accelerators import resolve_device
-
-MIN_AUDIO_SECONDS = 0.1  # shorter audio gives the encoder no frame to attend to
+from mooer.inference.formats import FORMATS, Segment, render, subtitles
+from mooer.inference.loading import apply_run_dir
+from mooer.inference.longform import prepare
+from mooer.inference.recognizer import MIN_AUDIO_SECONDS, Recognizer, prompt_for
+from mooer.inference.segment import MIN_SILENCE_MS, check_max_segment_s
 
 
 def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -71,16 +63,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--num_beams", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=200)
-    parser.add_argument("--max_segment_s", type=float, default=30.0,
-                        help="longer recordings are cut where silero-vad finds speech")
-    parser.add_argument("--min_silence_ms", type=int, default=MIN_SILENCE_MS,
-                        help="in long recordings, a pause this long ends a segment")
+    add_segment_arguments(parser)
     parser.add_argument("--format", choices=FORMATS, default="tsv",
                         help="tsv: a segment a row with its start and end; text: Kaldi text, "
                              "name<TAB>text; json; srt/vtt: subtitles")
     parser.add_argument("--out_dir", type=Path,
                         help="write <name>.<format> per recording here instead of printing")
     return parser
+
+
+def segment_seconds(value: str) -> float:
+    """--max_segment_s: a number of seconds, at least 1 (NaN refused)."""
+    try:
+        return check_max_segment_s(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
+    """How long recordings are cut: shared by mooer-transcribe and mooer-serve."""
+    parser.add_argument("--max_segment_s", type=segment_seconds, default=30.0,
+                        help="longer recordings are cut where silero-vad finds speech")
+    parser.add_argument("--min_silence_ms", type=int, default=MIN_SILENCE_MS,
+                        help="in long recordings, a pause this long ends a segment")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,27 +118,19 @@ def model_config(args: argparse.Namespace) -> DictConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.max_segment_s < 1:
-        print("error: --max_segment_s must be at least 1 second", file=sys.stderr)
-        return 2
     multiple = args.wav_scp is not None or len(args.wav_path) > 1
     if args.format in ("srt", "vtt") and multiple and args.out_dir is None:
         print(f"error: --format {args.format} for several recordings needs --out_dir (a file "
               "per recording)", file=sys.stderr)
         return 2
-    from hydra.utils import instantiate
-
     # the prompt format: conf/task/<--task> (asr_ast holds both instructions), or the run's own
     cfg = model_config(args)
     tasks = ["asr", "ast"] if args.task == "asr_ast" else [args.task]
-    prompt = instantiate(cfg.task)
     try:
-        for task in tasks:
-            prompt.require(task)
+        prompt = prompt_for(cfg, tasks)
     except ValueError as err:
         print(f"error: --task {args.task}: {err}", file=sys.stderr)
         return 2
-    device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             prepared = prepare(_inputs(args), Path(tmp), args.max_segment_s, MIN_AUDIO_SECONDS,
@@ -149,16 +146,15 @@ def main(argv: list[str] | None = None) -> int:
         if not prepared.spans:
             print("error: nothing to transcribe", file=sys.stderr)
             return 2
-        model, dtype = load_for_decoding(cfg, device, args.precision)
-        decoding = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}
-        recordings, _ = decode_prepared(prepared, model, instantiate(cfg.encoder.frontend),
-                                        prompt, tasks, args.batch_size, decoding, device, dtype)
-    undecoded = [name for name in prepared.names if name not in recordings]
-    write(recordings, args, tasks)
-    if undecoded:
-        print(f"not transcribed (see the warnings above): {', '.join(undecoded)}",
+        recognizer = Recognizer.from_config(
+            cfg, args.device, args.precision, args.batch_size,
+            {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}, prompt=prompt)
+        decoded = recognizer.decode_prepared(prepared, tasks)
+    write(decoded.recordings, args, tasks)
+    if decoded.undecoded:
+        print(f"not transcribed (see the warnings above): {', '.join(decoded.undecoded)}",
               file=sys.stderr)
-    return 1 if prepared.too_short or prepared.no_speech or undecoded else 0
+    return 1 if prepared.too_short or prepared.no_speech or decoded.undecoded else 0
 
 
 def write(recordings: dict[str, list[Segment]], args: argparse.Namespace,

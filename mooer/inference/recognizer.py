@@ -1,0 +1,122 @@
+"""A Recognizer: a model loaded once, with everything it decodes with (prompt format, frontend,
+device, dtype, batch size, generation options), for `evaluate.py`, `mooer-transcribe` and
+`mooer-serve` alike.
+
+    recognizer = Recognizer.from_config(apply_run_dir(cfg), device="cuda", tasks=["asr"])
+    decoded = recognizer.decode("data/test/data.list", "asr")          # a data.list or Kaldi dir
+    long = recognizer.decode_long([("meeting", "meeting.flac")], ["asr", "ast"], max_segment_s=30)
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from mooer.data.features import Frontend
+from mooer.data.loader import EpochDataLoader
+from mooer.data.prompts import PromptFormat
+from mooer.devices import resolve_device
+from mooer.inference.decode import Decoded, decode, decoding_loader
+from mooer.inference.formats import Segment
+from mooer.inference.loading import load_for_decoding
+from mooer.inference.longform import Prepared, collect, prepare
+from mooer.inference.segment import MIN_SILENCE_MS
+from mooer.models.speech_llm import SpeechLLM
+
+MIN_AUDIO_SECONDS = 0.1  # shorter audio gives the encoder no frame to attend to
+
+
+def prompt_for(cfg: DictConfig, tasks: Sequence[str] = ()) -> PromptFormat:
+    """The config's prompt format (`conf/task`, or a run's own), refusing any of `tasks` it has
+    no instruction for (before a model is loaded)."""
+    prompt = instantiate(cfg.task)
+    for task in tasks:
+        prompt.require(task)
+    return prompt
+
+
+@dataclass
+class LongDecoded:
+    """Recordings decoded in segments: each recording's segments in time order, each task's
+    `Decoded` (timing), and what could not be decoded (too short, no speech found)."""
+
+    recordings: dict[str, list[Segment]]
+    runs: list[Decoded]
+    prepared: Prepared
+
+    @property
+    def undecoded(self) -> list[str]:
+        """Recordings that had segments none of which came back decoded."""
+        return [name for name in self.prepared.names if name not in self.recordings]
+
+
+@dataclass
+class Recognizer:
+    """A loaded model and what it decodes with; `decoding` holds generate's options (num_beams,
+    max_new_tokens, ...), which a call may override."""
+
+    model: SpeechLLM
+    prompt: PromptFormat
+    frontend: Frontend
+    device: torch.device
+    dtype: torch.dtype
+    batch_size: int = 8
+    decoding: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, device: str = "auto", precision: str = "bf16",
+                    batch_size: int = 8, decoding: dict[str, Any] | None = None,
+                    tasks: Sequence[str] = (), prompt: PromptFormat | None = None) -> Recognizer:
+        """The model of an evaluate config (with a run dir applied: `loading.apply_run_dir`),
+        loaded with its weights on `device`; `tasks` are checked against the prompt format
+        first (or give the `prompt` already checked)."""
+        prompt = prompt or prompt_for(cfg, tasks)
+        torch_device = resolve_device(device)
+        model, dtype = load_for_decoding(cfg, torch_device, precision)
+        return cls(model, prompt, instantiate(cfg.encoder.frontend), torch_device, dtype,
+                   batch_size, dict(decoding or {}))
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks the prompt format has an instruction for, of asr and ast."""
+        return [task for task in ("asr", "ast") if task in self.prompt.instructions]
+
+    def loader(self, source: str | Path, task: str) -> EpochDataLoader:
+        """Prompt-only batches of a data.list or Kaldi dir, asking `task`."""
+        return decoding_loader(source, self.model, self.frontend, self.prompt, task,
+                               self.batch_size)
+
+    def decode(self, source: str | Path, task: str, total: int | None = None,
+               desc: str = "decoding", progress: bool = True, **options: Any) -> Decoded:
+        """Every utterance of a data.list or Kaldi dir, in batches (`options` override the
+        generation options)."""
+        return decode(self.model, self.loader(source, task), {**self.decoding, **options},
+                      self.device, self.dtype, total=total, desc=desc, progress=progress)
+
+    def decode_prepared(self, prepared: Prepared, tasks: Sequence[str],
+                        progress: bool | None = True, **options: Any) -> LongDecoded:
+        """Every segment of prepared recordings for each task, gathered per recording; a
+        progress bar each task (`progress=None`: only when there are more segments than a
+        batch)."""
+        if progress is None:
+            progress = len(prepared.spans) > self.batch_size
+        runs = [self.decode(prepared.directory, task, total=len(prepared.spans), desc=task,
+                            progress=progress, **options) for task in tasks]
+        return LongDecoded(collect(prepared, [run.hypotheses for run in runs]), runs, prepared)
+
+    def decode_long(self, recordings: Sequence[tuple[str, str]], tasks: Sequence[str],
+                    max_segment_s: float = 30.0, min_silence_ms: int = MIN_SILENCE_MS,
+                    progress: bool | None = True, **options: Any) -> LongDecoded:
+        """(name, path) recordings of any length: each cut where silero-vad finds speech into
+        segments of at most `max_segment_s`, decoded, gathered per recording with their times."""
+        with tempfile.TemporaryDirectory(prefix="mooer-segments-") as work:
+            prepared = prepare(recordings, Path(work), max_segment_s, MIN_AUDIO_SECONDS,
+                               min_silence_ms)
+            return self.decode_prepared(prepared, tasks, progress, **options)
