@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# the Hydra groups ship inside the package (in the wheel too); the checkout's top-level conf/ is a
+# link to them, for train.py and evaluate.py
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def register_resolvers() -> None:
@@ -22,10 +27,6 @@ def compose_config(config_name: str = "train", overrides: Sequence[str] = (),
 
     Returns the config without its `hydra` node and the chosen option of every group.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from hydra.utils import instantiate
 
 from mooer.config import task_config, task_options
+from mooer.data.loader import read_replace_table
 from mooer.data.pipeline import (
     DataErrors,
     attach_targets,
@@ -23,7 +25,7 @@ from mooer.data.pipeline import (
     read_data_list,
     tar_samples,
 )
-from mooer.data.prompts import PromptFormat
+from mooer.data.prompts import PromptBuilder, PromptFormat
 
 
 def _samples(data_list: Path, errors: DataErrors, allow_pipe: bool):
@@ -73,9 +75,6 @@ def show(data_list: Path, num: int, tokenizer_path: str | None, prompt: PromptFo
          allow_pipe: bool = False) -> str:
     """The first `num` utterances: text, duration and, with a tokenizer, the model's view (the
     prompt and labels `prompt` gives them, as in training's first epoch)."""
-    from mooer.data.loader import read_replace_table
-    from mooer.data.prompts import PromptBuilder
-
     errors = DataErrors()
     samples = _samples(data_list, errors, allow_pipe)
     builder = None
@@ -125,8 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "stats":
         print(stats(args.data_list, args.allow_pipe))
     else:
-        from hydra.utils import instantiate
-
         try:
             prompt = instantiate(task_config(args.task, args.run_dir))
             print(show(args.data_list, args.num, args.tokenizer, prompt, args.allow_pipe))

@@ -22,7 +22,8 @@ import torch
 from mooer.data.audio import AUDIO_EXTENSIONS, AudioError, decode_audio, resample, to_mono
 from mooer.data.collate import sequence_length
 from mooer.data.features import Frontend
-from mooer.data.text import WORD_JOINER
+from mooer.data.prompts import refine_target
+from mooer.data.text import WORD_JOINER, read_table
 
 log = logging.getLogger(__name__)
 Sample = dict[str, Any]
@@ -201,8 +202,6 @@ def kaldi_samples(items: Iterable[tuple[str, str, str]], errors: DataErrors,
 
 def read_kaldi_dir(directory: str | Path) -> list[tuple[str, str, str]]:
     """(uttid, transcript, path) of `wav.scp` joined with `text` (empty text when absent)."""
-    from mooer.data.text import read_table
-
     directory = Path(directory)
     texts = dict(read_table(directory / "text")) if (directory / "text").is_file() else {}
     items = [(key, texts.get(key, ""), path) for key, path in read_table(directory / "wav.scp")]
@@ -252,8 +251,6 @@ def filter_length(samples: Iterable[Sample], min_frames: int, max_frames: int,
 def attach_targets(samples: Iterable[Sample], table: Mapping[str, str] | None, replace_type: str,
                    errors: DataErrors) -> Iterator[Sample]:
     """Set `target`: the transcript, or (with a replace_text table) MooER's refined label."""
-    from mooer.data.prompts import refine_target
-
     for sample in samples:
         if table is None:
             sample["target"] = sample["txt"]

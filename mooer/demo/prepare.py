@@ -7,6 +7,9 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import soundfile as sf
+
+from mooer.data.features import estimate_cmvn, write_kaldi_cmvn
 from mooer.data.pack import pack
 from mooer.data.prompts import PromptFormat
 from mooer.data.text import read_table
@@ -56,10 +59,6 @@ def _unseen_voices(data_dir: Path, corpus: Path, test_keys: set[str], num: int, 
 def _write_cmvn(path: Path, corpus: Path, train_keys: list[str], seed: int,
                 sample: int = 500) -> None:
     """Global CMVN of the LFR features over (a sample of) the training audio, as am.mvn."""
-    import soundfile as sf
-
-    from mooer.data.features import estimate_cmvn, write_kaldi_cmvn
-
     paths = dict(read_table(corpus / "wav.scp"))
     keys = random.Random(seed).sample(train_keys, min(sample, len(train_keys)))
     waves = (sf.read(paths[k], dtype="float32")[0] for k in keys)

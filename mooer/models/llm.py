@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
           "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -23,8 +24,6 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def load_tokenizer(path: str | Path):
     """The tokenizer saved beside the LLM weights."""
-    from transformers import AutoTokenizer
-
     if not Path(path).is_dir():
         raise FileNotFoundError(f"tokenizer directory {path} not found: set llm.path (or "
                                 "llm.tokenizer_path) to a local model directory")
@@ -35,8 +34,6 @@ def build_causal_lm(path: str | Path | None = None, architecture: dict[str, Any]
                     dtype: str = "bf16", attn_implementation: str = "sdpa") -> nn.Module:
     """Load from `path` straight into `dtype` (weights are not materialized twice), or build
     `architecture` (a config dict with `model_type`) at random init."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     if path is not None:
         if not Path(path).is_dir():
             raise FileNotFoundError(f"LLM directory {path} not found: download the model once "

@@ -19,6 +19,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import get_original_cwd, to_absolute_path
+
 RESULT_FILE = "fit_result.json"
 
 # Hydra settings the job's own process must not inherit from the sweep
@@ -27,9 +31,6 @@ _SWEEP_ONLY = ("hydra.mode", "hydra.sweep.", "hydra.run.dir", "hydra.output_subd
 
 
 def in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
@@ -45,10 +46,7 @@ def _quoted(value: str) -> str:
 
 def job_command() -> tuple[list[str], str]:
     """The command line (and working directory) that runs the current multirun job alone."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import get_original_cwd, to_absolute_path
-
-    import __main__
+    import __main__  # the script Hydra runs (train.py): resolved when the job is run
 
     config = HydraConfig.get()
     if __main__.__spec__ is None:
@@ -69,8 +67,6 @@ def job_command() -> tuple[list[str], str]:
 
 def run_job_in_subprocess() -> float | None:
     """Run the current multirun job as a single run in a new process; its validation loss."""
-    from hydra.core.hydra_config import HydraConfig
-
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     command, cwd = job_command()
     result = subprocess.run(command, cwd=cwd)
