@@ -55,6 +55,7 @@ import torch
 
 from mooer.config import compose_config
 from mooer.data.collate import collate, collate_packed, move_batch
+from mooer.data.loader import ReadyBatches
 from mooer.data.pipeline import batch_dynamic, pack_rows
 from mooer.data.synthetic import SyntheticTokenizer, synthetic_samples
 from mooer.models.build import build_speech_llm
@@ -204,19 +205,6 @@ def bare_loop(model, cfg, device: torch.device, autocast: torch.dtype | None):
     return run
 
 
-class Loader:
-    """Ready batches, as a loader (Lightning takes a bare list for a list of loaders)."""
-
-    def __init__(self, batches: list[dict]) -> None:
-        self.batches = batches
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
 def lightning_loop(model, cfg, device: torch.device, strategy: str, precision: str,
                    accumulate: int = 1, compile_regions: bool = False):
     """Lightning's trainer.fit as train.py runs it (conf/module's module, the strategy's class),
@@ -251,7 +239,7 @@ def lightning_loop(model, cfg, device: torch.device, strategy: str, precision: s
             logger=False, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
             log_every_n_steps=50, callbacks=[Marks()])
-        trainer.fit(module, train_dataloaders=Loader(batches))
+        trainer.fit(module, train_dataloaders=ReadyBatches(batches))
     return run
 
 

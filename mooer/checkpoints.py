@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib import import_module
 from pathlib import Path
 
@@ -76,16 +76,21 @@ def load_lora(model: SpeechLLM, lora_dir: str | Path) -> None:
         model.llm = get_peft_model(model.llm, config)
     else:
         ours = model.llm.peft_config["default"]
-        if ours.r != saved["r"] or set(ours.target_modules) != set(saved["target_modules"]):
+        if not isinstance(ours, LoraConfig):
+            raise CheckpointError(f"the model's adapter is {type(ours).__name__}, not LoRA: "
+                                  f"{lora_dir} cannot be loaded into it")
+        targets = set(ours.target_modules or ())
+        if ours.r != saved["r"] or targets != set(saved["target_modules"]):
             raise CheckpointError(
                 f"{lora_dir} has LoRA r={saved['r']} on {sorted(saved['target_modules'])}, the "
-                f"model r={ours.r} on {sorted(ours.target_modules)}: set llm.lora to match")
+                f"model r={ours.r} on {sorted(targets)}: set llm.lora to match")
     state = load_state_dict_file(_lora_weight_file(lora_dir))
     result = set_peft_model_state_dict(model.llm, state)
     missing_lora = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
-    if missing_lora or getattr(result, "unexpected_keys", []):
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    if missing_lora or unexpected:
         raise CheckpointError(f"{lora_dir} does not fit the LLM: missing {missing_lora[:4]}, "
-                              f"unexpected {list(result.unexpected_keys)[:4]}")
+                              f"unexpected {unexpected[:4]}")
 
 
 def merge_lora(model: SpeechLLM) -> None:
@@ -145,7 +150,7 @@ def run_checkpoints(run_dir: str | Path, count: int) -> list[Path]:
     return [by_step[step] for step in sorted(by_step)[-count:]]
 
 
-def average_state_dicts(paths: list[str | Path]) -> dict[str, torch.Tensor]:
+def average_state_dicts(paths: Sequence[str | Path]) -> dict[str, torch.Tensor]:
     """The element-wise mean of the weights of several checkpoints of one model (WeNet's and
     icefall's model averaging); integer tensors are taken from the last."""
     total: dict[str, torch.Tensor] = {}

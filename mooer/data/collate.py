@@ -101,8 +101,14 @@ def _layout(samples: Sequence[Sample], placements: Sequence[tuple[int, int]], nu
     frames = [len(s["features"]) for s in samples]
     features = samples[0]["features"].new_zeros(
         (len(samples), round_up(max(frames), pad_to_multiple), samples[0]["features"].shape[1]))
-    slot_rows, slot_cols, frame_utts, frame_pos = [], [], [], []
-    scored_rows, scored_cols, scored_targets, scored_utts = [], [], [], []
+    slot_rows: list[int] = []
+    slot_cols: list[int] = []
+    frame_utts: list[int] = []
+    frame_pos: list[int] = []
+    scored_rows: list[int] = []
+    scored_cols: list[int] = []
+    scored_targets: list[int] = []
+    scored_utts: list[int] = []
     segments_in_row = [0] * num_rows
     for utterance, (sample, (row, start)) in enumerate(zip(samples, placements, strict=True)):
         slots, answer = sample["num_audio_slots"], torch.as_tensor(sample["answer_ids"])

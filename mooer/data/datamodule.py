@@ -38,11 +38,12 @@ class SpeechDataModule(pl.LightningDataModule):
         self.prompt_builder = PromptBuilder(tokenizer, prompt, seed=seed)
         self.match_slots(encoder_convs, downsample)
         self.num_workers = num_workers
-        labels = {"replace_text": table, "replace_type": prompt.replace_type}
         self.options = {
-            "train": PipelineOptions(batch_size=batch_size, seed=seed, **labels, **options),
+            "train": PipelineOptions(batch_size=batch_size, seed=seed, replace_text=table,
+                                     replace_type=prompt.replace_type, **options),
             "val": PipelineOptions(batch_size=val_batch_size, seed=seed, training=False,
-                                   **labels, **options),
+                                   replace_text=table, replace_type=prompt.replace_type,
+                                   **options),
         }
         self.options["test"] = self.options["val"]
 
@@ -72,7 +73,7 @@ class SpeechDataModule(pl.LightningDataModule):
         if progress.is_last_batch:  # the checkpoint closed its epoch: Lightning goes on with the next
             return self.loader("train", start_epoch=self.trainer.current_epoch + 1)
         return self.loader("train", start_epoch=self.trainer.current_epoch,
-                           skip_batches=progress.current.processed)
+                           skip_batches=progress.current.processed)  # type: ignore[attr-defined]
 
     def val_dataloader(self) -> EpochDataLoader:
         return self.loader("val")

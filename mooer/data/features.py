@@ -184,7 +184,8 @@ def estimate_cmvn(waveforms, frontend: ParaformerFrontend | None = None, sample_
     """(shift, scale) that make the LFR features zero-mean, unit-variance over `waveforms`:
     what an `am.mvn` holds, for models trained from scratch."""
     frontend = frontend or ParaformerFrontend(None)
-    total, total_sq, count = 0.0, 0.0, 0
+    total = total_sq = torch.zeros((), dtype=torch.float64)
+    count = 0
     for wave in waveforms:
         features = frontend(torch.as_tensor(wave), sample_rate).double()
         total = total + features.sum(0)
@@ -208,7 +209,8 @@ class ParaformerFrontend:
         self.sample_rate = sample_rate
         self.lfr_m, self.lfr_n = lfr_m, lfr_n
         self.dim = num_mel_bins * lfr_m
-        self.shift = self.scale = None
+        self.shift: torch.Tensor | None = None
+        self.scale: torch.Tensor | None = None
         if cmvn_path is not None:
             if not Path(cmvn_path).is_file():
                 raise FileNotFoundError(
@@ -240,7 +242,7 @@ class ParaformerFrontend:
         if not index:
             return [torch.zeros((0, self.dim)) for _ in waveforms]
         stacked = torch.cat(fbanks)[torch.cat(index)].flatten(1)
-        if self.shift is not None:
+        if self.shift is not None and self.scale is not None:
             stacked = (stacked + self.shift) * self.scale
         return list(stacked.split([lfr_frames(len(f), self.lfr_n) for f in fbanks]))
 

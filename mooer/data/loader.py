@@ -166,7 +166,7 @@ class ShardDataset(IterableDataset):
                 stages.append(functools.partial(P.batch_fixed, batch_size=o.batch_size))
             make_batch = functools.partial(collate, pad_id=pad_id,
                                            pad_to_multiple=o.pad_to_multiple)
-        reported, reported_shards = P.DataErrors(), set()
+        reported, reported_shards = P.DataErrors(), set[str]()
 
         def news() -> dict[str, Any]:
             """What the main process has not heard yet: skips and shards read to the end."""
@@ -210,6 +210,8 @@ class EpochDataLoader(DataLoader):
     """A DataLoader over a ShardDataset that advances the epoch on every pass, ends each pass on
     every rank together, and reports what a pass skipped for bad data or left unread."""
 
+    dataset: ShardDataset
+
     def __init__(self, dataset: ShardDataset, num_workers: int = 0, start_epoch: int = 0,
                  name: str = "train", skip_batches: int = 0, **kwargs: Any) -> None:
         super().__init__(dataset, batch_size=None, num_workers=num_workers,
@@ -221,7 +223,7 @@ class EpochDataLoader(DataLoader):
         self.unread: dict[str, int] = {}
         self.warned = False
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]  # batches
         epoch = self.next_epoch
         self.dataset.set_epoch(epoch)
         self.next_epoch += 1
@@ -302,19 +304,34 @@ class EpochDataLoader(DataLoader):
         dataset, workers = self.dataset, max(1, self.num_workers)
         deals = [dataset.deal(rank, world_size, w, workers) for w in range(workers)]
         names = {dataset.shard_name(u): u for shards, _ in deals for u in shards}
-        sizes, unknown = {}, 0
+        sizes: dict[str, int] = {}
+        unknown = 0
         for name, item in names.items():
             size = finished[name] if name in finished else dataset.shard_size(item)
             if size is None:
                 unknown += 1
             sizes[name] = size or 0
         total = sum(sizes.values())
-        if deals[0][1] is not None:  # utterance-level dealing: this rank's slots of the whole
-            slots = world_size * workers
-            total = sum(len(range(slot, total, slots)) for _, (slot, _) in deals)
+        slots_of = [slot for _, slot in deals if slot is not None]
+        if slots_of:  # utterance-level dealing: this rank's slots of the whole
+            total = sum(len(range(slot, total, count)) for slot, count in slots_of)
         skipped = sum(v for k, v in self.errors.items() if k != "unreadable shard")
         unread_shards = len([n for n in names if n not in finished])
         return max(0, total - consumed - skipped), unread_shards, unknown
+
+
+class ReadyBatches:
+    """Batches made beforehand, as a loader (for `trainer.fit` on in-memory batches: Lightning
+    takes a bare list for a list of loaders)."""
+
+    def __init__(self, batches: list[dict[str, Any]]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def read_replace_table(path: str | Path | None) -> dict[str, str] | None:

@@ -89,7 +89,7 @@ def _keyed(rows: list[tuple[str, str]], what: str, rejects: list[tuple[str, str]
 def _segment_sources(rows: list[tuple[str, str]], audio: dict[str, str],
                      rejects: list[tuple[str, str]]) -> dict[str, tuple[str, float, float | None]]:
     """Map segment uttids to (recording path, start, end) from Kaldi segments rows."""
-    sources = {}
+    sources: dict[str, tuple[str, float, float | None]] = {}
     for key, value in _keyed(rows, "segments", rejects).items():
         fields = value.split()
         try:
@@ -113,7 +113,8 @@ def collect_items(wav_scp: Path, text: Path, segments: Path | None, text_norm: s
     audio = _keyed(read_table(wav_scp, rejects), "wav.scp", rejects)
     transcripts = _keyed(read_table(text, rejects), "text", rejects)
     if segments is None:
-        sources = {key: (path, 0.0, None) for key, path in audio.items()}
+        sources: dict[str, tuple[str, float, float | None]] = {
+            key: (path, 0.0, None) for key, path in audio.items()}
     else:
         sources = _segment_sources(read_table(segments, rejects), audio, rejects)
     rejected = {key for key, _ in rejects}

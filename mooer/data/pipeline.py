@@ -12,9 +12,9 @@ import math
 import random
 import tarfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from mooer.data.text import WORD_JOINER, read_table
 
 log = logging.getLogger(__name__)
 Sample = dict[str, Any]
+Shard = TypeVar("Shard")  # a shard's url, or a Kaldi dir's (uttid, text, path)
 
 
 class DataErrors(Counter):
@@ -54,8 +55,8 @@ def read_data_list(path: str | Path) -> list[str]:
     return urls
 
 
-def shards_for(urls: list[str], epoch: int, seed: int, shuffle: bool, rank: int, world_size: int,
-               worker: int, num_workers: int) -> list[str]:
+def shards_for(urls: Sequence[Shard], epoch: int, seed: int, shuffle: bool, rank: int,
+               world_size: int, worker: int, num_workers: int) -> list[Shard]:
     """This (rank, worker)'s shards of an epoch: one seeded permutation shared by every process,
     dealt round-robin to ranks, then each rank's deal to its workers (MooER's order), so each
     shard is read by exactly one process per epoch."""
@@ -151,7 +152,10 @@ def tar_samples(shards: Iterable[tuple[str, Any]], errors: DataErrors,
                     current = None
                 if current is None:
                     current = {"key": key, "shard": url}
-                data = tar.extractfile(member).read()
+                extracted = tar.extractfile(member)
+                if extracted is None:  # a regular file always has its data
+                    raise tarfile.ReadError(f"member {member.name} has no data")
+                data = extracted.read()
                 if len(data) != member.size:
                     raise tarfile.ReadError(f"member {member.name} is truncated")
                 current[extension.lower()] = data

@@ -98,7 +98,7 @@ def ensure_demo_data(data_dir: str | Path, num: int = 32, seed: int = 0, dev_num
     # phrases: a test sentence is new, its words are not
     sentences = sorted(t for t, n in counts.items() if n <= 2)
     random.Random(seed).shuffle(sentences)
-    held = {"dev": set(), "test": set()}
+    held: dict[str, set[str]] = {"dev": set(), "test": set()}
     for name, wanted in (("dev", dev_num), ("test", test_num)):
         while sentences and sum(texts[k] in held[name] for k in texts) < wanted:
             held[name].add(sentences.pop())

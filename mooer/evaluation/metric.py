@@ -18,13 +18,16 @@ class ErrorRate(Metric):
     higher_is_better = False
     full_state_update = False
 
+    errors: torch.Tensor
+    reference_tokens: torch.Tensor
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.add_state("errors", torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("reference_tokens", torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, references: Mapping[str, str], hypotheses: Mapping[str, str]) -> None:
-        total = score(references, hypotheses).total
+        total = score(dict(references), dict(hypotheses)).total
         self.errors += total.errors
         self.reference_tokens += total.num_ref
 

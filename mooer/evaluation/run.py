@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from mooer.config import as_dict
 from mooer.data.text import one_line, read_table
 from mooer.evaluation.scoring import bleu_chrf, format_wer, score
 from mooer.inference.decode import Decoded
@@ -88,7 +90,8 @@ def resolve_sets(cfg: DictConfig) -> list[TestSet]:
 
 
 def write_set(out_dir: Path, test_set: TestSet, hypotheses: dict[str, str],
-              references: dict[str, str], duplicates: list[str] = ()) -> tuple[float, float | None]:
+              references: dict[str, str], duplicates: Sequence[str] = ()
+              ) -> tuple[float, float | None]:
     """`text` (uttid<TAB>hyp) and `wer` (or `bleu`) files; returns the score (and chrF)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "text").write_text(
@@ -147,7 +150,7 @@ def evaluate(cfg: DictConfig) -> list[SetResult]:
         except ValueError as err:
             raise SystemExit(f"error: test set {test_set.name} is decoded as {test_set.task}, "
                              f"but {err}") from None
-    decoding = OmegaConf.to_container(cfg.decoding, resolve=True)
+    decoding = as_dict(cfg.decoding)
     batch_size = decoding.pop("batch_size")
     recognizer = Recognizer.from_config(cfg, cfg.device, cfg.precision, batch_size, decoding,
                                         prompt=prompt)

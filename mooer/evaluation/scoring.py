@@ -367,11 +367,12 @@ def concat_all(texts: dict[str, str]) -> dict[str, str]:
 
 def read_clusters(path: Path) -> list[tuple[str, list[str]]]:
     """compute-wer.py's cluster file: `<Name>` opens a group of words, `</Name>` closes it."""
-    clusters, name, words = [], "", []
+    clusters: list[tuple[str, list[str]]] = []
+    name, words = "", list[str]()
     for token in path.read_text(encoding="utf-8").split():
         if name and token == f"</{name}>":
             clusters.append((name, words))
-            name, words = "", []
+            name, words = "", list[str]()
         elif not name and token.startswith("<") and token.endswith(">"):
             name, words = token[1:-1], []
         else:

@@ -55,7 +55,9 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
            desc: str = "decoding", progress: bool = True) -> Decoded:
     """Generate every utterance of `loader`; a progress bar counts utterances (unless not
     `progress`)."""
-    hypotheses, references, seconds, duplicates, seen = {}, {}, 0.0, [], set()
+    hypotheses: dict[str, str] = {}
+    references: dict[str, str] = {}
+    seconds, duplicates, seen = 0.0, [], set()
     started = time.perf_counter()
     with tqdm(total=total, desc=desc, unit="utt", disable=not progress) as bar:
         for batch in loader:

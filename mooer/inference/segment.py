@@ -16,10 +16,13 @@ MIN_SILENCE_MS = 150  # a pause this long ends a segment
 MIN_SEGMENT_S = 1.0
 
 
-def check_max_segment_s(value: float) -> float:
+def check_max_segment_s(value: float | str) -> float:
     """`max_segment_s` as a number of seconds a segment may last (at least 1; not NaN), or a
     ValueError saying so; also an argparse `type`."""
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
     if math.isnan(seconds) or seconds < MIN_SEGMENT_S:
         raise ValueError(f"max_segment_s must be a number of seconds, at least "
                          f"{MIN_SEGMENT_S:g}, got {value}")

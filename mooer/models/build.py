@@ -6,8 +6,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from mooer.config import as_dict
 from mooer.models.llm import build_llm, load_tokenizer
 from mooer.models.protocols import Projector, SpeechEncoder, check_contract
 from mooer.models.speech_llm import SpeechLLM
@@ -31,13 +32,13 @@ def build_speech_llm(encoder: DictConfig, projector: DictConfig, llm: DictConfig
     between them sized from the two built models (encoder.output_size -> the LLM's
     hidden_size), and the tokenizer."""
     check_keys("encoder", encoder, ENCODER_KEYS)
-    llm_options = OmegaConf.to_container(llm, resolve=True)
+    llm_options = as_dict(llm)
     if tokenizer is None:
         tokenizer = load_tokenizer(llm_options.get("tokenizer_path") or llm_options["path"])
     built_encoder = instantiate(encoder.model, _convert_="all")
     check_contract("encoder.model", built_encoder, SpeechEncoder)
     built_llm = build_llm(**{k: v for k, v in llm_options.items() if k not in LLM_LABELS})
-    projector_options = OmegaConf.to_container(projector, resolve=True)
+    projector_options = as_dict(projector)
     freeze_projector = projector_options.pop("freeze", False)
     built_projector = instantiate(projector_options, encoder_dim=built_encoder.output_size,
                                   llm_dim=built_llm.config.hidden_size, _convert_="all")

@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+# a transformers causal LM, or peft's wrapper of one (which hands its attributes on): typed as
+# Any, since peft's wrapper answers for the model's own methods only through __getattr__
+CausalLM = Any
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
           "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -31,7 +34,7 @@ def load_tokenizer(path: str | Path):
 
 
 def build_causal_lm(path: str | Path | None = None, architecture: dict[str, Any] | None = None,
-                    dtype: str = "bf16", attn_implementation: str = "sdpa") -> nn.Module:
+                    dtype: str = "bf16", attn_implementation: str = "sdpa") -> CausalLM:
     """Load from `path` straight into `dtype` (weights are not materialized twice), or build
     `architecture` (a config dict with `model_type`) at random init."""
     if path is not None:
@@ -49,8 +52,8 @@ def build_causal_lm(path: str | Path | None = None, architecture: dict[str, Any]
                                             attn_implementation=attn_implementation)
 
 
-def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float,
-               target_modules: Sequence[str]) -> nn.Module:
+def apply_lora(model: CausalLM, r: int, alpha: int, dropout: float,
+               target_modules: Sequence[str]) -> CausalLM:
     """Wrap `model` with fresh LoRA adapters (peft); base weights are frozen by peft."""
     from peft import LoraConfig, get_peft_model
 
@@ -62,7 +65,7 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float,
 def build_llm(path: str | None = None, architecture: dict[str, Any] | None = None,
               dtype: str = "bf16", freeze: bool = True, lora: dict[str, Any] | None = None,
               gradient_checkpointing: bool = False, attn_implementation: str = "sdpa"
-              ) -> nn.Module:
+              ) -> CausalLM:
     """The configured LLM (the `llm` group's settings): loaded or random, frozen or not, with
     LoRA when `lora.enabled`."""
     model = build_causal_lm(path, architecture, dtype, attn_implementation)

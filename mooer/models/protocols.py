@@ -53,8 +53,8 @@ def check_contract(part: str, module: object, contract: type) -> None:
 
 
 if TYPE_CHECKING:  # for the type checker: modules that keep a contract
-    class EncoderModule(nn.Module, SpeechEncoder):  # type: ignore[misc]
+    class EncoderModule(nn.Module, SpeechEncoder):
         ...
 
-    class ProjectorModule(nn.Module, Projector):  # type: ignore[misc]
+    class ProjectorModule(nn.Module, Projector):
         ...

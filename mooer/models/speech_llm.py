@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import create_block_mask
 
 from mooer.data.collate import audio_slots
+from mooer.models.llm import CausalLM
 
 if TYPE_CHECKING:
     from mooer.models.protocols import EncoderModule, ProjectorModule
@@ -27,6 +28,7 @@ class Generated:
 
     token_ids: list[list[int]]
     texts: list[str]
+    scores: torch.Tensor | None = None  # each row's beam score, when asked (output_scores)
 
 
 def segment_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
@@ -55,8 +57,10 @@ class SpeechLLM(nn.Module):
 
     encoder: EncoderModule
     projector: ProjectorModule
+    llm: CausalLM
+    ctc_head: nn.Linear
 
-    def __init__(self, encoder: EncoderModule, projector: ProjectorModule, llm: nn.Module,
+    def __init__(self, encoder: EncoderModule, projector: ProjectorModule, llm: CausalLM,
                  tokenizer: Any = None,
                  freeze_encoder: bool = True, freeze_projector: bool = False,
                  ctc_weight: float = 0.0) -> None:
@@ -224,7 +228,5 @@ class SpeechLLM(nn.Module):
                     ids.append(token)
             token_ids.append(ids)
         texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids]
-        generated = Generated(token_ids, texts)
-        if output_scores:
-            generated.scores = getattr(result, "sequences_scores", None)
-        return generated
+        return Generated(token_ids, texts,
+                         getattr(result, "sequences_scores", None) if output_scores else None)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mooer.checkpoints import export_mooer, partial_path, swap_in
+from mooer.training.module import SpeechLLMModule
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -43,14 +44,14 @@ class MooerCheckpoint(ModelCheckpoint):
         self.save_merge, self.task = save_merge, task
 
     def merged_dir(self, trainer: pl.Trainer) -> Path:
-        return Path(self.dirpath) / (f"{self.task}_epoch_{trainer.current_epoch + 1}_step_"
+        return Path(self.dirpath or ".") / (f"{self.task}_epoch_{trainer.current_epoch + 1}_step_"
                                      f"{trainer.global_step}_merged")
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
         if not self.save_merge or Path(filepath).stem == "last":
             return
-        module = trainer.lightning_module
+        module = cast(SpeechLLMModule, trainer.lightning_module)
         with _gathered(module):
             if trainer.is_global_zero:
                 export_mooer(module.model, self.merged_dir(trainer), lora_subdir="new_llm")

@@ -50,8 +50,8 @@ def lora_input_casting(model: torch.nn.Module, enabled: bool) -> None:
     autocast the matmul casts it back to bf16, so that cast is a copy per projection, forward
     and backward, for nothing. Off under autocast; on again after."""
     for module in model.modules():
-        if hasattr(module, "cast_input_dtype_enabled"):
-            module.cast_input_dtype_enabled = enabled
+        if hasattr(module, "cast_input_dtype_enabled"):  # peft's LoRA layers
+            module.cast_input_dtype_enabled = enabled  # type: ignore[assignment]
 
 
 def supports_device_skip(optimizer: torch.optim.Optimizer) -> bool:
@@ -89,11 +89,12 @@ class SpeechLLMModule(pl.LightningModule):
         # where the optimizer skips non-finite steps on the device: [skipped, in a row] there,
         # read on the steps that log, and the optimizer's found_inf flag of the current step
         self._device_skip = False
-        self._nonfinite_counts: torch.Tensor | None = None
-        self._found_inf: torch.Tensor | None = None
+        self._nonfinite_counts = torch.zeros(2)
+        self._found_inf = torch.zeros(())
         self._lora_cast_off = False
         self.val_error_rate = ErrorRate()
-        self._window = {"samples": 0, "audio_seconds": 0.0, "tokens": 0, "started": None}
+        self._window: dict[str, Any] = {"samples": 0, "audio_seconds": 0.0, "tokens": 0,
+                                        "started": None}
         self.strict_loading = False  # checkpoints hold the trainable weights only
 
     # -- set-up ---------------------------------------------------------------------------
@@ -131,7 +132,8 @@ class SpeechLLMModule(pl.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._device_skip and batch_idx % self.trainer.accumulate_grad_batches == 0:
             self._found_inf.zero_()  # a new optimizer step: its micro-batches set the flag
-            self.trainer.optimizers[0].found_inf = self._found_inf
+            # the attribute through which GradScaler hands fused optimizers the flag
+            self.trainer.optimizers[0].found_inf = self._found_inf  # type: ignore[attr-defined]
 
     # -- training -------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
@@ -190,9 +192,10 @@ class SpeechLLMModule(pl.LightningModule):
         model's step, and on the other steps nobody reads the value (the progress bar shows the
         last one logged)."""
         step = self.global_step + 1  # the step this batch is part of, as the loggers count it
-        every = self.trainer.log_every_n_steps
+        # (Trainer attributes its connectors set, which its type does not declare)
+        every = self.trainer.log_every_n_steps  # type: ignore[attr-defined]
         return bool((every and step % every == 0) or self._log_line_due(step)
-                    or self.trainer.fast_dev_run)
+                    or self.trainer.fast_dev_run)  # type: ignore[attr-defined]
 
     def _log_line_due(self, step: int) -> bool:
         """Whether MooER's log line follows optimizer step `step` (counted from 1)."""
@@ -213,7 +216,8 @@ class SpeechLLMModule(pl.LightningModule):
         self._stop_if_too_many()
         if isinstance(self.trainer.strategy, DeepSpeedStrategy):
             # DeepSpeed must see a backward every step: a zero loss leaves weights unchanged
-            return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
+            return sum((p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad),
+                       torch.zeros((), device=self.device))
         return None
 
     def _count(self, batch: dict[str, Any], tokens: int) -> None:
@@ -248,7 +252,8 @@ class SpeechLLMModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         """An epoch without a single batch stops the run (before its checkpoint is written)."""
-        if self.trainer.fit_loop.epoch_loop.batch_progress.current.processed:
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        if progress.processed:  # type: ignore[attr-defined]  # a _ProcessedTracker
             return
         errors = getattr(self.trainer.train_dataloader, "errors", None) or {}
         why = ", ".join(f"{reason}: {count}" for reason, count in sorted(errors.items()))

@@ -131,8 +131,8 @@ def _fit(cfg: DictConfig) -> float | None:
         raise SystemExit(f"error: {err}") from None
     if module.nonfinite_steps:
         log.warning("%d batches were skipped for a non-finite loss", module.nonfinite_steps)
-    val_loss = trainer.callback_metrics.get("val/loss")
-    val_loss = float(val_loss) if val_loss is not None else None
+    metric = trainer.callback_metrics.get("val/loss")
+    val_loss = float(metric) if metric is not None else None
     if trainer.is_global_zero:
         write_result(output_dir, val_loss)
     return val_loss

@@ -82,7 +82,7 @@ class DeepSpeedAnyDeviceStrategy(DeepSpeedStrategy):
     def setup_environment(self) -> None:
         # DeepSpeed wants one numbered device per local rank (the CPU's come unnumbered)
         self.parallel_devices = [d if d.index is not None else torch.device(d.type, i)
-                                 for i, d in enumerate(self.parallel_devices)]
+                                 for i, d in enumerate(self.parallel_devices or [])]
         DDPStrategy.setup_environment(self)  # the parent's, without its CUDA-only check
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options=None) -> None:

@@ -11,10 +11,11 @@ from nbclient import NotebookClient
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
+# slow; and on one xdist worker (make test: --dist loadgroup), since its fixture runs the demo
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once a worker, whatever order its tests run in
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     result = subprocess.run(

@@ -137,3 +137,23 @@ def test_evaluate_decodes_a_long_recording_of_a_kaldi_set_in_segments(tiny_relea
     assert int(overall.split("N=")[1].split()[0]) >= len(join_texts(texts).split()) > 0
     segments = int(caplog.text.split("1 recordings decoded in ")[1].split()[0])
     assert segments >= len(texts)  # decoded in pieces, not as one 20 s sequence
+
+
+@pytest.mark.parametrize("value", ["nan", "0.5", "-3", "abc"])
+def test_a_segment_limit_that_is_not_a_duration_is_refused(value, capsys):
+    """--max_segment_s nan (which compares false with everything) or under a second: a usage
+    error naming the value, in both commands, before anything is read or loaded."""
+    from mooer.inference.serve import main as serve
+    from mooer.inference.transcribe import main as transcribe
+
+    for command in (transcribe, serve):
+        args = ["--max_segment_s", value, "--checkpoint", "/nonexistent"]
+        if command is transcribe:
+            args = ["--wav_path", "/nonexistent.wav", *args]
+        with pytest.raises(SystemExit) as stopped:
+            command(args)
+        assert stopped.value.code == 2
+        assert f"max_segment_s must be a number of seconds, at least 1, got {value}" in \
+            capsys.readouterr().err
+    with pytest.raises(ValueError, match="at least 1"):
+        segment(np.zeros(SAMPLE_RATE * 10, np.float32), max_segment_s=float("nan"))

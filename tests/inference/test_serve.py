@@ -20,6 +20,9 @@ from mooer.data.text import read_table
 from mooer.inference.serve import InputError, Limits, check_audio
 from tests.conftest import TINY
 
+# on one xdist worker (make test: --dist loadgroup): the server starts once
+pytestmark = pytest.mark.xdist_group("serve")
+
 CHROMIUM = os.environ.get("MOOER_CHROMIUM", "/usr/bin/chromium")
 LIMITS = Limits(max_upload_mb=1, max_duration_s=20)
 
@@ -60,7 +63,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one server a worker
 def server(tiny_release, tmp_path_factory):
     """mooer-serve on the tiny release model (both tasks), its URL and the Transcriber that gives
     the expected results in-process."""

@@ -367,3 +367,16 @@ def test_mt5k_full_shapes_on_the_meta_device(llm, llm_base, lora, projector):
     assert count([(n, p) for n, p in llm_params if "lora_" not in n]) == llm_base
     assert count([(n, p) for n, p in llm_params if "lora_" in n], True) == lora
     assert count(llm_params, True) == lora  # the base is frozen
+
+
+def test_a_part_that_breaks_its_contract_is_named_at_build():
+    from mooer.models.protocols import Projector, SpeechEncoder, check_contract
+
+    check_contract("encoder.model", ParaformerEncoder(output_size=8, linear_units=8,
+                                                      num_blocks=1), SpeechEncoder)
+    check_contract("projector", LinearProjector(8, 8), Projector)
+    with pytest.raises(TypeError, match="encoder.model Linear does not keep the SpeechEncoder "
+                                        "contract .* it lacks blocks, length_convs, output_size"):
+        check_contract("encoder.model", torch.nn.Linear(2, 2), SpeechEncoder)
+    with pytest.raises(TypeError, match="lacks downsample, output_lengths"):
+        check_contract("projector", torch.nn.Linear(2, 2), Projector)

@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 from mooer.config import compose_config
+from mooer.data.loader import ReadyBatches
 from mooer.models.build import build_speech_llm
 from mooer.training.module import NonFiniteLossError, SpeechLLMModule
 
@@ -63,21 +64,8 @@ def fit(module, batches: list[dict]) -> list[dict[str, torch.Tensor]]:
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, log_every_n_steps=1,
                          callbacks=[Snapshots()])
-    trainer.fit(module, train_dataloaders=Batches(batches))
+    trainer.fit(module, train_dataloaders=ReadyBatches(batches))
     return after
-
-
-class Batches:
-    """A loader of ready batches (Lightning would take a bare list for a list of loaders)."""
-
-    def __init__(self, batches: list[dict]) -> None:
-        self.batches = batches
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
 
 
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

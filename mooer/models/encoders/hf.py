@@ -52,7 +52,7 @@ class WhisperEncoder(nn.Module):
         if path is not None:
             self.model = WhisperModel.from_pretrained(str(path), local_files_only=True).get_encoder()
         else:
-            self.model = HFWhisperEncoder(WhisperConfig(**config))
+            self.model = HFWhisperEncoder(WhisperConfig(**(config or {})))
         self.output_size = self.model.config.d_model
         self.length_convs = [[3, 1, 1], [3, 2, 1]]  # conv1, conv2 (stride 2)
 
