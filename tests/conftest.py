@@ -114,6 +114,7 @@ def tiny_release(corpus, tokenizer, tmp_path_factory):
     shutil.copy(corpus / "text", shard_dir / "text")
     shutil.copy(corpus / "text.en", shard_dir / "text.en")
     cfg, _ = compose_config("train", TINY)
+    torch.manual_seed(0)  # the same random model whichever tests ran before on this worker
     model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer)
     export_mooer(model, root / "release")
     # a checkpoint of every weight, as a run that trains the whole tiny model leaves

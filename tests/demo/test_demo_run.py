@@ -11,8 +11,7 @@ from nbclient import NotebookClient
 
 from tests.conftest import REPO
 
-# slow; and on one xdist worker (make test: --dist loadgroup), since its fixture runs the demo
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]
+pytestmark = pytest.mark.slow  # (make test's --dist loadscope keeps a module on one worker)
 
 
 @pytest.fixture(scope="session")  # built once a worker, whatever order its tests run in

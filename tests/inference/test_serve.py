@@ -20,9 +20,6 @@ from mooer.data.text import read_table
 from mooer.inference.serve import InputError, Limits, check_audio
 from tests.conftest import TINY
 
-# on one xdist worker (make test: --dist loadgroup): the server starts once
-pytestmark = pytest.mark.xdist_group("serve")
-
 CHROMIUM = os.environ.get("MOOER_CHROMIUM", "/usr/bin/chromium")
 LIMITS = Limits(max_upload_mb=1, max_duration_s=20)
 
