@@ -16,9 +16,11 @@ import shutil
 from collections.abc import Iterable, Sequence
 from importlib import import_module
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from mooer.files import disk_full_message, partial_path
 from mooer.models.speech_llm import SpeechLLM
 from mooer.models.weights import CheckpointError, load_state_dict_file, load_strict, safe_torch_load
 
@@ -243,25 +245,6 @@ def verify_checkpoint(path: str | Path) -> None:
             raise CheckpointError(f"cannot resume from {path}: {err}") from None
 
 
-def swap_in(partial: str | Path, path: str | Path) -> None:
-    """Put a completely written checkpoint (`<path>.partial`, a file or DeepSpeed's directory)
-    under its final name: a kill mid-save never leaves a half-written checkpoint there, and the
-    previous one stays whole until the new one is complete."""
-    if not os.path.isdir(partial):
-        os.replace(partial, path)  # atomic, over the old file
-        return
-    old = f"{path}.old"
-    if os.path.exists(path):
-        os.replace(path, old)
-    os.replace(partial, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def partial_path(path: str | Path) -> str:
-    """Where a checkpoint is written before `swap_in` moves it to `path`."""
-    return f"{path}.partial"
-
-
 def trainable_state(state: dict[str, torch.Tensor], trainable: Iterable[str]
                     ) -> dict[str, torch.Tensor]:
     """The entries of a state dict that train (what our checkpoints keep)."""
@@ -275,3 +258,26 @@ def check_trainable(state: dict[str, torch.Tensor], trainable: Iterable[str]) ->
     if missing:
         raise KeyError(f"the checkpoint lacks trainable weights {missing[:4]}: was it made with "
                        "the same encoder/projector/llm config?")
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint: about what writing it needs."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
+def write_failed(path: str | Path, checkpoint: Any, err: Exception) -> CheckpointError:
+    """The error a checkpoint write that failed (a full disk, a size limit) is reported as, with
+    the bytes `checkpoint` needs; its partial file removed, the previous one untouched."""
+    partial = partial_path(path)
+    if os.path.isdir(partial):
+        shutil.rmtree(partial, ignore_errors=True)
+    elif os.path.exists(partial):
+        os.remove(partial)
+    cause = err if isinstance(err, OSError) else OSError(str(err).splitlines()[0])
+    return CheckpointError(disk_full_message(path, tensor_bytes(checkpoint), cause))

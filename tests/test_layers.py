@@ -10,9 +10,9 @@ import sys
 
 from tests.conftest import REPO
 
-# the floor of each part of mooer/, from the ground up; config and devices are the ground
-FLOORS = {"config": 0, "devices": 0, "data": 1, "models": 2, "checkpoints": 3, "inference": 4,
-          "evaluation": 5, "training": 6, "demo": 7}
+# the floor of each part of mooer/, from the ground up; config, devices and files are the ground
+FLOORS = {"config": 0, "devices": 0, "files": 0, "data": 1, "models": 2, "checkpoints": 3,
+          "inference": 4, "evaluation": 5, "training": 6, "demo": 7}
 
 
 def floor(module: str) -> int:

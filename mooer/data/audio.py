@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import struct
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -40,8 +43,9 @@ class WavInfo:
     data_offset: int  # where the first sample starts
 
 
-def parse_pcm_wav(data: bytes) -> WavInfo | None:
-    """Read a RIFF/WAVE PCM header from bytes; None when it is not plain PCM WAV.
+def parse_pcm_wav(data: bytes, file_size: int | None = None) -> WavInfo | None:
+    """Read a RIFF/WAVE PCM header from bytes (the whole file, or its head and `file_size`);
+    None when it is not plain PCM WAV.
 
     Raises AudioError when the file claims to be WAV but is truncated or malformed.
     """
@@ -68,7 +72,7 @@ def parse_pcm_wav(data: bytes) -> WavInfo | None:
                 raise AudioError(f"WAV header says {bits} bits per sample: PCM needs 8, 16, 24 "
                                  "or 32")
             check_rate(rate)
-            available = len(data) - body
+            available = (len(data) if file_size is None else file_size) - body
             if size == UNKNOWN_SIZE:
                 size = available - available % (channels * bits // 8)
             if size > available:
@@ -110,6 +114,24 @@ def read_audio(source: str | bytes, start: float = 0.0, end: float | None = None
     if not np.isfinite(samples).all():
         raise AudioError("audio holds NaN or infinite samples")
     return samples, rate
+
+
+def audio_problem(path: str | Path, info: Any = None) -> str | None:
+    """Why a file soundfile opens still cannot be decoded, or None: a WAV header claiming more
+    data than the file holds, or NaN or infinite float samples (read in blocks: no more than a
+    block is in memory)."""
+    info = info or sf.info(str(path))
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    try:
+        parse_pcm_wav(head, os.path.getsize(path))
+    except AudioError as err:
+        return str(err)
+    if info.subtype in ("FLOAT", "DOUBLE"):
+        for block in sf.blocks(str(path), blocksize=1 << 16, dtype="float32"):
+            if not np.isfinite(block).all():
+                return "audio holds NaN or infinite samples"
+    return None
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import logging
 import os
 import random
 import sys
@@ -23,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import soundfile as sf
 from tqdm import tqdm
 
 from mooer.data.audio import (
@@ -36,11 +36,10 @@ from mooer.data.audio import (
 )
 from mooer.data.parallel import parallel_map
 from mooer.data.text import normalize, read_table
+from mooer.files import PARTIAL_SUFFIX, partial_path, swap_in, writable_dir
 
-log = logging.getLogger(__name__)
-LONG_SECONDS = 30.0  # longer utterances pack with a warning: training filters them by max_length
+MAX_SECONDS = 20.0  # longer utterances are refused: what training drops (data.max_length: 2000)
 TEXT_NORMS = {"true": "mooer", "false": "none", "mooer": "mooer", "llm": "llm", "none": "none"}
-PARTIAL_SUFFIX = ".partial"
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,6 @@ class ShardResult:
     packed: int = 0
     audio_bytes: int = 0
     seconds: float = 0.0
-    long: int = 0  # utterances over LONG_SECONDS
     rejects: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -142,35 +140,55 @@ def collect_items(wav_scp: Path, text: Path, segments: Path | None, text_norm: s
     return items, rejects
 
 
-def load_audio_member(item: Item, sample_rate: int) -> tuple[bytes, str, float]:
+def load_audio_member(item: Item, sample_rate: int, max_seconds: float = MAX_SECONDS
+                      ) -> tuple[bytes, str, float]:
     """Validated audio bytes for a shard, their extension and duration in seconds.
 
-    A mono PCM WAV already at `sample_rate` (or a mono file soundfile reads at that rate) is copied
-    unchanged; anything else is decoded, mixed down, resampled and stored as 16-bit WAV.
+    The file is streamed, never read whole before its header is checked: a recording over
+    `max_seconds` (or a segment of one) is refused from its header alone, and only the span a
+    segment names is decoded. A mono PCM WAV already at `sample_rate` (or a mono file soundfile
+    reads at that rate) is copied unchanged; anything else is decoded, mixed down, resampled and
+    stored as 16-bit WAV. Errors name the file.
     """
-    extension = item.path.rsplit(".", 1)[-1].lower() if "." in Path(item.path).name else ""
+    path = item.path
+    extension = path.rsplit(".", 1)[-1].lower() if "." in Path(path).name else ""
     try:
-        with open(item.path, "rb") as f:
-            data = f.read()
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
     except FileNotFoundError as err:
-        raise AudioError(f"audio file not found: {item.path}") from err
+        raise AudioError(f"audio file not found: {path}") from err
     except OSError as err:
-        raise AudioError(f"cannot read {item.path}: {err.strerror}") from err
-    if not data:
-        raise AudioError("zero-length audio (empty file)")
-    if item.end is None:
-        info = parse_pcm_wav(data)
-        if info is not None:
-            if info.num_frames == 0:
-                raise AudioError("zero-length audio (no samples)")
-            if info.sample_rate == sample_rate and info.channels == 1 and info.bits_per_sample == 16:
-                return data, "wav", info.num_frames / sample_rate
-    samples, rate = read_audio(data, item.start, item.end)
+        raise AudioError(f"cannot read {path}: {err.strerror}") from err
+    if not size:
+        raise AudioError(f"zero-length audio (empty file): {path}")
+    try:
+        wav = parse_pcm_wav(head, size)
+        whole = (wav.num_frames / wav.sample_rate if wav is not None
+                 else sf.info(path).duration)
+    except AudioError as err:
+        raise AudioError(f"{err} ({path})") from err
+    except (RuntimeError, sf.LibsndfileError) as err:
+        raise AudioError(f"unreadable audio: {err}") from err
+    seconds = whole if item.end is None else min(item.end, whole) - item.start
+    if seconds > max_seconds:
+        raise AudioError(f"longer than --max_seconds ({seconds:.1f} s > {max_seconds:g} s): "
+                         "training drops it (data.max_length); cut long recordings into "
+                         f"utterances (--segments) ({path})")
+    if item.end is None and wav is not None:
+        if wav.num_frames == 0:
+            raise AudioError(f"zero-length audio (no samples): {path}")
+        if wav.sample_rate == sample_rate and wav.channels == 1 and wav.bits_per_sample == 16:
+            return Path(path).read_bytes(), "wav", seconds
+    try:
+        samples, rate = read_audio(path, item.start, item.end)  # only this span is decoded
+    except AudioError as err:
+        raise AudioError(f"{err} ({path})") from err
     if len(samples) == 0:
-        raise AudioError("zero-length audio (no samples)")
+        raise AudioError(f"zero-length audio (no samples): {path}")
     if item.end is None and rate == sample_rate and samples.shape[1] == 1 \
             and extension in AUDIO_EXTENSIONS:
-        return data, extension, len(samples) / rate
+        return Path(path).read_bytes(), extension, len(samples) / rate
     mono = resample(to_mono(samples), rate, sample_rate)
     return wav_bytes(mono, sample_rate), "wav", len(mono) / sample_rate
 
@@ -181,25 +199,20 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes, mtime: int) -> Non
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shard(job: tuple[str, list[Item], int]) -> ShardResult:
+def write_shard(job: tuple[str, list[Item], int, float]) -> ShardResult:
     """Write one shard from `items` under a temporary name, then rename it into place."""
-    path, items, sample_rate = job
+    path, items, sample_rate, max_seconds = job
     result = ShardResult(path)
-    partial = path + PARTIAL_SUFFIX
+    partial = partial_path(path)
     mtime = int(time.time())
     try:
         with tarfile.open(partial, "w", format=tarfile.GNU_FORMAT) as tar:
             for item in items:
                 try:
-                    audio, extension, seconds = load_audio_member(item, sample_rate)
+                    audio, extension, seconds = load_audio_member(item, sample_rate, max_seconds)
                 except AudioError as err:
                     result.rejects.append((item.uttid, str(err)))
                     continue
-                if seconds > LONG_SECONDS:
-                    result.long += 1
-                    log.warning("%s: %.1f s is longer than %.0f s: training leaves it out above "
-                                "data.max_length (20 s by default); segment long recordings",
-                                item.uttid, seconds, LONG_SECONDS)
                 _add_member(tar, f"{item.uttid}.txt", item.text.encode("utf-8"), mtime)
                 _add_member(tar, f"{item.uttid}.{extension}", audio, mtime)
                 result.packed += 1
@@ -210,7 +223,7 @@ def write_shard(job: tuple[str, list[Item], int]) -> ShardResult:
             os.remove(partial)
         raise
     if result.packed:
-        os.replace(partial, path)
+        swap_in(partial, path)
     else:
         os.remove(partial)
     return result
@@ -226,18 +239,17 @@ class PackSummary:
     seconds_of_audio: float
     audio_bytes: int
     elapsed: float
-    long: int = 0
 
 
 def pack(wav_scp: Path, text: Path, write_dir: Path, write_prefix: str = "data.list",
          segments: Path | None = None, text_norm: str = "none", shuffle: bool = False,
          seed: int = 0, num_utts_per_shard: int = 1000, num_threads: int = 1,
          sample_rate: int = 16000, write_num: int = 1, shard_prefix: str = "shards",
-         progress: bool = True) -> PackSummary:
+         progress: bool = True, max_seconds: float = MAX_SECONDS) -> PackSummary:
     """Pack a Kaldi data dir into shards; see the module docstring for the layout."""
     started = time.perf_counter()
     list_names = _list_names(write_prefix, write_num, num_utts_per_shard)
-    write_dir = _writable(write_dir)
+    write_dir = writable_dir(write_dir, "--write_dir")  # before any shard is packed
     items, rejects = collect_items(wav_scp, text, segments, TEXT_NORMS.get(text_norm, text_norm))
     if shuffle:
         random.Random(seed).shuffle(items)
@@ -245,8 +257,9 @@ def pack(wav_scp: Path, text: Path, write_dir: Path, write_prefix: str = "data.l
         stale.unlink()  # left by an interrupted run
     for name in list_names:  # an old list must not outlive a re-pack that rewrites its shards
         (write_dir / name).unlink(missing_ok=True)
+        Path(partial_path(write_dir / name)).unlink(missing_ok=True)
     chunks = [items[i:i + num_utts_per_shard] for i in range(0, len(items), num_utts_per_shard)]
-    jobs = [(str(write_dir / f"{shard_prefix}_{index:09d}.tar"), chunk, sample_rate)
+    jobs = [(str(write_dir / f"{shard_prefix}_{index:09d}.tar"), chunk, sample_rate, max_seconds)
             for index, chunk in enumerate(chunks)]
     results: list[ShardResult] = []
     with parallel_map(write_shard, jobs, min(num_threads, len(jobs))) as shard_results, \
@@ -262,7 +275,7 @@ def pack(wav_scp: Path, text: Path, write_dir: Path, write_prefix: str = "data.l
         f.writelines(f"{printable(uttid)}\t{reason}\n" for uttid, reason in rejects)
     return PackSummary(shards, sum(r.packed for r in results), rejects,
                        sum(r.seconds for r in results), sum(r.audio_bytes for r in results),
-                       time.perf_counter() - started, sum(r.long for r in results))
+                       time.perf_counter() - started)
 
 
 def printable(uttid: str) -> str:
@@ -285,27 +298,14 @@ def _list_names(write_prefix: str, write_num: int, num_utts_per_shard: int) -> l
     return [write_prefix.replace("#", str(index)) for index in range(write_num)]
 
 
-def _writable(write_dir: Path) -> Path:
-    """write_dir, made and checked writable before any shard is packed."""
-    write_dir = write_dir.resolve()
-    try:
-        write_dir.mkdir(parents=True, exist_ok=True)
-        probe = write_dir / f".mooer-pack-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"cannot write to --write_dir {write_dir}: {err.strerror or err}") from err
-    return write_dir
-
-
 def _write_lists(write_dir: Path, list_names: list[str], shards: list[str]) -> None:
     """Write the shard list(s), each atomically and only after all shards are in place."""
     per_list = -(-len(shards) // len(list_names)) if shards else 0
     for index, name in enumerate(list_names):
         part = shards[index * per_list:(index + 1) * per_list]
-        tmp = write_dir / f".{name}.tmp"
-        tmp.write_text("".join(f"{s}\n" for s in part), encoding="utf-8")
-        os.replace(tmp, write_dir / name)
+        partial = partial_path(write_dir / name)
+        Path(partial).write_text("".join(f"{s}\n" for s in part), encoding="utf-8")
+        swap_in(partial, write_dir / name)
 
 
 def format_summary(summary: PackSummary, write_dir: Path) -> str:
@@ -323,9 +323,6 @@ def format_summary(summary: PackSummary, write_dir: Path) -> str:
         lines.extend(f"  {count:6d}  {reason}" for reason, count in reasons.most_common())
     else:
         lines.append("rejected 0 utterances")
-    if summary.long:
-        lines.append(f"{summary.long} utterances are longer than {LONG_SECONDS:.0f} s (warned "
-                     "above): training leaves them out above data.max_length")
     return "\n".join(lines)
 
 
@@ -353,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resample", type=int, default=16000,
                         help="sample rate of the shards; other rates are resampled")
     parser.add_argument("--shard_prefix", default="shards", help="shard file names: PREFIX_000000000.tar")
+    parser.add_argument("--max_seconds", type=float, default=MAX_SECONDS,
+                        help="longer utterances are refused (training drops them above "
+                             "data.max_length, 20 s by default); raise both together")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
 
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = pack(args.wav_scp, args.text, args.write_dir, args.write_prefix, args.segments,
                        args.text_norm, args.shuffle, args.seed, args.num_utts_per_shard,
                        args.num_threads, args.resample, args.write_num, args.shard_prefix,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, max_seconds=args.max_seconds)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

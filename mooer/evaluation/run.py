@@ -18,6 +18,7 @@ from mooer.inference.formats import join_texts
 from mooer.inference.loading import apply_run_dir
 from mooer.inference.longform import has_long_recordings
 from mooer.inference.recognizer import Recognizer, prompt_for
+from mooer.inference.segment import check_max_segment_s
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,8 @@ def decode_long(test_set: TestSet, recognizer: Recognizer, max_segment_s: float)
     decoded = recognizer.decode_long(read_table(test_set.source / "wav.scp"), [test_set.task],
                                      max_segment_s)
     prepared, (run,) = decoded.prepared, decoded.runs
-    for what, names in (("too short", prepared.too_short), ("no speech", prepared.no_speech)):
+    for what, names in (("unreadable", prepared.unreadable), ("too short", prepared.too_short),
+                        ("no speech", prepared.no_speech)):
         if names:
             log.warning("%s: %d recordings not decoded (%s): %s", test_set.name, len(names),
                         what, " ".join(names[:10]))
@@ -141,7 +143,8 @@ def evaluate(cfg: DictConfig) -> list[SetResult]:
     cfg = apply_run_dir(cfg)
     try:
         sets = resolve_sets(cfg)
-    except UnknownTestSet as err:
+        max_segment_s = check_max_segment_s(cfg.max_segment_s)
+    except (UnknownTestSet, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     prompt = prompt_for(cfg)
     for test_set in sets:  # every set's task needs an instruction in the prompt format
@@ -159,8 +162,8 @@ def evaluate(cfg: DictConfig) -> list[SetResult]:
     for test_set in sets:
         references = dict(read_table(test_set.references)) if test_set.references else None
         if test_set.source.is_dir() and has_long_recordings(test_set.source / "wav.scp",
-                                                            cfg.max_segment_s):
-            decoded = decode_long(test_set, recognizer, cfg.max_segment_s)
+                                                            max_segment_s):
+            decoded = decode_long(test_set, recognizer, max_segment_s)
         else:
             decoded = recognizer.decode(test_set.source, test_set.task, desc=test_set.name,
                                         total=len(references) if references else None)

@@ -423,6 +423,15 @@ def main(argv: list[str] | None = None) -> int:
     if not refs:
         print(f"error: {args.ref} holds no references: nothing to score", file=sys.stderr)
         return 2
+    ids_only = [key for key, text in refs.items() if not text.strip()]
+    if len(ids_only) == len(refs):
+        print(f"error: every line of {args.ref} holds only an id, no reference text: nothing to "
+              "score (is it the right file?)", file=sys.stderr)
+        return 2
+    if ids_only:
+        print(f"warning: {len(ids_only)} reference line(s) of {args.ref} hold only an id (scored "
+              f"as empty references): {' '.join(ids_only[:10])}"
+              f"{' ...' if len(ids_only) > 10 else ''}", file=sys.stderr)
     try:
         if args.concat_all:
             refs, hyps = concat_all(refs), concat_all(hyps)

@@ -46,14 +46,16 @@ def _clock(seconds: float, separator: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
 
 
-def render(recordings: dict[str, list[Segment]], fmt: str, tasks: Sequence[str]) -> str:
+def render(recordings: dict[str, list[Segment]], fmt: str, tasks: Sequence[str],
+           header: bool = True) -> str:
     """Every recording's transcript in `fmt`: `tsv` (a segment a row: recording, start, end, one
-    text per task), `text` (Kaldi text: a recording a line, its segments joined) or `json`."""
+    text per task; the header row unless not `header`), `text` (Kaldi text: a recording a line,
+    its segments joined) or `json`."""
     if fmt == "text":
         return "".join("\t".join([name, *joined(segments, len(tasks))]) + "\n"
                        for name, segments in recordings.items())
     if fmt == "tsv":
-        rows = ["\t".join(["recording", "start", "end", *tasks])]
+        rows = ["\t".join(["recording", "start", "end", *tasks])] if header else []
         rows += ["\t".join([name, f"{s.start:.2f}", f"{s.end:.2f}", *s.texts])
                  for name, segments in recordings.items() for s in segments]
         return "\n".join(rows) + "\n"

@@ -5,6 +5,7 @@ longer than the limit cut at its quietest 20 ms, no earlier than half the limit.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 
 import numpy as np
@@ -14,11 +15,17 @@ SAMPLE_RATE = 16000
 QUIET_WINDOW = 320  # 20 ms at 16 kHz: where a too-long stretch is cut
 MIN_SILENCE_MS = 150  # a pause this long ends a segment
 MIN_SEGMENT_S = 1.0
+# longer segments would not fit in memory: an encoder's attention grows with the square of the
+# frames (an hour of Paraformer frames: 60,000 x 60,000 scores a head)
+MAX_SEGMENT_S = 300.0
+
+log = logging.getLogger(__name__)
 
 
 def check_max_segment_s(value: float | str) -> float:
     """`max_segment_s` as a number of seconds a segment may last (at least 1; not NaN), or a
-    ValueError saying so; also an argparse `type`."""
+    ValueError saying so; over MAX_SEGMENT_S, that (with a warning: longer recordings are still
+    cut, at that length). Also an argparse `type`."""
     try:
         seconds = float(value)
     except ValueError:
@@ -26,6 +33,10 @@ def check_max_segment_s(value: float | str) -> float:
     if math.isnan(seconds) or seconds < MIN_SEGMENT_S:
         raise ValueError(f"max_segment_s must be a number of seconds, at least "
                          f"{MIN_SEGMENT_S:g}, got {value}")
+    if seconds > MAX_SEGMENT_S:
+        log.warning("max_segment_s %g s would not fit in memory: segments are cut at %g s",
+                    seconds, MAX_SEGMENT_S)
+        return MAX_SEGMENT_S
     return seconds
 
 
@@ -71,8 +82,7 @@ def segment(wave: np.ndarray, max_segment_s: float = 30.0, min_silence_ms: int =
     """Sample spans to decode: the whole recording when it fits in `max_segment_s`, else its
     speech (silero-vad), each span cut at quiet points to fit. A recording with no speech found
     gives no span."""
-    check_max_segment_s(max_segment_s)
-    max_samples = int(max_segment_s * SAMPLE_RATE)
+    max_samples = int(check_max_segment_s(max_segment_s) * SAMPLE_RATE)
     if len(wave) <= max_samples:
         return [(0, len(wave))]
     spans = []

@@ -25,20 +25,26 @@ import argparse
 import atexit
 import hmac
 import ipaddress
+import json
 import logging
 import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import soundfile as sf
 from omegaconf import DictConfig
 
+from mooer.data.audio import audio_problem
 from mooer.inference.formats import Segment, joined, subtitles
 from mooer.inference.recognizer import MIN_AUDIO_SECONDS, Recognizer
 from mooer.inference.segment import MIN_SILENCE_MS
@@ -60,6 +66,10 @@ class InputError(ValueError):
 
 class Busy(RuntimeError):
     """The queue is full."""
+
+
+class Gone(RuntimeError):
+    """The client left before its request's turn came."""
 
 
 @dataclass
@@ -99,7 +109,28 @@ def check_audio(path: str | Path, limits: Limits, name: str = "the file") -> flo
     if info.duration > limits.max_duration_s:
         raise InputError(f"{name} is {info.duration:.0f} s long, over the limit of "
                          f"{limits.max_duration_s:g} s (mooer-serve --max_duration_s)")
+    problem = audio_problem(path, info)  # a truncated header, NaN samples
+    if problem:
+        raise InputError(f"{name} cannot be decoded: {problem}")
     return float(info.duration)
+
+
+def upload_name(filename: str | None) -> str:
+    """The name an upload goes by (its base name), or InputError for one no file system takes:
+    control characters (NUL...) or over 255 bytes."""
+    name = Path(filename or "upload").name or "upload"
+    if len(name.encode("utf-8", "surrogatepass")) > 255 or any(
+            ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InputError("the upload's file name is not a usable file name (control characters, "
+                         "or over 255 bytes): rename the file and send it again")
+    return name
+
+
+def upload_suffix(name: str) -> str:
+    """A short, plain extension for the upload's temporary file (soundfile reads the format from
+    the content; a long or odd one is dropped)."""
+    suffix = Path(name).suffix
+    return suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,10}", suffix) else ".audio"
 
 
 @dataclass
@@ -131,9 +162,15 @@ class Transcriber:
                    limits)
 
     def __post_init__(self) -> None:
+        self.abandoned = 0  # requests whose clients left before their turn
         self._lock = threading.Lock()
         self._waiting = 0
         self._count = threading.Lock()
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued or decoding now."""
+        return self._waiting
 
     def choices(self) -> list[str]:
         """The tasks the page offers: each the prompt format has, and both when it has both."""
@@ -141,8 +178,10 @@ class Transcriber:
         return tasks + (["asr_ast"] if len(tasks) == 2 else [])
 
     def transcribe(self, path: str | Path, task: str = "asr", num_beams: int = 4,
-                   name: str = "the file") -> dict:
-        """Transcribe and/or translate one recording: the texts, the segments with times, SRT."""
+                   name: str = "the file", gone: Callable[[], bool] | None = None) -> dict:
+        """Transcribe and/or translate one recording: the texts, the segments with times, SRT.
+        `gone` tells, when the request's turn comes, whether its client has left (then it is not
+        decoded: Gone)."""
         if task not in self.choices():
             raise InputError(f"task {task!r} is not served: choose one of "
                              f"{', '.join(self.choices())}")
@@ -156,6 +195,9 @@ class Transcriber:
             self._waiting += 1
         try:
             with self._lock:
+                if gone is not None and gone():
+                    self.abandoned += 1
+                    raise Gone(f"{name}: the client left before its turn; not decoded")
                 started = time.perf_counter()
                 segments = self._decode(Path(path), tasks, int(num_beams))
         finally:
@@ -240,6 +282,57 @@ def build_page(transcriber: Transcriber, title: str = "mooer"):
 API_KEY_ENV = "MOOER_API_KEY"
 
 
+class BodyLimit:
+    """An ASGI middleware that refuses a request body over `limit` bytes on the paths it
+    guards, with 413 in the API's error shape: at once when Content-Length says so, else as
+    soon as the bytes read pass the limit (a chunked upload declares no length), before any more
+    of it is read or written anywhere."""
+
+    def __init__(self, app: Any, limit: int, paths: tuple[str, ...], megabytes: float) -> None:
+        self.app, self.limit, self.paths, self.megabytes = app, limit, paths, megabytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.paths):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send, int(declared))
+            return
+        state = {"received": 0, "refused": False}
+
+        async def counted() -> dict:
+            if state["refused"]:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > self.limit:
+                    state["refused"] = True
+                    await self._refuse(send, None)
+                    return {"type": "http.disconnect"}  # the app stops reading the body here
+            return message
+
+        async def unless_refused(message: dict) -> None:
+            if not state["refused"]:
+                await send(message)
+
+        try:
+            await self.app(scope, counted, unless_refused)
+        except Exception:
+            if not state["refused"]:
+                raise  # (after a refusal the app's complaint about the cut body is moot)
+
+    async def _refuse(self, send: Callable, declared: int | None) -> None:
+        size = f"{declared / 2**20:.1f} MB" if declared is not None else "more than that"
+        body = json.dumps({"error": f"the upload is {size}, over the limit of "
+                                    f"{self.megabytes:g} MB (mooer-serve --max_upload_mb)"})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body.encode()})
+
+
 def is_loopback(host: str) -> bool:
     """Whether `host` is reachable from this machine only."""
     if host == "localhost":
@@ -255,29 +348,32 @@ def build_app(transcriber: Transcriber, title: str = "mooer", api_key: str | Non
     the API answers only requests with `Authorization: Bearer <api_key>` (what OpenAI clients
     send) and the page asks for it as its password."""
     import gradio as gr
+    from anyio.from_thread import run as run_from_thread
     from fastapi import FastAPI, Form, Request, UploadFile
     from fastapi.concurrency import run_in_threadpool
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
     app = FastAPI(title=f"{title} API")
     limit = int(transcriber.limits.max_upload_mb * 2**20)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+        """A missing field or a value of the wrong type, in the API's error shape (400)."""
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}"
+                             for e in err.errors())
+        return JSONResponse({"error": f"invalid request: {problems}"}, 400)
+
     @app.get("/api/health")
     def health() -> dict:
         return {"status": "ok", "tasks": transcriber.choices(),
                 "model": str(transcriber.cfg.get("run_dir") or transcriber.cfg.get("checkpoint")
-                             or transcriber.cfg.llm.get("path") or "")}
+                             or transcriber.cfg.llm.get("path") or ""),
+                "waiting": transcriber.waiting, "abandoned": transcriber.abandoned}
 
-    @app.middleware("http")
-    async def refuse_large_uploads(request: Request, call_next):
-        """An upload whose declared size is over the limit is refused before it is read."""
-        declared = request.headers.get("content-length", "")
-        if (request.url.path == "/api/transcribe" and declared.isdigit()
-                and int(declared) > limit + 2**16):  # the form's other fields aside
-            return JSONResponse({"error": f"the upload is {int(declared) / 2**20:.1f} MB, over "
-                                 f"the limit of {transcriber.limits.max_upload_mb:g} MB "
-                                 "(mooer-serve --max_upload_mb)"}, 413)
-        return await call_next(request)
+    # the form's other fields aside; under the API key check, which is added after it
+    app.add_middleware(BodyLimit, limit=limit + 2**16, paths=("/api/transcribe",),
+                       megabytes=transcriber.limits.max_upload_mb)
 
     if api_key:
         expected = f"Bearer {api_key}".encode()
@@ -294,19 +390,30 @@ def build_app(transcriber: Transcriber, title: str = "mooer", api_key: str | Non
             return await call_next(request)
 
     @app.post("/api/transcribe")
-    async def transcribe(file: UploadFile, task: str = Form("asr"), num_beams: int = Form(4)):
-        name = Path(file.filename or "upload").name
-        with tempfile.NamedTemporaryFile(suffix=Path(name).suffix or ".audio") as tmp:
+    async def transcribe(request: Request, file: UploadFile, task: str = Form("asr"),
+                         num_beams: int = Form(4)):
+        try:
+            name = upload_name(file.filename)
+        except InputError as err:
+            return JSONResponse({"error": str(err)}, err.status)
+
+        def gone() -> bool:  # asked from the decoding thread when the request's turn comes
+            return run_from_thread(request.is_disconnected)
+
+        with tempfile.NamedTemporaryFile(suffix=upload_suffix(name)) as tmp:
             shutil.copyfileobj(file.file, tmp)
             tmp.flush()
             try:
                 result = await run_in_threadpool(transcriber.transcribe, tmp.name, task,
-                                                 num_beams, name)
+                                                 num_beams, name, gone)
             except InputError as err:
                 log.info("refused %s: %s", name, err)
                 return JSONResponse({"error": str(err)}, err.status)
             except Busy as err:
-                return JSONResponse({"error": str(err)}, 503)
+                return JSONResponse({"error": str(err)}, 503, headers={"Retry-After": "5"})
+            except Gone as err:
+                log.info("%s", err)
+                return JSONResponse({"error": str(err)}, 499)
         log.info("%s: %.1f s of audio (%s) in %.2f s", name, result["duration"], task,
                  result["seconds"])
         return result
@@ -322,6 +429,10 @@ def build_app(transcriber: Transcriber, title: str = "mooer", api_key: str | Non
     # any path on the machine it was given and copied the file where /gradio_api/file= serves it
     page.has_launched = True
     return app
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # an orderly exit: exit handlers clean up
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -369,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app(transcriber, args.title, args.api_key)
     print(f"mooer-serve: http://{args.host}:{args.port}/ (API: POST /api/transcribe; "
           f"tasks {', '.join(transcriber.choices())})", flush=True)
+    # uvicorn shuts down on SIGTERM as on SIGINT, then raises the signal again under the handler
+    # it found: by default SIGTERM's kills the process before its temporary files are removed
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

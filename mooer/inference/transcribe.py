@@ -13,9 +13,11 @@ most that long (mooer.inference.segment), decoded in batches and joined. --forma
 default) prints a header and a row per segment, `recording<TAB>start<TAB>end<TAB>text` (with
 --task asr_ast: the transcript and the translation); text prints Kaldi text, a recording a line
 (`name<TAB>text`), what scorers read; json both; srt and vtt subtitles (into --out_dir, a file
-per recording). The name of a --wav_path file is its name without extension. Inputs that
-cannot be transcribed (shorter than 0.1 s, no speech) are named on stderr and the exit status
-is 1. Extra Hydra overrides (e.g. `llm=qwen2_1_5b`) go after `--`.
+per recording, each written as soon as it is transcribed). The name of a --wav_path file is its
+name without extension; a name given twice is renamed (`_` appended) and said so. Inputs that
+cannot be transcribed (unreadable, a directory, damaged, NaN samples, shorter than 0.1 s, no
+speech) are skipped, named on stderr with why, and the exit status is 1 (2 when nothing was).
+Extra Hydra overrides (e.g. `llm=qwen2_1_5b`) go after `--`.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig
+from tqdm import tqdm
 
 from mooer.config import compose_config
 from mooer.data.text import read_table
+from mooer.files import writable_dir
 from mooer.inference.formats import FORMATS, Segment, render, subtitles
 from mooer.inference.loading import apply_run_dir
 from mooer.inference.longform import prepare
@@ -36,18 +40,62 @@ from mooer.inference.recognizer import MIN_AUDIO_SECONDS, Recognizer, prompt_for
 from mooer.inference.segment import MIN_SILENCE_MS, check_max_segment_s
 
 
-def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """(name, path) of each input; names of --wav_path files are their stems, made unique."""
+def _inputs(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[str]]:
+    """(name, path) of each input, and the renames that made the names unique: a --wav_path
+    file goes by its stem, a --wav_scp line by its first field; a name seen before gets `_`
+    appended (two lines of one name would otherwise be merged into one recording)."""
     if args.wav_scp:
-        return read_table(args.wav_scp)
-    rows, seen = [], set()
-    for path in args.wav_path:
-        key = Path(path).stem
+        rows = read_table(args.wav_scp)
+    else:
+        rows = [(Path(path).stem, str(Path(path).resolve())) for path in args.wav_path]
+    unique, seen, renamed = [], set(), []
+    for name, path in rows:
+        key = name
         while key in seen:
             key += "_"
+        if key != name:
+            renamed.append(f"{name} -> {key} ({path})")
         seen.add(key)
-        rows.append((key, str(Path(path).resolve())))
-    return rows
+        unique.append((key, path))
+    return unique, renamed
+
+
+class Output:
+    """Where transcripts go, a recording as soon as it is done: stdout in --format (JSON at the
+    end: one document), or a file per recording in --out_dir, which is checked (made, written
+    to) before anything is decoded, so a long job keeps what it finished."""
+
+    def __init__(self, fmt: str, out_dir: Path | None, tasks: list[str]) -> None:
+        self.fmt, self.out_dir, self.tasks = fmt, out_dir, tasks
+        self.done: dict[str, list[Segment]] = {}
+        if out_dir is not None:
+            if out_dir.exists() and not out_dir.is_dir():
+                raise ValueError(f"--out_dir {out_dir} is a file, not a directory")
+            writable_dir(out_dir, "--out_dir")  # before anything is decoded
+
+    def add(self, recordings: dict[str, list[Segment]]) -> None:
+        first = not self.done
+        self.done.update(recordings)
+        if self.out_dir is not None:
+            for name, segments in recordings.items():
+                (self.out_dir / f"{name}.{self.fmt}").write_text(self.render(name, segments),
+                                                                 encoding="utf-8")
+        elif self.fmt in ("srt", "vtt"):
+            for segments in recordings.values():
+                print(subtitles(segments, self.fmt), end="", flush=True)
+        elif self.fmt != "json":
+            print(render(recordings, self.fmt, self.tasks, header=first), end="", flush=True)
+
+    def render(self, name: str, segments: list[Segment]) -> str:
+        if self.fmt in ("srt", "vtt"):
+            return subtitles(segments, self.fmt)
+        return render({name: segments}, self.fmt, self.tasks)
+
+    def close(self) -> None:
+        if self.out_dir is not None:
+            print(f"wrote {len(self.done)} {self.fmt} files to {self.out_dir}", file=sys.stderr)
+        elif self.fmt == "json":
+            print(render(self.done, "json", self.tasks), end="")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,51 +176,41 @@ def main(argv: list[str] | None = None) -> int:
     tasks = ["asr", "ast"] if args.task == "asr_ast" else [args.task]
     try:
         prompt = prompt_for(cfg, tasks)
-    except ValueError as err:
-        print(f"error: --task {args.task}: {err}", file=sys.stderr)
+        inputs, renamed = _inputs(args)
+        output = Output(args.format, args.out_dir, tasks)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
+    if renamed:
+        print(f"names given twice, renamed: {'; '.join(renamed)}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            prepared = prepare(_inputs(args), Path(tmp), args.max_segment_s, MIN_AUDIO_SECONDS,
-                               args.min_silence_ms)
-        except (FileNotFoundError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        if prepared.too_short:
-            print(f"skipped, shorter than {MIN_AUDIO_SECONDS} s: {', '.join(prepared.too_short)}",
-                  file=sys.stderr)
-        if prepared.no_speech:
-            print(f"skipped, no speech found: {', '.join(prepared.no_speech)}", file=sys.stderr)
+        prepared = prepare(inputs, Path(tmp), args.max_segment_s, MIN_AUDIO_SECONDS,
+                           args.min_silence_ms)
+        for what, names in (("unreadable", prepared.unreadable),
+                            (f"shorter than {MIN_AUDIO_SECONDS} s", prepared.too_short),
+                            ("no speech found", prepared.no_speech)):
+            if names:
+                print(f"skipped, {what}: {', '.join(names)}", file=sys.stderr)
         if not prepared.spans:
             print("error: nothing to transcribe", file=sys.stderr)
             return 2
         recognizer = Recognizer.from_config(
             cfg, args.device, args.precision, args.batch_size,
             {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}, prompt=prompt)
-        decoded = recognizer.decode_prepared(prepared, tasks)
-    write(decoded.recordings, args, tasks)
-    if decoded.undecoded:
-        print(f"not transcribed (see the warnings above): {', '.join(decoded.undecoded)}",
+        undecoded: list[str] = []
+        with tqdm(total=len(prepared.spans) * len(tasks), desc="transcribing", unit="segment",
+                  disable=len(prepared.spans) <= args.batch_size) as bar:
+            # a batch's worth of recordings at a time, written as they finish
+            for chunk in prepared.chunks(args.batch_size * 16):
+                decoded = recognizer.decode_prepared(chunk, tasks, progress=False)
+                output.add(decoded.recordings)
+                undecoded += decoded.undecoded
+                bar.update(len(chunk.spans) * len(tasks))
+    output.close()
+    if undecoded:
+        print(f"not transcribed (see the warnings above): {', '.join(undecoded)}",
               file=sys.stderr)
-    return 1 if prepared.too_short or prepared.no_speech or decoded.undecoded else 0
-
-
-def write(recordings: dict[str, list[Segment]], args: argparse.Namespace,
-          tasks: list[str]) -> None:
-    """Print the transcripts in --format, or write a file per recording into --out_dir."""
-    if args.out_dir is None:
-        if args.format in ("srt", "vtt"):
-            for segments in recordings.values():
-                print(subtitles(segments, args.format), end="")
-        else:
-            print(render(recordings, args.format, tasks), end="")
-        return
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    for name, segments in recordings.items():
-        text = (subtitles(segments, args.format) if args.format in ("srt", "vtt")
-                else render({name: segments}, args.format, tasks))
-        (args.out_dir / f"{name}.{args.format}").write_text(text, encoding="utf-8")
-    print(f"wrote {len(recordings)} {args.format} files to {args.out_dir}", file=sys.stderr)
+    return 1 if prepared.skipped or undecoded else 0
 
 
 if __name__ == "__main__":

@@ -11,15 +11,22 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.strategies import DeepSpeedStrategy
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from mooer.checkpoints import load_mooer, verify_checkpoint
 from mooer.devices import resolve_device
+from mooer.files import writable_dir
 from mooer.models.build import build_speech_llm
 from mooer.models.llm import load_tokenizer
 from mooer.models.weights import CheckpointError
 from mooer.training.accelerators import register_musa
-from mooer.training.callbacks import AtomicCheckpointIO, MooerCheckpoint
+from mooer.training.callbacks import (
+    PREEMPTED_EXIT,
+    AtomicCheckpointIO,
+    MooerCheckpoint,
+    Preemption,
+)
 from mooer.training.launch import isolate_job, run_job_in_subprocess, write_result
 from mooer.training.module import EmptyEpochError
 from mooer.training.strategies import set_deepspeed_accelerator
@@ -93,6 +100,10 @@ def _fit(cfg: DictConfig) -> float | None:
     check_trainer_numbers(cfg.trainer)
     output_dir = Path(cfg.paths.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
+    try:  # found now, not at the first save (save_interval steps in)
+        writable_dir(checkpoint_dir, "the run's checkpoint directory")
+    except ValueError as err:
+        raise SystemExit(f"error: {err}: give a writable hydra.run.dir") from None
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, checkpoint_dir)
     if ckpt_path:
         try:
@@ -115,6 +126,8 @@ def _fit(cfg: DictConfig) -> float | None:
     datamodule.match_model(model)
     module = instantiate(cfg.module, model=model, _convert_="all")
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    preemption = Preemption(checkpoint_dir)
+    callbacks.append(preemption)
     callbacks.append(MooerCheckpoint(
         dirpath=checkpoint_dir, filename="step_{step}", every_n_train_steps=cfg.save_interval,
         save_top_k=cfg.keep_checkpoints, monitor="step" if cfg.keep_checkpoints >= 0 else None,
@@ -127,8 +140,12 @@ def _fit(cfg: DictConfig) -> float | None:
                                       logger=loggers, plugins=plugins, _convert_="all")
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except EmptyEpochError as err:
+    except (EmptyEpochError, CheckpointError) as err:
         raise SystemExit(f"error: {err}") from None
+    except SIGTERMException:
+        if preemption.saved is None:
+            raise
+        raise SystemExit(PREEMPTED_EXIT) from None
     if module.nonfinite_steps:
         log.warning("%d batches were skipped for a non-finite loss", module.nonfinite_steps)
     metric = trainer.callback_metrics.get("val/loss")

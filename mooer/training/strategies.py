@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
-from mooer.checkpoints import partial_path, swap_in
+from mooer.checkpoints import write_failed
+from mooer.files import partial_path, swap_in
 
 BACKENDS = {"cuda": "nccl", "musa": "mccl", "cpu": "gloo"}
 
@@ -88,7 +89,10 @@ class DeepSpeedAnyDeviceStrategy(DeepSpeedStrategy):
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options=None) -> None:
         """DeepSpeed writes a directory; write it aside and swap it in once complete."""
         partial = partial_path(filepath)
-        super().save_checkpoint(checkpoint, partial, storage_options)
+        try:
+            super().save_checkpoint(checkpoint, partial, storage_options)
+        except (OSError, RuntimeError) as err:  # a full disk: say so, keep the previous one
+            raise write_failed(filepath, checkpoint, err) from err
         self.barrier()
         if self.is_global_zero:
             swap_in(partial, filepath)

@@ -78,15 +78,18 @@ def test_pack_rejects_each_bad_file_and_keeps_the_rest(tmp_path, caplog):
             ("onehz", one_hz, "五"), ("nan", nan.getvalue(), "六"), ("long", long_wave, "七"),
             ("ctrl\x01id", wav_bytes(TONE, 16000), "八")]
     wav_scp, text = kaldi(tmp_path, rows)
-    with caplog.at_level("WARNING"):
-        summary = pack(wav_scp, text, tmp_path / "out", progress=False)
-    assert summary.packed == 2  # good, and long (packed with a warning)
+    summary = pack(wav_scp, text, tmp_path / "out", progress=False)
+    assert summary.packed == 1  # good
     rejects = rejects_of(tmp_path / "out")
     assert "bits per sample" in rejects["lowbits"]
     assert "sample rate 1 Hz" in rejects["onehz"]
     assert "NaN or infinite" in rejects["nan"]
     assert "control character" in rejects["ctrl\\x01id"]
-    assert any("long: 31.0 s" in r.message for r in caplog.records)
+    # what training would drop anyway (data.max_length: 20 s), refused with the file named
+    assert rejects["long"].startswith("longer than --max_seconds (31.0 s > 20 s)")
+    assert rejects["long"].endswith(f"({tmp_path / '4.wav'})")  # (kaldi() names files by row)
+    for row, name in ((1, "lowbits"), (2, "onehz"), (3, "nan")):  # every reason names its file
+        assert str(tmp_path / f"{row}.wav") in rejects[name], rejects[name]
 
 
 def test_a_non_utf8_path_rejects_its_line_only(tmp_path):
@@ -215,3 +218,36 @@ def test_nan_audio_in_a_shard_is_skipped_by_name(tmp_path, caplog):
         assert not list(decode(tar_samples(open_shards([str(shard)], errors), errors), errors))
     assert errors["undecodable audio"] == 1
     assert any("nan.tar:bad" in r.message and "NaN" in r.message for r in caplog.records)
+
+
+def test_pack_streams_a_huge_file_and_refuses_it_from_its_header(tmp_path):
+    """A 2-hour WAV (230 MB) is refused from its header, not read into memory (it took 4.2 GB of
+    memory for a 4 GB file), while a segment of it is packed by seeking to it."""
+    import subprocess
+    import sys
+
+    hours = tmp_path / "meeting.wav"
+    samples = 16000 * 3600 * 2
+    with open(hours, "wb") as f:  # a header, then two hours of zeros written in blocks
+        f.write(wav_header(16000, 1, 16, samples * 2))
+        block = bytes(1 << 22)
+        for _ in range(samples * 2 // len(block)):
+            f.write(block)
+        f.write(bytes(samples * 2 % len(block)))
+    (tmp_path / "wav.scp").write_text(f"meeting {hours}\n")
+    (tmp_path / "text").write_text("whole 一二三\npart 四五六\n")
+    (tmp_path / "segments").write_text("whole meeting 0 7200\npart meeting 3600.5 3603.0\n")
+    # peak memory as VmHWM (ru_maxrss would carry this process's own peak across the exec)
+    script = (f"from pathlib import Path; from mooer.data.pack import pack; "
+              f"s = pack(Path({str(tmp_path / 'wav.scp')!r}), Path({str(tmp_path / 'text')!r}), "
+              f"Path({str(tmp_path / 'out')!r}), segments=Path({str(tmp_path / 'segments')!r}), "
+              f"progress=False); print(s.packed, next(line.split()[1] for line in "
+              f"open('/proc/self/status') if line.startswith('VmHWM')))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    packed, peak_kib = (int(v) for v in result.stdout.split())
+    assert packed == 1  # the 2.5 s segment
+    assert peak_kib * 1024 < 150 * 2**20 < hours.stat().st_size  # far below the file
+    assert rejects_of(tmp_path / "out")["whole"].startswith(
+        "longer than --max_seconds (7200.0 s > 20 s)")

@@ -192,11 +192,11 @@ def test_interrupted_run_leaves_no_finished_looking_shard(corpus, tmp_path, monk
     real = pack_module.load_audio_member
     calls = {"n": 0}
 
-    def flaky(item, sample_rate):
+    def flaky(item, sample_rate, max_seconds):
         calls["n"] += 1
         if calls["n"] == 15:  # in the middle of the second shard
             raise KeyboardInterrupt
-        return real(item, sample_rate)
+        return real(item, sample_rate, max_seconds)
 
     monkeypatch.setattr(pack_module, "load_audio_member", flaky)
     out = tmp_path / "out"

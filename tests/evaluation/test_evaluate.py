@@ -192,3 +192,75 @@ def test_transcribe_names_with_spaces_and_too_short_files(tiny_release, corpus, 
     assert "skipped, shorter than 0.1 s: short (0.010 s)" in err
     assert transcribe(["--wav_path", str(short), *options]) == 2
     assert "nothing to transcribe" in capsys.readouterr().err
+
+
+def test_transcribe_skips_and_names_bad_inputs_and_renames_twice_given_names(tiny_release,
+                                                                             corpus, tmp_path,
+                                                                             capsys):
+    """One bad file in a list does not stop the others: each is skipped and named with why
+    (exit 1); a name given twice in a wav.scp is renamed and said so, not merged."""
+    from mooer.inference.transcribe import main as transcribe
+
+    root, tokenizer_dir = tiny_release
+    good = [path for _, path in read_table(corpus / "wav.scp")[:2]]
+    notes = tmp_path / "notes.wav"
+    notes.write_text("not audio at all\n" * 50)
+    nan = tmp_path / "nan.wav"
+    samples = np.full(16000, 0.1, np.float32)
+    samples[100] = np.nan
+    sf.write(nan, samples, 16000, subtype="FLOAT")
+    cut = tmp_path / "cut.wav"
+    sf.write(tmp_path / "whole.wav", np.zeros(32000, np.float32), 16000, subtype="PCM_16")
+    cut.write_bytes((tmp_path / "whole.wav").read_bytes()[:44 + 1000])
+    folder = tmp_path / "folder.wav"
+    folder.mkdir()
+    scp = tmp_path / "wav.scp"
+    scp.write_text(f"a {good[0]}\nb {notes}\na {good[1]}\nc {nan}\nd {cut}\ne {folder}\n")
+    options = ["--checkpoint", str(root / "release"), "--device", "cpu", "--max_new_tokens", "3",
+               "--num_beams", "1", "--", *TINY, f"llm.tokenizer_path={tokenizer_dir}"]
+    assert transcribe(["--wav_scp", str(scp), "--format", "text", *options]) == 1
+    out, err = capsys.readouterr()
+    assert [line.split("\t")[0] for line in out.splitlines()] == ["a", "a_"]
+    assert f"names given twice, renamed: a -> a_ ({good[1]})" in err
+    skipped = err.split("skipped, unreadable: ")[1].splitlines()[0]
+    assert f"b ({notes} is not audio that soundfile reads" in skipped
+    assert f"c ({nan}: audio holds NaN or infinite samples)" in skipped
+    assert f"d ({cut}: truncated WAV: header says 64000 data bytes, file has 1000)" in skipped
+    assert f"e ({folder} is a directory, not an audio file)" in skipped
+
+
+def test_transcribe_checks_out_dir_first_and_writes_each_recording_as_it_finishes(
+        tiny_release, corpus, tmp_path, capsys, monkeypatch):
+    from mooer.inference import transcribe as module
+    from mooer.inference.recognizer import Recognizer
+
+    root, tokenizer_dir = tiny_release
+    options = ["--checkpoint", str(root / "release"), "--device", "cpu", "--max_new_tokens", "3",
+               "--num_beams", "1", "--", *TINY, f"llm.tokenizer_path={tokenizer_dir}"]
+    occupied = tmp_path / "results"
+    occupied.write_text("a file where the directory should go")
+    loaded = []
+    monkeypatch.setattr(Recognizer, "from_config", lambda *a, **k: loaded.append(1))
+    assert module.main(["--wav_scp", str(corpus / "wav.scp"), "--out_dir", str(occupied),
+                        *options]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err and not loaded
+    monkeypatch.undo()
+
+    # 24 recordings in chunks of 16 (batch 1): the job is cut during the second chunk
+    calls = []
+    original = Recognizer.decode_prepared
+
+    def cut_short(self, prepared, tasks, progress=True, **options):
+        calls.append(len(prepared.names))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, prepared, tasks, progress, **options)
+
+    monkeypatch.setattr(Recognizer, "decode_prepared", cut_short)
+    out_dir = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        module.main(["--wav_scp", str(corpus / "wav.scp"), "--out_dir", str(out_dir),
+                     "--format", "tsv", "--batch_size", "1", *options])
+    names = [name for name, _ in read_table(corpus / "wav.scp")]
+    assert calls == [16, 8]
+    assert sorted(p.stem for p in out_dir.glob("*.tsv")) == sorted(names[:16])  # kept

@@ -195,3 +195,19 @@ def test_merge_en_single_flag(tmp_path, capsys):
     assert main([str(tmp_path / "ref"), str(tmp_path / "hyp"), "--v=0",
                  "--merge_en_single=1"]) == 0
     assert "Overall -> 0.00 % N=4 C=4" in capsys.readouterr().out
+
+
+def test_reference_lines_with_only_an_id_are_named_and_all_empty_is_an_error(tmp_path, capsys):
+    from mooer.evaluation.scoring import main
+
+    ref, hyp = tmp_path / "ref", tmp_path / "hyp"
+    hyp.write_text("a 今天\nb 好\nc hello\n", encoding="utf-8")
+    ref.write_text("a 今天\nb\nc hello\n", encoding="utf-8")
+    assert main([str(ref), str(hyp), "--v", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert f"1 reference line(s) of {ref} hold only an id (scored as empty references): b" in err
+    # N: 今 天 and HELLO; b's 好 is an insertion against its empty reference
+    assert "Overall -> 33.33 % N=3 C=3 S=0 D=0 I=1" in out
+    ref.write_text("a\nb  \nc\n", encoding="utf-8")
+    assert main([str(ref), str(hyp)]) == 2
+    assert f"every line of {ref} holds only an id" in capsys.readouterr().err

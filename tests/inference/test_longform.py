@@ -157,3 +157,16 @@ def test_a_segment_limit_that_is_not_a_duration_is_refused(value, capsys):
             capsys.readouterr().err
     with pytest.raises(ValueError, match="at least 1"):
         segment(np.zeros(SAMPLE_RATE * 10, np.float32), max_segment_s=float("nan"))
+
+
+def test_a_segment_limit_too_long_for_memory_is_cut_down_with_a_warning(caplog):
+    from mooer.inference.segment import MAX_SEGMENT_S, check_max_segment_s
+
+    with caplog.at_level("WARNING"):
+        assert check_max_segment_s("100000") == MAX_SEGMENT_S == 300
+    assert "max_segment_s 100000 s would not fit in memory: segments are cut at 300 s" in \
+        caplog.text
+    assert check_max_segment_s(45) == 45.0  # a usual one stays as it is
+    wave = np.random.default_rng(0).normal(0, 0.1, SAMPLE_RATE * 400).astype(np.float32)
+    pieces = segment(wave, max_segment_s=5000)  # 400 s of noise: speech to silero-vad or not,
+    assert all(end - start <= 300 * SAMPLE_RATE for start, end in pieces)  # no piece over 300 s

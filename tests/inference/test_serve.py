@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -33,13 +34,22 @@ def bad_inputs(directory: Path) -> dict[str, tuple[Path, str]]:
              "0.05 s": (directory / "click.wav", "0.050 s long"),
              "8 channels": (directory / "array.wav", "8 channels"),
              "too long": (directory / "long.flac", "over the limit of 20 s"),
-             "too large": (directory / "large.wav", "over the limit of 1 MB")}
+             "too large": (directory / "large.wav", "over the limit of 1 MB"),
+             "damaged": (directory / "cut.wav", "cannot be decoded: truncated WAV: header says "
+                                                "64000 data bytes, file has 32000"),
+             "NaN samples": (directory / "nan.wav", "holds NaN or infinite samples")}
     files["empty"][0].write_bytes(b"")
     files["not audio"][0].write_text("this is a text file, not audio\n" * 20)
     sf.write(files["0.05 s"][0], rng.normal(0, 0.1, 800), 16000)
     sf.write(files["8 channels"][0], rng.normal(0, 0.1, (16000, 8)), 16000)
     sf.write(files["too long"][0], np.zeros(16000 * 25), 16000)
     sf.write(files["too large"][0], rng.normal(0, 0.1, 16000 * 19), 16000, subtype="FLOAT")
+    whole = directory / "whole.wav"
+    sf.write(whole, rng.normal(0, 0.1, 32000), 16000, subtype="PCM_16")  # 2 s, 64,000 bytes
+    files["damaged"][0].write_bytes(whole.read_bytes()[:44 + 32000])  # its header, half its data
+    nan = rng.normal(0, 0.1, 16000).astype(np.float32)
+    nan[8000] = np.nan
+    sf.write(files["NaN samples"][0], nan, 16000, subtype="FLOAT")
     return files
 
 
@@ -133,6 +143,125 @@ def test_api_transcribes_and_refuses_bad_input_and_keeps_serving(server, corpus,
     refused = post(url, wav, task="summarize")
     assert refused.status_code == 400 and "not served" in refused.json()["error"]
     assert post(url, wav).json()["transcript"] == want["transcript"]  # still serving
+
+
+def test_every_api_error_has_one_shape(server, corpus):
+    """A missing field, a value of the wrong type and a file name no file system takes: 400 with
+    {"error": ...} naming the problem (FastAPI's own answer was 422 in another shape, and the
+    names a plain-text 500)."""
+    import httpx
+
+    url, *_ = server
+    wav = Path(read_table(corpus / "wav.scp")[0][1])
+    missing = httpx.post(f"{url}/api/transcribe", data={"task": "asr"}, timeout=60)
+    assert missing.status_code == 400 and "file: Field required" in missing.json()["error"]
+    with open(wav, "rb") as f:
+        wrong = httpx.post(f"{url}/api/transcribe", files={"file": (wav.name, f)},
+                           data={"num_beams": "abc"}, timeout=60)
+    assert wrong.status_code == 400 and "num_beams" in wrong.json()["error"]
+    for name in ("a." + "x" * 300, "a\x00b.wav", "tab\tin.wav"):
+        # the multipart body by hand: a client library would escape the NUL and the tab
+        body = (b"--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\""
+                + name.encode() + b"\"\r\nContent-Type: audio/wav\r\n\r\n" + wav.read_bytes()
+                + b"\r\n--b0undary--\r\n")
+        refused = httpx.post(f"{url}/api/transcribe", content=body, timeout=60,
+                             headers={"Content-Type": "multipart/form-data; boundary=b0undary"})
+        assert refused.status_code == 400, (repr(name), refused.text)
+        assert "not a usable file name" in refused.json()["error"]
+    odd = "speech.w" + "a" * 40  # a long extension is dropped, the audio still read
+    with open(wav, "rb") as f:
+        answer = httpx.post(f"{url}/api/transcribe", files={"file": (odd, f)},
+                            data={"task": "asr", "num_beams": "1"}, timeout=120)
+    assert answer.status_code == 200 and answer.json()["name"] == odd
+
+
+def test_a_chunked_upload_over_the_limit_is_refused_as_it_is_read(server, corpus):
+    """No Content-Length to refuse it by: the body is counted as it arrives, and the upload is
+    refused (413) once it passes --max_upload_mb (1 MB here), long before its 3 MB are read;
+    the server goes on serving."""
+    import httpx
+
+    url, expected, *_ = server
+    boundary = "mooer-test-boundary"
+    sent = {"bytes": 0}
+
+    def body():  # a generator: httpx sends it chunked, with no Content-Length
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                'filename="big.wav"\r\nContent-Type: audio/wav\r\n\r\n')
+        yield head.encode()
+        for _ in range(48):  # 48 x 64 KiB = 3 MB
+            sent["bytes"] += 65536
+            yield b"\0" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    try:
+        refused = httpx.post(f"{url}/api/transcribe", content=body(), timeout=60,
+                             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    except httpx.HTTPError:  # the server may close the connection while the client still sends
+        refused = None
+    if refused is not None:
+        assert refused.status_code == 413, refused.text
+        assert "over the limit of 1 MB" in refused.json()["error"]
+    wav = Path(read_table(corpus / "wav.scp")[0][1])
+    assert post(server[0], wav, "asr").status_code == 200  # still serving
+
+
+def test_a_request_whose_client_left_is_not_decoded(server, corpus, tmp_path):
+    """While the model is busy, a client gives up waiting: when its turn comes, the request is
+    not decoded (counted in /api/health) and the others are answered."""
+    import httpx
+
+    url, *_ = server
+    before = httpx.get(f"{url}/api/health").json()["abandoned"]
+    silence = np.zeros(16000 // 2, np.float32)
+    pieces = []
+    for _, path in read_table(corpus / "wav.scp")[:6]:
+        pieces += [sf.read(path, dtype="float32")[0], silence]
+    long = tmp_path / "long.flac"
+    sf.write(long, np.concatenate(pieces), 16000)  # about 16 s, cut in segments at 4 s
+    wav = Path(read_table(corpus / "wav.scp")[0][1])
+    with ThreadPoolExecutor(6) as pool:  # about 0.5 s of decoding each, one at a time
+        busy = [pool.submit(post, url, long, "asr_ast", 4) for _ in range(6)]
+        time.sleep(0.5)  # the first is decoding, the others wait their turn
+        with open(wav, "rb") as f, pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{url}/api/transcribe", files={"file": (wav.name, f)}, timeout=0.5)
+        assert [b.result().status_code for b in busy] == [200] * 6
+    assert httpx.get(f"{url}/api/health").json()["abandoned"] == before + 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_server_leaves_no_temporary_files(tiny_release, corpus, tmp_path, signum):
+    """SIGTERM (what systemd and docker send) cleans up as Ctrl-C does: the server's own
+    temporary directories (the page's subtitles, segments of long recordings) are gone."""
+    import httpx
+
+    root, tokenizer_dir = tiny_release
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("mooer-serve")), "--checkpoint",
+               str(root / "release"), "--device", "cpu", "--port", str(port),
+               "--max_new_tokens", "2", "--max_segment_s", "4", "--", *TINY,
+               f"llm.tokenizer_path={tokenizer_dir}"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "TMPDIR": str(temp),
+                                    "GRADIO_TEMP_DIR": str(tmp_path / "gradio")})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(360):
+            try:
+                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert any(p.name.startswith("mooer-serve-") for p in temp.iterdir())  # made at start
+        wav = Path(read_table(corpus / "wav.scp")[0][1])
+        assert post(url, wav, "asr").status_code == 200
+    finally:
+        process.send_signal(signum)
+        returncode = process.wait(timeout=60)
+    assert returncode in (0, -signum, 128 + signum)
+    assert sorted(p.name for p in temp.iterdir()) == []
 
 
 def test_a_long_recording_comes_back_in_timed_segments(server, corpus, tmp_path):

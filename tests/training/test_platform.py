@@ -87,3 +87,32 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint({"step": 2}, path)
     assert torch.load(path, weights_only=True) == {"step": 1}
+
+
+def test_a_full_disk_during_a_save_names_the_path_and_keeps_the_previous_checkpoint(tmp_path):
+    """A file size limit (RLIMIT_FSIZE, in a process of its own) stands for the full disk: the
+    save fails with the path and the bytes it needed; the checkpoint saved before stays whole
+    and loads; no partial file is left."""
+    path = tmp_path / "last.ckpt"
+    script = f"""
+import resource, signal, torch
+from mooer.models.weights import CheckpointError
+from mooer.training.callbacks import AtomicCheckpointIO
+io = AtomicCheckpointIO()
+io.save_checkpoint({{"state_dict": {{"w": torch.ones(1000)}}}}, {str(path)!r})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails, not the process
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+try:
+    io.save_checkpoint({{"state_dict": {{"w": torch.ones(2_000_000)}}}}, {str(path)!r})
+except CheckpointError as err:
+    print("ERROR:", err)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"ERROR: could not write {path}: " in result.stdout, result.stdout
+    assert "about 7.6 MB needed" in result.stdout  # 2,000,000 fp32 weights
+    assert "the previous file under that name, if any, is untouched" in result.stdout
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert torch.equal(state["w"], torch.ones(1000))
+    assert not list(tmp_path.glob("*.partial"))

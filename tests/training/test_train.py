@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +218,65 @@ def test_two_nodes_train_save_and_resume_exactly_with_dynamic_batches(tmp_path, 
     for step in range(6, 12):
         assert got[step][0] == pytest.approx(expected[step][0], abs=1e-6), step
         assert got[step][1] == expected[step][1], step
+
+
+PREEMPT = ["module.scheduler.total_steps=30", "module.scheduler.warmup_steps=5",
+           "save_interval=1000", "trainer.log_every_n_steps=1", "module.log_interval=1",
+           "trainer.check_val_every_n_epoch=100", "trainer.max_steps=30"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir) -> dict[int, tuple[float, str]]:
+    """Losses and epochs of 30 steps straight (the reference the preempted runs must match)."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    run_train(run_dir, data_dir, *PREEMPT)
+    return _losses_and_epochs(run_dir)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_a_signal_mid_epoch_saves_and_the_run_resumes_exactly(tmp_path, data_dir, uninterrupted,
+                                                              signum):
+    """A real training process told to stop (SIGTERM: schedulers, systemd, docker; SIGUSR1:
+    SLURM's warning before a time limit) writes last.ckpt at the next step boundary, says so
+    and exits 75; the same command with ckpt_path=last ends with the losses of a run that was
+    never stopped."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "train.py", "experiment=tiny", f"paths.data_dir={data_dir}",
+               "trainer.enable_progress_bar=false", *PREEMPT, f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in process.stdout:  # MooER's log line, a step at a time
+        lines.append(line)
+        if "completed (loss:" in line and int(line.split(" step ")[1].split()[0]) >= 6:
+            process.send_signal(signum)
+            break
+    output = "".join(lines) + process.communicate(timeout=300)[0]
+    assert process.returncode == 75, output[-3000:]
+    assert "stopped by a signal at step" in output and "ckpt_path=last" in output
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    stopped = checkpoint["global_step"]
+    assert 6 <= stopped < 30
+    run_train(run_dir, data_dir, *PREEMPT, "ckpt_path=last")
+    resumed = _losses_and_epochs(run_dir)
+    assert sorted(resumed) == list(range(30))
+    for step in range(stopped, 30):
+        assert resumed[step][0] == pytest.approx(uninterrupted[step][0], abs=1e-6), step
+        assert resumed[step][1] == uninterrupted[step][1], step
+
+
+def test_an_unwritable_run_dir_is_found_before_training(tmp_path, data_dir):
+    """Found at start, not at the first save (20,000 steps in with the default save_interval):
+    here `checkpoints` is a file where the directory must go (permissions would not stop root,
+    whom CI runs as)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").write_text("not a directory")
+    command = [sys.executable, "train.py", "experiment=tiny", f"paths.data_dir={data_dir}",
+               f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert (f"error: cannot write to the run's checkpoint directory {run_dir / 'checkpoints'}"
+            in result.stderr), result.stderr[-2000:]
+    assert "give a writable hydra.run.dir" in result.stderr
+    assert not list(run_dir.glob("csv/version_*/metrics.csv"))  # nothing trained
