@@ -49,6 +49,7 @@ class PipelineOptions:
     # True (defaults) or the keyword arguments of pipeline.spec_augment
     spec_augment: bool | Mapping[str, Any] = False
     inference: bool = False        # no answers: prompts only (decoding)
+    keys: frozenset[str] | None = None  # only these utterances (a decoding rank's share)
     transcripts: bool = False      # also the transcript's token ids (a CTC loss needs them)
     allow_pipe: bool = False
     replace_text: dict[str, str] | None = field(default=None, repr=False)
@@ -128,6 +129,8 @@ class ShardDataset(IterableDataset):
                        functools.partial(P.tar_samples, errors=errors, finished=finished)]
         if slot is not None:
             stages.append(functools.partial(P.take_slot, slot=slot[0], slots=slot[1]))
+        if o.keys is not None:
+            stages.append(functools.partial(P.keep_keys, keys=o.keys))
         stages.append(functools.partial(P.decode, errors=errors, sample_rate=o.sample_rate))
         if not o.inference:
             stages.append(functools.partial(P.filter_length, min_frames=o.min_length,
@@ -213,9 +216,13 @@ class EpochDataLoader(DataLoader):
     dataset: ShardDataset
 
     def __init__(self, dataset: ShardDataset, num_workers: int = 0, start_epoch: int = 0,
-                 name: str = "train", skip_batches: int = 0, **kwargs: Any) -> None:
+                 name: str = "train", skip_batches: int = 0, distributed: bool = True,
+                 **kwargs: Any) -> None:
+        """`distributed`: deal shards to the process group's ranks (training); decoding ranks
+        deal utterances themselves (`keys`) and read their own."""
         super().__init__(dataset, batch_size=None, num_workers=num_workers,
                          persistent_workers=False, **kwargs)
+        self.distributed = distributed
         self.next_epoch, self.name = start_epoch, name
         self.skip_batches = skip_batches  # of the first pass: where a resumed run stopped
         self.errors: P.DataErrors = P.DataErrors()  # of the last (or current) pass
@@ -228,7 +235,8 @@ class EpochDataLoader(DataLoader):
         self.dataset.set_epoch(epoch)
         self.next_epoch += 1
         self.errors, self.unread = P.DataErrors(), {}
-        rank, world_size = self.dataset.rank, self.dataset.world_size = _distributed()
+        rank, world_size = _distributed() if self.distributed else (0, 1)
+        self.dataset.rank, self.dataset.world_size = rank, world_size
         self._warn_idle_readers(rank, world_size)
         finished: dict[str, int] = {}
         consumed, state = 0, {"exhausted": False}

@@ -7,6 +7,7 @@ shuffle -> sort -> batches. Bad items are skipped with one warning each and coun
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import random
@@ -17,9 +18,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import soundfile as sf
 import torch
 
-from mooer.data.audio import AUDIO_EXTENSIONS, AudioError, decode_audio, resample, to_mono
+from mooer.data.audio import (
+    AUDIO_EXTENSIONS,
+    AudioError,
+    decode_audio,
+    parse_pcm_wav,
+    resample,
+    to_mono,
+)
 from mooer.data.collate import sequence_length
 from mooer.data.features import Frontend
 from mooer.data.prompts import refine_target
@@ -184,6 +193,42 @@ def take_slot(samples: Iterable[Sample], slot: int, slots: int) -> Iterator[Samp
     for index, sample in enumerate(samples):
         if index % slots == slot:
             yield sample
+
+
+def keep_keys(samples: Iterable[Sample], keys: frozenset[str]) -> Iterator[Sample]:
+    """Only the utterances whose uttid is in `keys` (before their audio is decoded)."""
+    return (sample for sample in samples if sample["key"] in keys)
+
+
+def utterance_seconds(source: str | Path, allow_pipe: bool = False) -> list[tuple[str, float]]:
+    """(uttid, seconds) of every utterance of a data.list or Kaldi dir, from audio headers
+    alone (a WAV member's first bytes; other formats are read whole), in the source's order."""
+    found: list[tuple[str, float]] = []
+    if Path(source).is_dir():
+        for key, _, path in read_kaldi_dir(source):
+            try:
+                found.append((key, float(sf.info(path).duration)))
+            except (RuntimeError, sf.LibsndfileError):
+                found.append((key, 0.0))  # the pipeline skips and counts it
+        return found
+    for _, stream in open_shards(read_data_list(source), DataErrors(), allow_pipe):
+        with stream, tarfile.open(fileobj=stream, mode="r|*", ignore_zeros=True) as tar:
+            for member in tar:
+                key, _, extension = member.name.rpartition(".")
+                if not member.isfile() or extension.lower() not in AUDIO_EXTENSIONS:
+                    continue
+                reader = tar.extractfile(member)
+                if reader is None:
+                    continue
+                head = reader.read(1 << 16)
+                try:
+                    wav = parse_pcm_wav(head, member.size)
+                    seconds = (wav.num_frames / wav.sample_rate if wav is not None
+                               else float(sf.info(io.BytesIO(head + reader.read())).duration))
+                except (AudioError, RuntimeError, sf.LibsndfileError):
+                    seconds = 0.0  # the pipeline skips and counts it; it costs its rank nothing
+                found.append((key, seconds))
+    return found
 
 
 def kaldi_samples(items: Iterable[tuple[str, str, str]], errors: DataErrors,

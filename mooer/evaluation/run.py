@@ -8,12 +8,23 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mooer.config import as_dict
+from mooer.data.pipeline import utterance_seconds
 from mooer.data.text import one_line, read_table
 from mooer.evaluation.scoring import bleu_chrf, format_wer, score
 from mooer.inference.decode import Decoded
+from mooer.inference.distributed import (
+    Rank,
+    attempt,
+    current_rank,
+    deal_by_duration,
+    gather,
+    join,
+    relaunch,
+)
 from mooer.inference.formats import join_texts
 from mooer.inference.loading import apply_run_dir
 from mooer.inference.longform import has_long_recordings
@@ -119,11 +130,11 @@ def summary_table(results: list[SetResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def decode_long(test_set: TestSet, recognizer: Recognizer, max_segment_s: float) -> Decoded:
-    """A Kaldi-dir set holding recordings over `max_segment_s`: each is cut where silero-vad
-    finds speech, decoded in segments and joined (mooer.inference.longform)."""
-    decoded = recognizer.decode_long(read_table(test_set.source / "wav.scp"), [test_set.task],
-                                     max_segment_s)
+def decode_long(test_set: TestSet, recognizer: Recognizer, max_segment_s: float,
+                recordings: list[tuple[str, str]]) -> Decoded:
+    """Recordings of a Kaldi-dir set holding some over `max_segment_s`: each is cut where
+    silero-vad finds speech, decoded in segments and joined (mooer.inference.longform)."""
+    decoded = recognizer.decode_long(recordings, [test_set.task], max_segment_s)
     prepared, (run,) = decoded.prepared, decoded.runs
     for what, names in (("unreadable", prepared.unreadable), ("too short", prepared.too_short),
                         ("no speech", prepared.no_speech)):
@@ -137,9 +148,51 @@ def decode_long(test_set: TestSet, recognizer: Recognizer, max_segment_s: float)
     return Decoded(hypotheses, {}, run.audio_seconds, run.elapsed)
 
 
+def decode_set(test_set: TestSet, recognizer: Recognizer, max_segment_s: float, rank: Rank,
+               total: int | None) -> Decoded:
+    """This rank's share of a set, dealt by duration (all of it on one process)."""
+    long = test_set.source.is_dir() and has_long_recordings(test_set.source / "wav.scp",
+                                                            max_segment_s)
+    if long:
+        recordings = read_table(test_set.source / "wav.scp")
+        if rank.many:
+            seconds = dict(utterance_seconds(test_set.source))
+            share = set(deal_by_duration([(k, seconds.get(k, 0.0)) for k, _ in recordings],
+                                         rank.world_size)[rank.rank])
+            recordings = [(k, p) for k, p in recordings if k in share]
+            log.info("%s: rank %d of %d: %d recordings, %.1f s of audio", test_set.name,
+                     rank.rank, rank.world_size, len(recordings),
+                     sum(seconds.get(k, 0.0) for k, _ in recordings))
+        return decode_long(test_set, recognizer, max_segment_s, recordings)
+    keys = None
+    if rank.many:
+        items = utterance_seconds(test_set.source)
+        keys = frozenset(deal_by_duration(items, rank.world_size)[rank.rank])
+        log.info("%s: rank %d of %d: %d utterances, %.1f s of audio", test_set.name, rank.rank,
+                 rank.world_size, len(keys), sum(s for k, s in items if k in keys))
+        total = len(keys)
+    return recognizer.decode(test_set.source, test_set.task, desc=test_set.name, total=total,
+                             keys=keys)
+
+
+def merged(shares: list[Decoded]) -> Decoded:
+    """The ranks' shares of a set as one: every hypothesis, the audio summed, the longest
+    rank's time (they ran side by side)."""
+    if len(shares) == 1:
+        return shares[0]
+    return Decoded({k: v for d in shares for k, v in d.hypotheses.items()},
+                   {k: v for d in shares for k, v in d.references.items()},
+                   sum(d.audio_seconds for d in shares), max(d.elapsed for d in shares),
+                   [k for d in shares for k in d.duplicates])
+
+
 def evaluate(cfg: DictConfig) -> list[SetResult]:
     """Decode and score every configured test set; writes <decode_path>/<set>/{text,wer} and
-    <decode_path>/summary.{md,json}."""
+    <decode_path>/summary.{md,json}. With `devices=N` (or under torchrun) the sets are decoded
+    on N processes, each taking a share dealt by duration; rank 0 writes the files."""
+    rank = current_rank()
+    if cfg.get("devices", 1) > 1 and not rank.many:
+        return launch(cfg.devices)
     cfg = apply_run_dir(cfg)
     try:
         sets = resolve_sets(cfg)
@@ -157,22 +210,25 @@ def evaluate(cfg: DictConfig) -> list[SetResult]:
     batch_size = decoding.pop("batch_size")
     recognizer = Recognizer.from_config(cfg, cfg.device, cfg.precision, batch_size, decoding,
                                         prompt=prompt)
+    join(rank, recognizer.device)
     decode_path = Path(cfg.decode_path)
     results = []
     for test_set in sets:
         references = dict(read_table(test_set.references)) if test_set.references else None
-        if test_set.source.is_dir() and has_long_recordings(test_set.source / "wav.scp",
-                                                            max_segment_s):
-            decoded = decode_long(test_set, recognizer, max_segment_s)
-        else:
-            decoded = recognizer.decode(test_set.source, test_set.task, desc=test_set.name,
-                                        total=len(references) if references else None)
+        share = attempt(rank, decode_set, test_set, recognizer, max_segment_s, rank,
+                        len(references) if references else None)
+        shares = gather(rank, share)
+        if shares is None:  # another rank writes
+            continue
+        decoded = merged(shares)
         value, chrf = write_set(decode_path / test_set.name, test_set, decoded.hypotheses,
                                 references if references is not None else decoded.references,
                                 decoded.duplicates)
         results.append(SetResult(test_set.name, test_set.metric, value, len(decoded.hypotheses),
                                  decoded.rtf, decoded.utterances_per_second, chrf))
         log.info("%s: %s %.2f", test_set.name, test_set.metric, value)
+    if not rank.is_first:
+        return results
     decode_path.mkdir(parents=True, exist_ok=True)
     table = summary_table(results)
     (decode_path / "summary.md").write_text(table, encoding="utf-8")
@@ -180,3 +236,15 @@ def evaluate(cfg: DictConfig) -> list[SetResult]:
         json.dumps([asdict(r) for r in results], indent=2), encoding="utf-8")
     print(table, end="")
     return results
+
+
+def launch(devices: int) -> list[SetResult]:
+    """evaluate.py devices=N: this command again as N ranks, in this run's directory (each
+    rank logging to evaluate_rank<R>.log); this process waits for them."""
+    output_dir = HydraConfig.get().runtime.output_dir
+    status = relaunch(devices, [f"hydra.run.dir={output_dir}", "hydra.output_subdir=null",
+                                "hydra.job.name=evaluate_rank{rank}"])
+    if status:
+        raise SystemExit(f"error: decoding on {devices} processes failed (exit {status}): see "
+                         f"{output_dir}/evaluate_rank*.log")
+    return []

@@ -40,14 +40,17 @@ class Decoded:
 
 
 def decoding_loader(source: str | Path, model: SpeechLLM, frontend: Frontend, prompt: PromptFormat,
-                    task: str, batch_size: int, num_workers: int = 0) -> EpochDataLoader:
+                    task: str, batch_size: int, num_workers: int = 0,
+                    keys: frozenset[str] | None = None) -> EpochDataLoader:
     """Prompt-only batches of a data.list or Kaldi dir for `model` (its tokenizer and slot
-    arithmetic), asking `task` in `prompt`'s words, sorted by length to pad little."""
+    arithmetic), asking `task` in `prompt`'s words, sorted by length to pad little; only the
+    utterances in `keys` when given (a decoding rank's share)."""
     builder = PromptBuilder(model.tokenizer, prompt, task=task)
     options = PipelineOptions(training=False, inference=True, batch_size=batch_size,
-                              sort_buffer=batch_size * 16, min_length=0, max_length=10**9)
+                              sort_buffer=batch_size * 16, min_length=0, max_length=10**9,
+                              keys=keys)
     dataset = ShardDataset(source, frontend, builder, model_slots(model), options)
-    return EpochDataLoader(dataset, num_workers=num_workers, name=str(source))
+    return EpochDataLoader(dataset, num_workers=num_workers, name=str(source), distributed=False)
 
 
 def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],

@@ -24,6 +24,7 @@ from mooer.data.loader import EpochDataLoader
 from mooer.data.prompts import PromptFormat
 from mooer.devices import resolve_device
 from mooer.inference.decode import Decoded, decode, decoding_loader
+from mooer.inference.distributed import current_rank, rank_device
 from mooer.inference.formats import Segment
 from mooer.inference.loading import load_for_decoding
 from mooer.inference.longform import Prepared, collect, prepare
@@ -78,7 +79,7 @@ class Recognizer:
         loaded with its weights on `device`; `tasks` are checked against the prompt format
         first (or give the `prompt` already checked)."""
         prompt = prompt or prompt_for(cfg, tasks)
-        torch_device = resolve_device(device)
+        torch_device = rank_device(resolve_device(device), current_rank())  # a GPU a rank
         model, dtype = load_for_decoding(cfg, torch_device, precision)
         return cls(model, prompt, instantiate(cfg.encoder.frontend), torch_device, dtype,
                    batch_size, dict(decoding or {}))
@@ -88,16 +89,18 @@ class Recognizer:
         """The tasks the prompt format has an instruction for, of asr and ast."""
         return [task for task in ("asr", "ast") if task in self.prompt.instructions]
 
-    def loader(self, source: str | Path, task: str) -> EpochDataLoader:
-        """Prompt-only batches of a data.list or Kaldi dir, asking `task`."""
+    def loader(self, source: str | Path, task: str,
+               keys: frozenset[str] | None = None) -> EpochDataLoader:
+        """Prompt-only batches of a data.list or Kaldi dir, asking `task` (only `keys`)."""
         return decoding_loader(source, self.model, self.frontend, self.prompt, task,
-                               self.batch_size)
+                               self.batch_size, keys=keys)
 
     def decode(self, source: str | Path, task: str, total: int | None = None,
-               desc: str = "decoding", progress: bool = True, **options: Any) -> Decoded:
-        """Every utterance of a data.list or Kaldi dir, in batches (`options` override the
-        generation options)."""
-        return decode(self.model, self.loader(source, task), {**self.decoding, **options},
+               desc: str = "decoding", progress: bool = True,
+               keys: frozenset[str] | None = None, **options: Any) -> Decoded:
+        """Every utterance of a data.list or Kaldi dir (or those in `keys`), in batches
+        (`options` override the generation options)."""
+        return decode(self.model, self.loader(source, task, keys), {**self.decoding, **options},
                       self.device, self.dtype, total=total, desc=desc, progress=progress)
 
     def decode_prepared(self, prepared: Prepared, tasks: Sequence[str],

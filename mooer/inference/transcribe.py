@@ -27,15 +27,25 @@ import sys
 import tempfile
 from pathlib import Path
 
+import soundfile as sf
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from mooer.config import compose_config
 from mooer.data.text import read_table
 from mooer.files import writable_dir
+from mooer.inference.distributed import (
+    Rank,
+    attempt,
+    current_rank,
+    deal_by_duration,
+    gather,
+    join,
+    relaunch,
+)
 from mooer.inference.formats import FORMATS, Segment, render, subtitles
 from mooer.inference.loading import apply_run_dir
-from mooer.inference.longform import prepare
+from mooer.inference.longform import Prepared, prepare
 from mooer.inference.recognizer import MIN_AUDIO_SECONDS, Recognizer, prompt_for
 from mooer.inference.segment import MIN_SILENCE_MS, check_max_segment_s
 
@@ -65,10 +75,15 @@ class Output:
     end: one document), or a file per recording in --out_dir, which is checked (made, written
     to) before anything is decoded, so a long job keeps what it finished."""
 
-    def __init__(self, fmt: str, out_dir: Path | None, tasks: list[str]) -> None:
+    def __init__(self, fmt: str, out_dir: Path | None, tasks: list[str], stdout: bool = True,
+                 write_files: bool = True) -> None:
+        """`stdout`: print as recordings finish (not on the ranks of a multi-process run, whose
+        rank 0 prints every rank's in input order); `write_files`: write --out_dir's files
+        (already written by the ranks)."""
         self.fmt, self.out_dir, self.tasks = fmt, out_dir, tasks
+        self.stdout, self.write_files = stdout, write_files
         self.done: dict[str, list[Segment]] = {}
-        if out_dir is not None:
+        if out_dir is not None and write_files:
             if out_dir.exists() and not out_dir.is_dir():
                 raise ValueError(f"--out_dir {out_dir} is a file, not a directory")
             writable_dir(out_dir, "--out_dir")  # before anything is decoded
@@ -77,9 +92,12 @@ class Output:
         first = not self.done
         self.done.update(recordings)
         if self.out_dir is not None:
-            for name, segments in recordings.items():
-                (self.out_dir / f"{name}.{self.fmt}").write_text(self.render(name, segments),
-                                                                 encoding="utf-8")
+            if self.write_files:
+                for name, segments in recordings.items():
+                    (self.out_dir / f"{name}.{self.fmt}").write_text(
+                        self.render(name, segments), encoding="utf-8")
+        elif not self.stdout:
+            return
         elif self.fmt in ("srt", "vtt"):
             for segments in recordings.values():
                 print(subtitles(segments, self.fmt), end="", flush=True)
@@ -94,7 +112,7 @@ class Output:
     def close(self) -> None:
         if self.out_dir is not None:
             print(f"wrote {len(self.done)} {self.fmt} files to {self.out_dir}", file=sys.stderr)
-        elif self.fmt == "json":
+        elif self.fmt == "json" and self.stdout:
             print(render(self.done, "json", self.tasks), end="")
 
 
@@ -112,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_beams", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=200)
     add_segment_arguments(parser)
+    parser.add_argument("--devices", type=int, default=1,
+                        help="decode on N processes (a GPU each), recordings dealt by duration; "
+                             "or launch with torchrun and leave this at 1")
     parser.add_argument("--format", choices=FORMATS, default="tsv",
                         help="tsv: a segment a row with its start and end; text: Kaldi text, "
                              "name<TAB>text; json; srt/vtt: subtitles")
@@ -166,6 +187,9 @@ def model_config(args: argparse.Namespace) -> DictConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    rank = current_rank()
+    if args.devices > 1 and not rank.many:
+        return relaunch(args.devices)  # this command as N ranks; this process waits
     multiple = args.wav_scp is not None or len(args.wav_path) > 1
     if args.format in ("srt", "vtt") and multiple and args.out_dir is None:
         print(f"error: --format {args.format} for several recordings needs --out_dir (a file "
@@ -177,40 +201,84 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prompt = prompt_for(cfg, tasks)
         inputs, renamed = _inputs(args)
-        output = Output(args.format, args.out_dir, tasks)
+        output = Output(args.format, args.out_dir, tasks, stdout=not rank.many)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if renamed:
+    if renamed and rank.is_first:
         print(f"names given twice, renamed: {'; '.join(renamed)}", file=sys.stderr)
+    mine = _share(inputs, rank)
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = prepare(inputs, Path(tmp), args.max_segment_s, MIN_AUDIO_SECONDS,
+        prepared = prepare(mine, Path(tmp), args.max_segment_s, MIN_AUDIO_SECONDS,
                            args.min_silence_ms)
         for what, names in (("unreadable", prepared.unreadable),
                             (f"shorter than {MIN_AUDIO_SECONDS} s", prepared.too_short),
                             ("no speech found", prepared.no_speech)):
             if names:
                 print(f"skipped, {what}: {', '.join(names)}", file=sys.stderr)
-        if not prepared.spans:
+        if not prepared.spans and not rank.many:
             print("error: nothing to transcribe", file=sys.stderr)
             return 2
         recognizer = Recognizer.from_config(
             cfg, args.device, args.precision, args.batch_size,
             {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}, prompt=prompt)
-        undecoded: list[str] = []
-        with tqdm(total=len(prepared.spans) * len(tasks), desc="transcribing", unit="segment",
-                  disable=len(prepared.spans) <= args.batch_size) as bar:
-            # a batch's worth of recordings at a time, written as they finish
-            for chunk in prepared.chunks(args.batch_size * 16):
-                decoded = recognizer.decode_prepared(chunk, tasks, progress=False)
-                output.add(decoded.recordings)
-                undecoded += decoded.undecoded
-                bar.update(len(chunk.spans) * len(tasks))
+        join(rank, recognizer.device)
+        undecoded = attempt(rank, _decode_all, recognizer, prepared, tasks, output,
+                            args.batch_size)
+    shares = gather(rank, (output.done, len(prepared.spans), prepared.skipped, undecoded))
+    if shares is None:
+        return 0  # rank 0 writes and tells the status
+    spans = sum(share[1] for share in shares)
+    skipped = [name for share in shares for name in share[2]]
+    undecoded = [name for share in shares for name in share[3]]
+    if rank.many:
+        if not spans:
+            print("error: nothing to transcribe", file=sys.stderr)
+            return 2
+        done = {name: segments for share in shares for name, segments in share[0].items()}
+        order = {name: index for index, (name, _) in enumerate(inputs)}
+        output = Output(args.format, None if args.out_dir is None else args.out_dir, tasks,
+                        write_files=False)
+        output.add(dict(sorted(done.items(), key=lambda item: order[item[0]])))
     output.close()
     if undecoded:
         print(f"not transcribed (see the warnings above): {', '.join(undecoded)}",
               file=sys.stderr)
-    return 1 if prepared.skipped or undecoded else 0
+    return 1 if skipped or undecoded else 0
+
+
+def _share(inputs: list[tuple[str, str]], rank: Rank) -> list[tuple[str, str]]:
+    """This rank's recordings, dealt by duration (all of them on one process), in input order."""
+    if not rank.many:
+        return inputs
+    seconds = [(index, _seconds(path)) for index, (_, path) in enumerate(inputs)]
+    share = set(deal_by_duration(seconds, rank.world_size)[rank.rank])
+    mine = [item for index, item in enumerate(inputs) if index in share]
+    print(f"rank {rank.rank} of {rank.world_size}: {len(mine)} recordings, "
+          f"{sum(s for index, s in seconds if index in share):.1f} s of audio", file=sys.stderr)
+    return mine
+
+
+def _seconds(path: str) -> float:
+    try:
+        return float(sf.info(path).duration)
+    except (RuntimeError, sf.LibsndfileError):  # (prepare names it as unreadable)
+        return 0.0
+
+
+def _decode_all(recognizer: Recognizer, prepared: Prepared, tasks: list[str], output: Output,
+                batch_size: int) -> list[str]:
+    """Every recording of `prepared`, a batch's worth of recordings at a time, each written as
+    it finishes; the recordings none of whose segments came back."""
+    undecoded: list[str] = []
+    with tqdm(total=len(prepared.spans) * len(tasks), desc="transcribing", unit="segment",
+              disable=len(prepared.spans) <= batch_size) as bar:
+        for chunk in prepared.chunks(batch_size * 16):
+            decoded = recognizer.decode_prepared(chunk, tasks, progress=False)
+            output.add(decoded.recordings)
+            undecoded += decoded.undecoded
+            bar.update(len(chunk.spans) * len(tasks))
+    return undecoded
 
 
 if __name__ == "__main__":
