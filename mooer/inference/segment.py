@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import threading
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ MIN_SEGMENT_S = 1.0
 MAX_SEGMENT_S = 300.0
 
 log = logging.getLogger(__name__)
+_VAD_LOCK = threading.Lock()
 
 
 def check_max_segment_s(value: float | str) -> float:
@@ -52,7 +54,7 @@ def speech_spans(wave: np.ndarray, min_silence_ms: int = MIN_SILENCE_MS, speech_
     """[start, end) sample spans of speech in a 16 kHz mono recording (silero-vad)."""
     from silero_vad import get_speech_timestamps
 
-    with torch.inference_mode():
+    with _VAD_LOCK, torch.inference_mode():  # its model keeps state: one caller at a time
         stamps = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(wave, np.float32)),
                                        _vad_model(), sampling_rate=SAMPLE_RATE,
                                        min_silence_duration_ms=min_silence_ms,

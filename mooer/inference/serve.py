@@ -45,7 +45,9 @@ import soundfile as sf
 from omegaconf import DictConfig
 
 from mooer.data.audio import audio_problem
+from mooer.inference.batching import Abandoned, Batcher
 from mooer.inference.formats import Segment, joined, subtitles
+from mooer.inference.longform import collect, prepare
 from mooer.inference.recognizer import MIN_AUDIO_SECONDS, Recognizer
 from mooer.inference.segment import MIN_SILENCE_MS
 from mooer.inference.transcribe import add_model_arguments, add_segment_arguments, model_config
@@ -135,8 +137,10 @@ def upload_suffix(name: str) -> str:
 
 @dataclass
 class Transcriber:
-    """One loaded model (a Recognizer) that decodes one request at a time; the others wait in
-    order, at most `max_queue` of them."""
+    """One loaded model serving every request: each recording is cut into segments in its
+    request's thread, and the segments of all waiting requests are decoded in batches by one
+    thread (`Batcher`: up to `max_batch`, waiting at most `batch_wait_ms` for a batch to fill).
+    At most `max_queue` requests wait; more are refused (Busy)."""
 
     cfg: DictConfig
     recognizer: Recognizer
@@ -144,6 +148,8 @@ class Transcriber:
     min_silence_ms: int = MIN_SILENCE_MS
     max_queue: int = 32
     limits: Limits = field(default_factory=Limits)
+    max_batch: int = 8
+    batch_wait_ms: float = 10.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Transcriber":
@@ -159,11 +165,11 @@ class Transcriber:
         limits = Limits(args.max_upload_mb, args.max_duration_s, MIN_AUDIO_SECONDS,
                         args.max_channels)
         return cls(cfg, recognizer, args.max_segment_s, args.min_silence_ms, args.max_queue,
-                   limits)
+                   limits, args.batch_size, args.batch_wait_ms)
 
     def __post_init__(self) -> None:
         self.abandoned = 0  # requests whose clients left before their turn
-        self._lock = threading.Lock()
+        self.batcher = Batcher(self.recognizer, self.max_batch, self.batch_wait_ms / 1000)
         self._waiting = 0
         self._count = threading.Lock()
 
@@ -180,8 +186,8 @@ class Transcriber:
     def transcribe(self, path: str | Path, task: str = "asr", num_beams: int = 4,
                    name: str = "the file", gone: Callable[[], bool] | None = None) -> dict:
         """Transcribe and/or translate one recording: the texts, the segments with times, SRT.
-        `gone` tells, when the request's turn comes, whether its client has left (then it is not
-        decoded: Gone)."""
+        `gone` tells, when the request's segments' turn comes, whether its client has left (then
+        they are not decoded: Gone)."""
         if task not in self.choices():
             raise InputError(f"task {task!r} is not served: choose one of "
                              f"{', '.join(self.choices())}")
@@ -194,12 +200,8 @@ class Transcriber:
                 raise Busy(f"busy: {self._waiting} requests are waiting; try again later")
             self._waiting += 1
         try:
-            with self._lock:
-                if gone is not None and gone():
-                    self.abandoned += 1
-                    raise Gone(f"{name}: the client left before its turn; not decoded")
-                started = time.perf_counter()
-                segments = self._decode(Path(path), tasks, int(num_beams))
+            started = time.perf_counter()
+            segments = self._decode(Path(path), tasks, int(num_beams), name, gone)
         finally:
             with self._count:
                 self._waiting -= 1
@@ -215,15 +217,30 @@ class Transcriber:
             "seconds": round(time.perf_counter() - started, 3),
         }
 
-    def _decode(self, path: Path, tasks: list[str], num_beams: int) -> list[Segment]:
-        decoded = self.recognizer.decode_long(
-            [("input", str(path))], tasks, self.max_segment_s, self.min_silence_ms,
-            progress=None, num_beams=num_beams)
-        if decoded.prepared.no_speech:  # too short cannot be: check_audio refused that
-            raise InputError("no speech was found in the recording")
-        if "input" not in decoded.recordings:
+    def _decode(self, path: Path, tasks: list[str], num_beams: int, name: str,
+                gone: Callable[[], bool] | None) -> list[Segment]:
+        with tempfile.TemporaryDirectory(prefix="mooer-serve-") as work:
+            prepared = prepare([("input", str(path))], Path(work), self.max_segment_s,
+                               self.limits.min_duration_s, self.min_silence_ms)
+            if prepared.unreadable:  # (check_audio names the usual reasons first)
+                raise InputError(f"{name} could not be read as audio")
+            if prepared.no_speech:  # too short cannot be: check_audio refused that
+                raise InputError("no speech was found in the recording")
+            uttids = list(prepared.spans)
+            waiting = [self.batcher.submit([prepared.sources[u] for u in uttids], task,
+                                           num_beams, gone) for task in tasks]
+            try:
+                columns = [dict(zip(uttids, [f.result() for f in futures], strict=True))
+                           for futures in waiting]
+            except Abandoned:
+                self.abandoned += 1
+                raise Gone(f"{name}: the client left before its turn; not decoded") from None
+            except ValueError as err:
+                raise InputError(f"{name} could not be decoded: {err}") from err
+        recording = collect(prepared, columns).get("input")
+        if not recording:
             raise InputError("the recording could not be decoded (see the server's log)")
-        return decoded.recordings["input"]
+        return recording
 
 
 def build_page(transcriber: Transcriber, title: str = "mooer"):
@@ -275,7 +292,7 @@ def build_page(transcriber: Transcriber, title: str = "mooer"):
                              label="Segments", elem_id="segments", interactive=False)
         srt = gr.File(label="Subtitles (SRT)", elem_id="srt")
         button.click(run, [audio, task, beams], [transcript, translation, table, srt, status],
-                     api_name="transcribe", concurrency_limit=1)
+                     api_name="transcribe", concurrency_limit=transcriber.max_batch)
     return page
 
 
@@ -349,6 +366,7 @@ def build_app(transcriber: Transcriber, title: str = "mooer", api_key: str | Non
     send) and the page asks for it as its password."""
     import gradio as gr
     from anyio.from_thread import run as run_from_thread
+    from anyio.lowlevel import current_token
     from fastapi import FastAPI, Form, Request, UploadFile
     from fastapi.concurrency import run_in_threadpool
     from fastapi.exceptions import RequestValidationError
@@ -369,7 +387,8 @@ def build_app(transcriber: Transcriber, title: str = "mooer", api_key: str | Non
         return {"status": "ok", "tasks": transcriber.choices(),
                 "model": str(transcriber.cfg.get("run_dir") or transcriber.cfg.get("checkpoint")
                              or transcriber.cfg.llm.get("path") or ""),
-                "waiting": transcriber.waiting, "abandoned": transcriber.abandoned}
+                "waiting": transcriber.waiting, "abandoned": transcriber.abandoned,
+                "batches": transcriber.batcher.batches, "pending": transcriber.batcher.pending}
 
     # the form's other fields aside; under the API key check, which is added after it
     app.add_middleware(BodyLimit, limit=limit + 2**16, paths=("/api/transcribe",),
@@ -397,8 +416,10 @@ def build_app(transcriber: Transcriber, title: str = "mooer", api_key: str | Non
         except InputError as err:
             return JSONResponse({"error": str(err)}, err.status)
 
+        token = current_token()
+
         def gone() -> bool:  # asked from the decoding thread when the request's turn comes
-            return run_from_thread(request.is_disconnected)
+            return run_from_thread(request.is_disconnected, token=token)
 
         with tempfile.NamedTemporaryFile(suffix=upload_suffix(name)) as tmp:
             shutil.copyfileobj(file.file, tmp)
@@ -453,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "that authenticates, or on a trusted network)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--batch_size", type=int, default=8,
-                        help="segments of a long recording decoded together")
+                        help="segments decoded together, from any of the waiting requests "
+                             "(1: one at a time)")
     parser.add_argument("--max_new_tokens", type=int, default=200)
     add_segment_arguments(parser)
     parser.add_argument("--max_upload_mb", type=float, default=Limits.max_upload_mb)
@@ -461,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_channels", type=int, default=Limits.max_channels)
     parser.add_argument("--max_queue", type=int, default=32,
                         help="requests waiting for the model before the API answers 503")
+    parser.add_argument("--batch_wait_ms", type=float, default=10.0,
+                        help="how long the first waiting segment waits for a batch to fill")
     parser.add_argument("--title", default="mooer")
     return parser
 

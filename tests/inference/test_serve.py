@@ -70,42 +70,60 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")  # one server a worker
-def server(tiny_release, tmp_path_factory):
-    """mooer-serve on the tiny release model (both tasks), its URL and the Transcriber that gives
-    the expected results in-process."""
+def start_server(tiny_release, log_path: Path, *flags: str, env: dict | None = None
+                 ) -> tuple[subprocess.Popen, str, list[str]]:
+    """mooer-serve on the tiny release model (both tasks) with `flags`, answering: (the
+    process, its URL, its full flags)."""
     import httpx
 
     root, tokenizer_dir = tiny_release
     port = free_port()
-    overrides = [*TINY, f"llm.tokenizer_path={tokenizer_dir}"]
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    cache = tmp_path_factory.mktemp("gradio-cache")  # Gradio's uploads and the files it serves
     flags = ["--checkpoint", str(root / "release"), "--device", "cpu", "--port", str(port),
              "--max_new_tokens", "4", "--max_upload_mb", "1", "--max_duration_s", "20",
-             "--max_segment_s", "4", "--", *overrides]
+             "--max_segment_s", "4", *flags, "--", *TINY, f"llm.tokenizer_path={tokenizer_dir}"]
     command = [str(Path(sys.executable).with_name("mooer-serve")), *flags]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "GRADIO_TEMP_DIR": str(cache)})
+                                   env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while time.time() < deadline:
         assert process.poll() is None, log_path.read_text()[-3000:]
         try:
             if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                break
+                return process, url, flags
         except httpx.HTTPError:
             time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("mooer-serve did not answer in 180 s:\n" + log_path.read_text()[-3000:])
+    process.kill()
+    pytest.fail("mooer-serve did not answer in 180 s:\n" + log_path.read_text()[-3000:])
+
+
+@pytest.fixture(scope="session")  # one server a worker
+def server(tiny_release, tmp_path_factory):
+    """mooer-serve on the tiny release model, its URL, the Transcriber that gives the expected
+    results in-process, its log and Gradio's cache dir."""
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    cache = tmp_path_factory.mktemp("gradio-cache")  # Gradio's uploads and the files it serves
+    process, url, flags = start_server(tiny_release, log_path,
+                                       env={"GRADIO_TEMP_DIR": str(cache)})
 
     from mooer.inference.serve import Transcriber, build_parser
 
     # the server's own transcriber, in-process
     expected = Transcriber.from_args(build_parser().parse_args(flags))
     yield url, expected, log_path, cache
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def patient_server(tiny_release, tmp_path_factory):
+    """A server whose batches wait 1.5 s to fill and that lets 2 requests wait: what waits
+    and what is refused is then certain."""
+    log_path = tmp_path_factory.mktemp("patient") / "serve.log"
+    process, url, _ = start_server(tiny_release, log_path, "--batch_wait_ms", "1500",
+                                   "--max_queue", "2")
+    yield url
     process.terminate()
     process.wait(timeout=30)
 
@@ -207,27 +225,50 @@ def test_a_chunked_upload_over_the_limit_is_refused_as_it_is_read(server, corpus
     assert post(url, wav, "asr").status_code == 200  # still serving
 
 
-def test_a_request_whose_client_left_is_not_decoded(server, corpus, tmp_path):
-    """While the model is busy, a client gives up waiting: when its turn comes, the request is
-    not decoded (counted in /api/health) and the others are answered."""
+def test_a_request_whose_client_left_is_not_decoded(patient_server, corpus):
+    """A client gives up while its request waits for its batch: when the batch is decoded, its
+    segment is left out (counted in /api/health), and the server answers the next one."""
     import httpx
 
-    url, *_ = server
-    before = httpx.get(f"{url}/api/health").json()["abandoned"]
-    silence = np.zeros(16000 // 2, np.float32)
-    pieces = []
-    for _, path in read_table(corpus / "wav.scp")[:6]:
-        pieces += [sf.read(path, dtype="float32")[0], silence]
-    long = tmp_path / "long.flac"
-    sf.write(long, np.concatenate(pieces), 16000)  # about 16 s, cut in segments at 4 s
+    url = patient_server
+    before = httpx.get(f"{url}/api/health").json()
     wav = Path(read_table(corpus / "wav.scp")[0][1])
-    with ThreadPoolExecutor(6) as pool:  # about 0.5 s of decoding each, one at a time
-        busy = [pool.submit(post, url, long, "asr_ast", 4) for _ in range(6)]
-        time.sleep(0.5)  # the first is decoding, the others wait their turn
-        with open(wav, "rb") as f, pytest.raises(httpx.TimeoutException):
-            httpx.post(f"{url}/api/transcribe", files={"file": (wav.name, f)}, timeout=0.5)
-        assert [b.result().status_code for b in busy] == [200] * 6
-    assert httpx.get(f"{url}/api/health").json()["abandoned"] == before + 1
+    with open(wav, "rb") as f, pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{url}/api/transcribe", files={"file": (wav.name, f)}, timeout=0.5)
+    time.sleep(1.5)  # its batch's wait ends
+    assert post(url, wav, "asr").status_code == 200
+    after = httpx.get(f"{url}/api/health").json()
+    assert after["abandoned"] == before["abandoned"] + 1
+    assert after["batches"] == before["batches"] + 1  # only the second request was decoded
+
+
+def test_past_max_queue_the_answer_is_503_with_retry_after(patient_server, corpus):
+    """Four requests at once, two allowed to wait: two answered, two refused at once with 503
+    and Retry-After; the server goes on serving."""
+    url = patient_server
+    wav = Path(read_table(corpus / "wav.scp")[0][1])
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: post(url, wav, "asr"), range(4)))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200, 200, 503, 503], [a.text for a in answers]
+    refused = [a for a in answers if a.status_code == 503]
+    assert all(a.headers["Retry-After"] == "5" and "busy" in a.json()["error"] for a in refused)
+    assert post(url, wav, "asr").status_code == 200
+
+
+def test_concurrent_requests_are_decoded_in_shared_batches(server, corpus):
+    """8 requests at once: their segments share batches (fewer batches than requests), and each
+    answer is what its recording gives alone (greedy)."""
+    import httpx
+
+    url, expected, *_ = server
+    paths = [Path(p) for _, p in read_table(corpus / "wav.scp")[8:16]]
+    want = [expected.transcribe(p, "asr", 1, p.name)["transcript"] for p in paths]
+    before = httpx.get(f"{url}/api/health").json()["batches"]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda p: post(url, p, "asr", 1), paths))
+    assert [a.json()["transcript"] for a in answers] == want
+    assert httpx.get(f"{url}/api/health").json()["batches"] - before < 8
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
