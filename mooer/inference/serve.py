@@ -16,9 +16,21 @@ The HTTP API (also Gradio's own, at /gradio_api/):
 
 answers JSON: {"name", "duration", "task", "transcript", "translation", "segments": [{"start",
 "end", "transcript", "translation"}], "srt", "seconds"}; a bad input answers 400 (413 over the
-size limit) with {"error": "..."}, and the server goes on serving. GET /api/health tells the model
-and the tasks. One model decodes one request at a time; the others wait their turn in order (at
-most --max_queue waiting, then 503).
+size limit) with {"error": "..."}, and the server goes on serving. GET /api/health tells the model,
+the tasks and the queue.
+
+OpenAI's audio API (`openai_api`), for the clients that speak it:
+
+    client = openai.OpenAI(base_url="http://127.0.0.1:7860/v1", api_key=KEY)
+    client.audio.transcriptions.create(model="mooer", file=open("a.wav", "rb"),
+                                       response_format="verbose_json")    # also translations
+
+One model serves every request. A request's recording is checked and cut into segments in its
+own thread; one decoding thread takes the waiting segments of all requests that ask the same
+(task, beam size) and decodes up to --batch_size of them together, waiting at most
+--batch_wait_ms for a batch to fill (each answer is what its recording gives alone). At most
+--max_queue requests wait; past that the answer is 503 with Retry-After. A request whose client
+has left is not decoded.
 """
 
 import argparse
@@ -48,6 +60,7 @@ from mooer.data.audio import audio_problem
 from mooer.inference.batching import Abandoned, Batcher
 from mooer.inference.formats import Segment, joined, subtitles
 from mooer.inference.longform import collect, prepare
+from mooer.inference.openai_api import ROUTES, ApiError, error_body, parse_options, render
 from mooer.inference.recognizer import MIN_AUDIO_SECONDS, Recognizer
 from mooer.inference.segment import MIN_SILENCE_MS
 from mooer.inference.transcribe import add_model_arguments, add_segment_arguments, model_config
@@ -136,6 +149,16 @@ def upload_suffix(name: str) -> str:
 
 
 @dataclass
+class Recognized:
+    """A recording decoded: its duration, its segments (a text per task each) and the seconds
+    it took, waiting included."""
+
+    duration: float
+    segments: list[Segment]
+    seconds: float
+
+
+@dataclass
 class Transcriber:
     """One loaded model serving every request: each recording is cut into segments in its
     request's thread, and the segments of all waiting requests are decoded in batches by one
@@ -191,10 +214,32 @@ class Transcriber:
         if task not in self.choices():
             raise InputError(f"task {task!r} is not served: choose one of "
                              f"{', '.join(self.choices())}")
+        tasks = ["asr", "ast"] if task == "asr_ast" else [task]
+        done = self.recognize(path, tasks, num_beams, name, gone)
+        segments = done.segments
+        texts = dict(zip(tasks, joined(segments, len(tasks)), strict=True))
+        return {
+            "name": name, "duration": round(done.duration, 3), "task": task,
+            "transcript": texts.get("asr", ""), "translation": texts.get("ast", ""),
+            "segments": [{"start": s.start, "end": s.end,
+                          **dict(zip(("transcript" if t == "asr" else "translation"
+                                      for t in tasks), s.texts, strict=True))}
+                         for s in segments],
+            "srt": subtitles(segments, "srt"),
+            "seconds": round(done.seconds, 3),
+        }
+
+    def recognize(self, path: str | Path, tasks: list[str], num_beams: int = 4,
+                  name: str = "the file", gone: Callable[[], bool] | None = None) -> Recognized:
+        """One recording checked, queued (or Busy) and decoded for each of `tasks` (which the
+        prompt format has): its segments in time order, a text per task each."""
+        missing = [task for task in tasks if task not in self.recognizer.tasks]
+        if missing:
+            raise InputError(f"this server's model has no instruction for {missing[0]} (it "
+                             f"serves {', '.join(self.recognizer.tasks)})")
         if not 1 <= int(num_beams) <= 16:
             raise InputError(f"num_beams must be between 1 and 16, got {num_beams}")
         duration = check_audio(path, self.limits, name)
-        tasks = ["asr", "ast"] if task == "asr_ast" else [task]
         with self._count:
             if self._waiting >= self.max_queue:
                 raise Busy(f"busy: {self._waiting} requests are waiting; try again later")
@@ -205,17 +250,7 @@ class Transcriber:
         finally:
             with self._count:
                 self._waiting -= 1
-        texts = dict(zip(tasks, joined(segments, len(tasks)), strict=True))
-        return {
-            "name": name, "duration": round(duration, 3), "task": task,
-            "transcript": texts.get("asr", ""), "translation": texts.get("ast", ""),
-            "segments": [{"start": s.start, "end": s.end,
-                          **dict(zip(("transcript" if t == "asr" else "translation"
-                                      for t in tasks), s.texts, strict=True))}
-                         for s in segments],
-            "srt": subtitles(segments, "srt"),
-            "seconds": round(time.perf_counter() - started, 3),
-        }
+        return Recognized(duration, segments, time.perf_counter() - started)
 
     def _decode(self, path: Path, tasks: list[str], num_beams: int, name: str,
                 gone: Callable[[], bool] | None) -> list[Segment]:
@@ -314,7 +349,7 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(send, int(declared))
+            await self._refuse(send, int(declared), scope["path"])
             return
         state = {"received": 0, "refused": False}
 
@@ -326,7 +361,7 @@ class BodyLimit:
                 state["received"] += len(message.get("body", b""))
                 if state["received"] > self.limit:
                     state["refused"] = True
-                    await self._refuse(send, None)
+                    await self._refuse(send, None, scope["path"])
                     return {"type": "http.disconnect"}  # the app stops reading the body here
             return message
 
@@ -340,14 +375,23 @@ class BodyLimit:
             if not state["refused"]:
                 raise  # (after a refusal the app's complaint about the cut body is moot)
 
-    async def _refuse(self, send: Callable, declared: int | None) -> None:
+    async def _refuse(self, send: Callable, declared: int | None, path: str) -> None:
         size = f"{declared / 2**20:.1f} MB" if declared is not None else "more than that"
-        body = json.dumps({"error": f"the upload is {size}, over the limit of "
-                                    f"{self.megabytes:g} MB (mooer-serve --max_upload_mb)"})
+        body = json.dumps(error_json(path, f"the upload is {size}, over the limit of "
+                                     f"{self.megabytes:g} MB (mooer-serve --max_upload_mb)",
+                                     413, "upload_too_large", "file"))
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body.encode()})
+
+
+def error_json(path: str, message: str, status: int, code: str | None = None,
+               param: str | None = None) -> dict:
+    """An error body in the shape of the route's API: OpenAI's under /v1/, else ours."""
+    if path.startswith("/v1/"):
+        return error_body(message, status, code, param)
+    return {"error": message}
 
 
 def is_loopback(host: str) -> bool:
@@ -361,26 +405,34 @@ def is_loopback(host: str) -> bool:
 
 
 def build_app(transcriber: Transcriber, title: str = "mooer", api_key: str | None = None):
-    """A FastAPI app: POST /api/transcribe, GET /api/health, and the page at /. With `api_key`,
-    the API answers only requests with `Authorization: Bearer <api_key>` (what OpenAI clients
-    send) and the page asks for it as its password."""
+    """A FastAPI app: POST /api/transcribe, GET /api/health, OpenAI's audio API under /v1/
+    (`openai_api`), and the page at /. With `api_key`, both APIs answer only requests with
+    `Authorization: Bearer <api_key>` (what OpenAI clients send) and the page asks for it as its
+    password."""
     import gradio as gr
     from anyio.from_thread import run as run_from_thread
     from anyio.lowlevel import current_token
     from fastapi import FastAPI, Form, Request, UploadFile
     from fastapi.concurrency import run_in_threadpool
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
+    from starlette.datastructures import UploadFile as FormFile
 
     app = FastAPI(title=f"{title} API")
     limit = int(transcriber.limits.max_upload_mb * 2**20)
+    started = int(time.time())
+
+    def problem(path: str, message: str, status: int, code: str | None = None,
+                param: str | None = None, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse(error_json(path, message, status, code, param), status,
+                            headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
         """A missing field or a value of the wrong type, in the API's error shape (400)."""
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}"
                              for e in err.errors())
-        return JSONResponse({"error": f"invalid request: {problems}"}, 400)
+        return problem(request.url.path, f"invalid request: {problems}", 400)
 
     @app.get("/api/health")
     def health() -> dict:
@@ -391,7 +443,7 @@ def build_app(transcriber: Transcriber, title: str = "mooer", api_key: str | Non
                 "batches": transcriber.batcher.batches, "pending": transcriber.batcher.pending}
 
     # the form's other fields aside; under the API key check, which is added after it
-    app.add_middleware(BodyLimit, limit=limit + 2**16, paths=("/api/transcribe",),
+    app.add_middleware(BodyLimit, limit=limit + 2**16, paths=("/api/transcribe", *ROUTES),
                        megabytes=transcriber.limits.max_upload_mb)
 
     if api_key:
@@ -402,42 +454,94 @@ def build_app(transcriber: Transcriber, title: str = "mooer", api_key: str | Non
             """Our routes take the key as a bearer token (checked first: the middleware added
             last runs first); Gradio's own routes ask for the page's login (below)."""
             given = request.headers.get("authorization", "").encode()
-            if request.url.path.startswith("/api/") and not hmac.compare_digest(given, expected):
-                return JSONResponse({"error": "missing or wrong API key: send the header "
-                                     "`Authorization: Bearer <key>` (mooer-serve --api_key)"},
-                                    401, headers={"WWW-Authenticate": "Bearer"})
+            path = request.url.path
+            if path.startswith(("/api/", "/v1/")) and not hmac.compare_digest(given, expected):
+                return problem(path, "missing or wrong API key: send the header "
+                               "`Authorization: Bearer <key>` (mooer-serve --api_key)", 401,
+                               "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
             return await call_next(request)
+
+    async def decode_upload(request: Request, upload: Any, name: str,
+                            work: Callable[[str, Callable[[], bool]], Any]) -> Any:
+        """`work(path, gone)` on the upload saved to a temporary file, in a worker thread;
+        `gone` tells whether the client has left (asked from the decoding thread)."""
+        token = current_token()
+
+        def gone() -> bool:
+            return run_from_thread(request.is_disconnected, token=token)
+
+        with tempfile.NamedTemporaryFile(suffix=upload_suffix(name)) as tmp:
+            shutil.copyfileobj(upload.file, tmp)
+            tmp.flush()
+            return await run_in_threadpool(work, tmp.name, gone)
+
+    def refused(path: str, name: str, err: Exception) -> JSONResponse:
+        """The answer to a request that was not decoded: bad input, a full queue, a client that
+        left."""
+        if isinstance(err, Busy):
+            return problem(path, str(err), 503, "server_busy", headers={"Retry-After": "5"})
+        if isinstance(err, Gone):
+            log.info("%s", err)
+            return problem(path, str(err), 499, "client_closed_request")
+        log.info("refused %s: %s", name, err)
+        status = getattr(err, "status", 400)
+        return problem(path, str(err), status, getattr(err, "code", None)
+                       or ("upload_too_large" if status == 413 else "invalid_file"),
+                       getattr(err, "param", "file"))
 
     @app.post("/api/transcribe")
     async def transcribe(request: Request, file: UploadFile, task: str = Form("asr"),
                          num_beams: int = Form(4)):
         try:
             name = upload_name(file.filename)
-        except InputError as err:
-            return JSONResponse({"error": str(err)}, err.status)
-
-        token = current_token()
-
-        def gone() -> bool:  # asked from the decoding thread when the request's turn comes
-            return run_from_thread(request.is_disconnected, token=token)
-
-        with tempfile.NamedTemporaryFile(suffix=upload_suffix(name)) as tmp:
-            shutil.copyfileobj(file.file, tmp)
-            tmp.flush()
-            try:
-                result = await run_in_threadpool(transcriber.transcribe, tmp.name, task,
-                                                 num_beams, name, gone)
-            except InputError as err:
-                log.info("refused %s: %s", name, err)
-                return JSONResponse({"error": str(err)}, err.status)
-            except Busy as err:
-                return JSONResponse({"error": str(err)}, 503, headers={"Retry-After": "5"})
-            except Gone as err:
-                log.info("%s", err)
-                return JSONResponse({"error": str(err)}, 499)
+            result = await decode_upload(request, file, name, lambda path, gone: (
+                transcriber.transcribe(path, task, num_beams, name, gone)))
+        except (InputError, Busy, Gone) as err:
+            return refused(request.url.path, getattr(file, "filename", "") or "", err)
         log.info("%s: %.1f s of audio (%s) in %.2f s", name, result["duration"], task,
                  result["seconds"])
         return result
+
+    @app.get("/v1/models")
+    def models() -> dict:
+        """The one model this server decodes with (any `model` name is accepted)."""
+        return {"object": "list", "data": [{"id": title, "object": "model", "created": started,
+                                            "owned_by": "mooer"}]}
+
+    async def openai_audio(request: Request) -> Response:
+        """POST /v1/audio/transcriptions and /v1/audio/translations (see `openai_api`)."""
+        path = request.url.path
+        task = ROUTES[path]
+        try:
+            form = await request.form()
+        except Exception as err:  # noqa: BLE001 - a body that is no form
+            return problem(path, f"the body is not a multipart form: {err}", 400,
+                           "invalid_request", None)
+        try:
+            upload = form.get("file")
+            if not isinstance(upload, FormFile):
+                raise ApiError("`file` is required: the recording, as a file field", "file",
+                               "missing_required_parameter")
+            granularities = [str(v) for v in form.getlist("timestamp_granularities[]")]
+            options = parse_options(form, granularities)
+            name = upload_name(upload.filename)
+            done = await decode_upload(request, upload, name, lambda path, gone: (
+                transcriber.recognize(path, [task], options.num_beams, name, gone)))
+        except (ApiError, InputError, Busy, Gone) as err:
+            return refused(path, "the upload", err)
+        finally:
+            await form.close()
+        log.info("%s: %.1f s of audio (%s, OpenAI API) in %.2f s", name, done.duration, task,
+                 done.seconds)
+        tokenizer = transcriber.recognizer.model.tokenizer
+        body, media = render(options, task, done.segments, round(done.duration, 3),
+                             lambda text: tokenizer.encode(text, add_special_tokens=False))
+        if isinstance(body, dict):
+            return JSONResponse(body, media_type=media)
+        return Response(body, media_type=media)
+
+    for route in ROUTES:
+        app.add_api_route(route, openai_audio, methods=["POST"], include_in_schema=True)
 
     page = build_page(transcriber, title)
     app = gr.mount_gradio_app(

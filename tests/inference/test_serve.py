@@ -6,9 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +16,7 @@ import soundfile as sf
 
 from mooer.data.text import read_table
 from mooer.inference.serve import InputError, Limits, check_audio
-from tests.conftest import TINY
+from tests.inference.serving import post, start_server
 
 CHROMIUM = os.environ.get("MOOER_CHROMIUM", "/usr/bin/chromium")
 LIMITS = Limits(max_upload_mb=1, max_duration_s=20)
@@ -62,78 +59,6 @@ def test_bad_inputs_get_clear_messages(tmp_path):
     good = tmp_path / "good.ogg"
     sf.write(good, np.zeros(8000 * 3), 8000)  # any format soundfile reads
     assert check_audio(good, LIMITS) == pytest.approx(3.0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(tiny_release, log_path: Path, *flags: str, env: dict | None = None
-                 ) -> tuple[subprocess.Popen, str, list[str]]:
-    """mooer-serve on the tiny release model (both tasks) with `flags`, answering: (the
-    process, its URL, its full flags)."""
-    import httpx
-
-    root, tokenizer_dir = tiny_release
-    port = free_port()
-    flags = ["--checkpoint", str(root / "release"), "--device", "cpu", "--port", str(port),
-             "--max_new_tokens", "4", "--max_upload_mb", "1", "--max_duration_s", "20",
-             "--max_segment_s", "4", *flags, "--", *TINY, f"llm.tokenizer_path={tokenizer_dir}"]
-    command = [str(Path(sys.executable).with_name("mooer-serve")), *flags]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        assert process.poll() is None, log_path.read_text()[-3000:]
-        try:
-            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                return process, url, flags
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    process.kill()
-    pytest.fail("mooer-serve did not answer in 180 s:\n" + log_path.read_text()[-3000:])
-
-
-@pytest.fixture(scope="session")  # one server a worker
-def server(tiny_release, tmp_path_factory):
-    """mooer-serve on the tiny release model, its URL, the Transcriber that gives the expected
-    results in-process, its log and Gradio's cache dir."""
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    cache = tmp_path_factory.mktemp("gradio-cache")  # Gradio's uploads and the files it serves
-    process, url, flags = start_server(tiny_release, log_path,
-                                       env={"GRADIO_TEMP_DIR": str(cache)})
-
-    from mooer.inference.serve import Transcriber, build_parser
-
-    # the server's own transcriber, in-process
-    expected = Transcriber.from_args(build_parser().parse_args(flags))
-    yield url, expected, log_path, cache
-    process.terminate()
-    process.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def patient_server(tiny_release, tmp_path_factory):
-    """A server whose batches wait 1.5 s to fill and that lets 2 requests wait: what waits
-    and what is refused is then certain."""
-    log_path = tmp_path_factory.mktemp("patient") / "serve.log"
-    process, url, _ = start_server(tiny_release, log_path, "--batch_wait_ms", "1500",
-                                   "--max_queue", "2")
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
-
-
-def post(url: str, path: Path, task: str = "asr_ast", num_beams: int = 1):
-    import httpx
-
-    with open(path, "rb") as f:
-        return httpx.post(f"{url}/api/transcribe", files={"file": (path.name, f)},
-                          data={"task": task, "num_beams": str(num_beams)}, timeout=300)
 
 
 def test_api_transcribes_and_refuses_bad_input_and_keeps_serving(server, corpus, tmp_path):
@@ -244,15 +169,33 @@ def test_a_request_whose_client_left_is_not_decoded(patient_server, corpus):
 
 def test_past_max_queue_the_answer_is_503_with_retry_after(patient_server, corpus):
     """Four requests at once, two allowed to wait: two answered, two refused at once with 503
-    and Retry-After; the server goes on serving."""
+    and Retry-After, in the shape of the API they asked (ours, OpenAI's); the server goes on
+    serving."""
+    import httpx
+
     url = patient_server
     wav = Path(read_table(corpus / "wav.scp")[0][1])
+
+    def ask(route: str) -> httpx.Response:
+        with open(wav, "rb") as f:
+            return httpx.post(f"{url}{route}", files={"file": (wav.name, f)},
+                              data={"task": "asr", "num_beams": "1", "model": "m"}, timeout=300)
+
+    routes = ["/api/transcribe", "/v1/audio/transcriptions"] * 2
     with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda _: post(url, wav, "asr"), range(4)))
+        answers = list(pool.map(ask, routes))
     codes = sorted(a.status_code for a in answers)
     assert codes == [200, 200, 503, 503], [a.text for a in answers]
-    refused = [a for a in answers if a.status_code == 503]
-    assert all(a.headers["Retry-After"] == "5" and "busy" in a.json()["error"] for a in refused)
+    for route, answer in zip(routes, answers, strict=True):
+        if answer.status_code != 503:
+            continue
+        assert answer.headers["Retry-After"] == "5"
+        if route.startswith("/v1/"):
+            error = answer.json()["error"]
+            assert (error["type"], error["code"]) == ("server_error", "server_busy")
+            assert "busy" in error["message"]
+        else:
+            assert "busy" in answer.json()["error"]
     assert post(url, wav, "asr").status_code == 200
 
 
@@ -275,27 +218,12 @@ def test_concurrent_requests_are_decoded_in_shared_batches(server, corpus):
 def test_a_stopped_server_leaves_no_temporary_files(tiny_release, corpus, tmp_path, signum):
     """SIGTERM (what systemd and docker send) cleans up as Ctrl-C does: the server's own
     temporary directories (the page's subtitles, segments of long recordings) are gone."""
-    import httpx
-
-    root, tokenizer_dir = tiny_release
     temp = tmp_path / "tmp"
     temp.mkdir()
-    port = free_port()
-    command = [str(Path(sys.executable).with_name("mooer-serve")), "--checkpoint",
-               str(root / "release"), "--device", "cpu", "--port", str(port),
-               "--max_new_tokens", "2", "--max_segment_s", "4", "--", *TINY,
-               f"llm.tokenizer_path={tokenizer_dir}"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "TMPDIR": str(temp),
-                                    "GRADIO_TEMP_DIR": str(tmp_path / "gradio")})
-    url = f"http://127.0.0.1:{port}"
+    process, url, _ = start_server(tiny_release, tmp_path / "serve.log",
+                                   env={"TMPDIR": str(temp),
+                                        "GRADIO_TEMP_DIR": str(tmp_path / "gradio")})
     try:
-        for _ in range(360):
-            try:
-                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
         assert any(p.name.startswith("mooer-serve-") for p in temp.iterdir())  # made at start
         wav = Path(read_table(corpus / "wav.scp")[0][1])
         assert post(url, wav, "asr").status_code == 200
@@ -386,6 +314,19 @@ def test_an_api_key_guards_the_api_and_the_page(server, corpus, monkeypatch, cap
                                       headers=headers)
             assert refused.status_code == 401
         assert client.get("/api/health", headers=good).json()["tasks"] == ["asr", "ast", "asr_ast"]
+        for headers in ({}, wrong):  # OpenAI's routes, in OpenAI's error shape
+            refused = client.get("/v1/models", headers=headers)
+            assert refused.status_code == 401
+            assert refused.json()["error"]["code"] == "invalid_api_key"
+            with open(wav, "rb") as f:
+                refused = client.post("/v1/audio/transcriptions", data={"model": "m"},
+                                      files={"file": (wav.name, f)}, headers=headers)
+            assert refused.status_code == 401
+            assert refused.json()["error"]["type"] == "invalid_request_error"
+        with open(wav, "rb") as f:
+            answer = client.post("/v1/audio/transcriptions", data={"model": "m"},
+                                 files={"file": (wav.name, f)}, headers=good)
+        assert answer.json() == {"text": expected.transcribe(wav, "asr", 1)["transcript"]}
         with open(wav, "rb") as f:
             answer = client.post("/api/transcribe", files={"file": (wav.name, f)},
                                  data={"task": "asr", "num_beams": "1"}, headers=good)

@@ -1,0 +1,37 @@
+"""Servers the serving tests share: one a worker, and a patient one a module."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.inference.serving import start_server
+
+
+@pytest.fixture(scope="session")  # one server a worker
+def server(tiny_release, tmp_path_factory):
+    """mooer-serve on the tiny release model, its URL, the Transcriber that gives the expected
+    results in-process, its log and Gradio's cache dir."""
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    cache = tmp_path_factory.mktemp("gradio-cache")  # Gradio's uploads and the files it serves
+    process, url, flags = start_server(tiny_release, log_path,
+                                       env={"GRADIO_TEMP_DIR": str(cache)})
+
+    from mooer.inference.serve import Transcriber, build_parser
+
+    # the server's own transcriber, in-process
+    expected = Transcriber.from_args(build_parser().parse_args(flags))
+    yield url, expected, log_path, cache
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def patient_server(tiny_release, tmp_path_factory):
+    """A server whose batches wait 1.5 s to fill and that lets 2 requests wait: what waits
+    and what is refused is then certain."""
+    log_path = tmp_path_factory.mktemp("patient") / "serve.log"
+    process, url, _ = start_server(tiny_release, log_path, "--batch_wait_ms", "1500",
+                                   "--max_queue", "2")
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
