@@ -13,9 +13,11 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -140,16 +142,40 @@ def launch_ranks(count: int, command: Sequence[str], extra: Sequence[str] = ()) 
         args = [*command, *(part.replace("{rank}", str(rank)) for part in extra)]
         processes.append(subprocess.Popen(args, env=env))
     status = 0
-    while any(p.poll() is None for p in processes):
-        failed = [p.returncode for p in processes if p.returncode not in (None, 0)]
-        if failed and not status:
-            status = failed[0]
-            log.error("a decoding rank failed (exit %d): stopping the others", status)
-            for p in processes:
-                if p.poll() is None:
-                    p.terminate()
-        time.sleep(0.2)
+    stop = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)  # stopped: stop the ranks too
+    try:
+        while any(p.poll() is None for p in processes):
+            failed = [p.returncode for p in processes if p.returncode not in (None, 0)]
+            if failed and not status:
+                status = failed[0]
+                log.error("a decoding rank failed (exit %d): stopping the others", status)
+                _stop(processes)
+            time.sleep(0.2)
+    finally:
+        _stop(processes)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, stop)
     return status or next((p.returncode for p in processes if p.returncode), 0)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _stop(processes: Sequence[subprocess.Popen], grace_s: float = 10.0) -> None:
+    """Terminate the ranks still running; kill those that outlive `grace_s`."""
+    running = [p for p in processes if p.poll() is None]
+    for p in running:
+        p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in running:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def relaunch(count: int, extra: Sequence[str] = ()) -> int:

@@ -3,15 +3,18 @@ writing what one process writes, byte for byte; a failing rank stops the run wit
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from mooer.data.text import read_table
-from mooer.inference.distributed import deal_by_duration, free_port
+from mooer.inference.distributed import deal_by_duration, free_port, launch_ranks
 from tests.conftest import REPO, TINY
 from tests.evaluation.test_evaluate import overrides
 
@@ -31,12 +34,26 @@ def test_deal_by_duration_balances_the_audio_and_deals_each_item_once():
     assert deal_by_duration(items, 1) == [order]
 
 
+def run(command: list[str], timeout: float, **options) -> subprocess.CompletedProcess:
+    """subprocess.run in a session of its own: past `timeout`, every process it started (ranks,
+    torchrun's workers) is killed with it, not left behind."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True, **options) as process:
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
 def evaluate(root: Path, tokenizer_dir: str, decode_path: Path, *extra: str,
              launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     command = [*(launcher or [sys.executable]), "evaluate.py",
                *overrides(root, tokenizer_dir, "testsets=[demo_test]", "extra_testsets=[raw]",
                           f"decode_path={decode_path}", *extra)]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    return run(command, 600, cwd=REPO)
 
 
 @pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam 3"])
@@ -93,8 +110,7 @@ def test_a_failing_rank_stops_the_run_with_its_error(tiny_release, tmp_path):
                *overrides(root, tokenizer_dir, "testsets=[demo_test]", "devices=2",
                           f"decode_path={tmp_path / 'decode'}", f"hydra.run.dir={tmp_path}")]
     env = {"PYTHONPATH": f"{hooks}:{REPO}", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env=env)
+    result = run(command, 300, cwd=REPO, env=env)
     assert result.returncode != 0
     logs = result.stderr + "".join(p.read_text() for p in tmp_path.glob("evaluate_rank*.log"))
     assert "rank 1 failed: RuntimeError: injected fault" in logs
@@ -108,11 +124,31 @@ def test_transcribe_on_two_processes_prints_what_one_process_prints(tiny_release
                str(corpus / "wav.scp"), "--format", "tsv", "--checkpoint", str(root / "release"),
                "--device", "cpu", "--max_new_tokens", "3", "--num_beams", "2"]
     tail = ["--", *TINY, f"llm.tokenizer_path={tokenizer_dir}"]
-    one = subprocess.run([*command, *tail], capture_output=True, text=True, timeout=300)
-    two = subprocess.run([*command, "--devices", "2", *tail], capture_output=True, text=True,
-                         timeout=300)
+    one = run([*command, *tail], 300)
+    two = run([*command, "--devices", "2", *tail], 300)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
     assert two.stdout == one.stdout and one.stdout.count("\n") == 25  # header + 24
     shares = re.findall(r"rank (\d) of 2: (\d+) recordings", two.stderr)
     assert sorted(r for r, _ in shares) == ["0", "1"] and all(int(n) > 0 for _, n in shares)
     assert sum(int(n) for _, n in shares) == 24  # each recording once
+
+
+def test_a_stopped_launcher_stops_its_ranks(tmp_path):
+    """SIGTERM to the process that started the ranks (a job scheduler's stop) ends them too:
+    none is left running."""
+    rank = ("import os, sys, time; "
+            "open(sys.argv[1] + os.environ['RANK'], 'w').write(str(os.getpid())); time.sleep(300)")
+    launcher = (f"import sys; from mooer.inference.distributed import {launch_ranks.__name__}; "
+                f"sys.exit(launch_ranks(2, [sys.executable, '-c', {rank!r}, "
+                f"{str(tmp_path / 'pid')!r}]))")
+    process = subprocess.Popen([sys.executable, "-c", launcher], cwd=REPO)
+    pids = [tmp_path / f"pid{r}" for r in (0, 1)]
+    deadline = time.time() + 60
+    while not all(p.is_file() and p.read_text() for p in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    ranks = [int(p.read_text()) for p in pids]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 128 + signal.SIGTERM
+    for pid in ranks:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
