@@ -27,10 +27,10 @@ def server(tiny_release, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def patient_server(tiny_release, tmp_path_factory):
-    """A server whose batches wait 1.5 s to fill and that lets 2 requests wait: what waits
+    """A server whose batches wait 3 s to fill and that lets 2 requests wait: what waits
     and what is refused is then certain."""
     log_path = tmp_path_factory.mktemp("patient") / "serve.log"
-    process, url, _ = start_server(tiny_release, log_path, "--batch_wait_ms", "1500",
+    process, url, _ = start_server(tiny_release, log_path, "--batch_wait_ms", "3000",
                                    "--max_queue", "2")
     yield url
     process.terminate()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -152,15 +153,31 @@ def test_a_chunked_upload_over_the_limit_is_refused_as_it_is_read(server, corpus
 
 def test_a_request_whose_client_left_is_not_decoded(patient_server, corpus):
     """A client gives up while its request waits for its batch: when the batch is decoded, its
-    segment is left out (counted in /api/health), and the server answers the next one."""
+    segment is left out (counted in /api/health), and the server answers the next one. The
+    client leaves only once the server shows its segment waiting, so the order is certain."""
     import httpx
 
     url = patient_server
     before = httpx.get(f"{url}/api/health").json()
     wav = Path(read_table(corpus / "wav.scp")[0][1])
-    with open(wav, "rb") as f, pytest.raises(httpx.TimeoutException):
-        httpx.post(f"{url}/api/transcribe", files={"file": (wav.name, f)}, timeout=0.5)
-    time.sleep(1.5)  # its batch's wait ends
+    boundary = "mooer-test-boundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="task"\r\n\r\nasr\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="{wav.name}"\r\nContent-Type: audio/wav\r\n\r\n').encode()
+    body += wav.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    host, port = url.removeprefix("http://").split(":")
+    head = (f"POST /api/transcribe HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
+    client = socket.create_connection((host, int(port)), timeout=30)
+    client.sendall(head + body)
+    deadline = time.time() + 60
+    while httpx.get(f"{url}/api/health").json()["pending"] < 1:
+        assert time.time() < deadline, "the request never reached the batcher"
+        time.sleep(0.05)
+    client.close()  # the client leaves while its segment waits (3 s) for its batch
+    while httpx.get(f"{url}/api/health").json()["pending"] > 0:
+        assert time.time() < deadline, "the batch was never taken"
+        time.sleep(0.05)
     assert post(url, wav, "asr").status_code == 200
     after = httpx.get(f"{url}/api/health").json()
     assert after["abandoned"] == before["abandoned"] + 1
