@@ -64,10 +64,7 @@ def test_every_encoder_builds_tiny_runs_forward_and_backward(name, corpus):
         from transformers import SeamlessM4TFeatureExtractor
 
         frontend = HFFeatureExtractorFrontend(extractor=SeamlessM4TFeatureExtractor())
-        encoder = W2vBert2Encoder(config={
-            "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-            "intermediate_size": 64, "feature_projection_input_dim": 160,
-            "conv_depthwise_kernel_size": 3, "output_hidden_size": 32})
+        encoder = W2vBert2Encoder(config=W2V_BERT2)
     else:
         cls, frontend, config = HF_ENCODERS[name]
         encoder = cls(config=config)
@@ -82,6 +79,46 @@ def test_every_encoder_builds_tiny_runs_forward_and_backward(name, corpus):
     grads = [p.grad for p in encoder.parameters() if p.requires_grad]
     assert grads and all(g is not None for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+W2V_BERT2 = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 64, "feature_projection_input_dim": 160,
+             "conv_depthwise_kernel_size": 3, "output_hidden_size": 32}
+
+
+@pytest.mark.parametrize("name", ["hubert", "w2v_bert2"])
+@pytest.mark.parametrize("source", ["config", "saved model"])
+def test_hf_encoders_train_every_layer_every_step(name, source, tmp_path):
+    """The released HuBERT and w2v-BERT 2.0 configs set LayerDrop 0.1: a layer skipped at
+    random gets no gradient on that step, which DDP and DeepSpeed take for an error. Built from
+    a config asking LayerDrop 0.5 or loaded from a model saved with it, every layer trains on
+    every one of 10 steps (with 4 layers at 0.5, a skip would come on ~all of them)."""
+    from transformers import HubertConfig, HubertModel, Wav2Vec2BertConfig, Wav2Vec2BertModel
+
+    if name == "hubert":
+        cls, hf_model, hf_config, config = HubertEncoder, HubertModel, HubertConfig, \
+            HF_ENCODERS["hubert"][2]
+        features = torch.randn(2, 16000, 1)  # 1 s: longer than SpecAugment's mask
+    else:
+        cls, hf_model, hf_config, config = W2vBert2Encoder, Wav2Vec2BertModel, \
+            Wav2Vec2BertConfig, W2V_BERT2
+        features = torch.randn(2, 12, 160)
+    config = {**config, "num_hidden_layers": 4, "layerdrop": 0.5}
+    if source == "config":
+        encoder = cls(config=config)
+    else:
+        hf_model(hf_config(**config)).save_pretrained(tmp_path / name)
+        assert json.loads((tmp_path / name / "config.json").read_text())["layerdrop"] == 0.5
+        encoder = cls(path=tmp_path / name)
+    encoder.train()
+    torch.manual_seed(0)
+    for _ in range(10):
+        encoder.zero_grad(set_to_none=True)
+        states, _ = encoder(features, torch.tensor([features.shape[1]] * 2))
+        states.square().mean().backward()
+        for i, layer in enumerate(encoder.blocks):
+            missing = [n for n, p in layer.named_parameters() if p.grad is None]
+            assert not missing, f"layer {i} was skipped: {missing[:3]}"
 
 
 def test_hf_encoders_need_a_source(tmp_path):

@@ -27,11 +27,16 @@ def _check_source(path: str | Path | None, config: dict | None, what: str) -> No
 
 
 def _load_or_build(model_cls, config_cls, path, config, what: str):
-    """`model_cls` from a local dir, or built from a config dict at random init."""
+    """`model_cls` from a local dir, or built from a config dict at random init.
+
+    LayerDrop is switched off (the released HuBERT and w2v-BERT 2.0 configs set 0.1): a layer
+    skipped at random leaves its parameters without gradients on that step, which DDP and
+    DeepSpeed take for an error or a hang, and makes a step's loss depend on a coin toss.
+    """
     _check_source(path, config, what)
     if path is not None:
-        return model_cls.from_pretrained(str(path), local_files_only=True)
-    return model_cls(config_cls(**config))
+        return model_cls.from_pretrained(str(path), local_files_only=True, layerdrop=0.0)
+    return model_cls(config_cls(**{**config, "layerdrop": 0.0}))
 
 
 def _lengths_mask(lengths: torch.Tensor, time: int) -> torch.Tensor:
