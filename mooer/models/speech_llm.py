@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from torch.nn.attention.flex_attention import create_block_mask
+from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from mooer.data.collate import audio_slots
 from mooer.models.llm import CausalLM
@@ -203,9 +204,16 @@ class SpeechLLM(nn.Module):
                   "audio_slot_mask": batch["audio_slot_mask"][:, :width]}
         attention_mask = batch["attention_mask"][:, :width]
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        # transformers' own repetition penalty is always off (1.0, also over a checkpoint's
+        # generation_config: Qwen2-Instruct's asks 1.05): given inputs_embeds, it skips the
+        # first tokens a left-padded row generates (as many as the row's padding), so rows
+        # decoded together would not get what each gets alone. Ours sees every generated token.
+        processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
+        if repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(float(repetition_penalty)))
         options = dict(num_beams=num_beams, max_new_tokens=max_new_tokens,
-                       repetition_penalty=repetition_penalty, do_sample=do_sample,
-                       eos_token_id=eos, pad_token_id=pad,
+                       repetition_penalty=1.0, do_sample=do_sample,
+                       eos_token_id=eos, pad_token_id=pad, logits_processor=processors,
                        num_return_sequences=num_return_sequences, **kwargs)
         if num_beams > 1:
             options["length_penalty"] = length_penalty

@@ -258,15 +258,65 @@ def test_beam_search_scores_at_least_greedy(tokenizer, batch):
         assert scores[0] >= scores[1] - 1e-4
 
 
-def test_sampling_and_repetition_penalty_run(tokenizer, batch):
+def test_seeded_sampling_is_reproducible_and_differs_from_greedy(tokenizer, batch):
+    """do_sample draws from the distribution: the same seed gives the same answers, another
+    seed or greedy decoding other ones (if do_sample were ignored, all would be greedy's)."""
     model = tiny_model(tokenizer, 5).eval()
-    torch.manual_seed(0)
-    sampled = model.generate(batch, num_beams=1, do_sample=True, temperature=1.5,
-                             max_new_tokens=6)
-    penalized = model.generate(batch, num_beams=1, repetition_penalty=5.0, max_new_tokens=12)
-    assert len(sampled.texts) == len(penalized.texts) == len(batch["keys"])
-    for ids in penalized.token_ids:  # a strong penalty avoids immediate repeats
-        assert all(a != b for a, b in zip(ids, ids[1:], strict=False))
+
+    def sample(seed: int) -> list[list[int]]:
+        torch.manual_seed(seed)
+        return model.generate(batch, num_beams=1, do_sample=True, temperature=1.5,
+                              max_new_tokens=8, eos_bias=0).token_ids
+
+    greedy = model.generate(batch, num_beams=1, max_new_tokens=8, eos_bias=0).token_ids
+    first = sample(0)
+    assert sample(0) == first
+    assert first != greedy
+    assert sample(1) != first
+
+
+def _greedy_with_penalty(model, embeds: torch.Tensor, penalty: float, steps: int,
+                         eos: int, eos_bias: float) -> list[int]:
+    """Greedy decoding of one unpadded prompt written out step by step (no cache, no
+    transformers generate): the penalty divides a generated token's positive logit and
+    multiplies a negative one; the eos logit gets eos_bias."""
+    table = model.llm.get_input_embeddings()
+    ids: list[int] = []
+    for _ in range(steps):
+        inputs = torch.cat([embeds, table(torch.tensor(ids, dtype=torch.long))]) if ids else embeds
+        logits = model.llm(inputs_embeds=inputs[None]).logits[0, -1].float()
+        for token in set(ids):
+            logits[token] = logits[token] / penalty if logits[token] > 0 else logits[token] * penalty
+        logits[eos] += eos_bias
+        token = int(logits.argmax())
+        if token == eos:
+            break
+        ids.append(token)
+    return ids
+
+
+def test_repetition_penalty_counts_every_generated_token_on_padded_rows(tokenizer, batch):
+    """With a penalty, each row of a padded batch decodes as the penalty defines on its own
+    prompt: transformers' processor, given embeddings, skipped a left-padded row's first
+    generated tokens. A penalty in the model's generation_config does not leak in."""
+    model = tiny_model(tokenizer, 5).eval()
+    width = batch["prompt_width"]
+    mask = batch["attention_mask"][:, :width]
+    assert len(set(mask.sum(1).tolist())) > 1  # rows of different lengths: some are padded
+    penalty, steps = 5.0, 10
+    got = model.generate(batch, num_beams=1, repetition_penalty=penalty, max_new_tokens=steps,
+                         eos_bias=-0.2).token_ids
+    with torch.no_grad():
+        embeds = model.embed({**batch, "input_ids": batch["input_ids"][:, :width],
+                              "audio_slot_mask": batch["audio_slot_mask"][:, :width]})
+        for row, ids in enumerate(got):
+            want = _greedy_with_penalty(model, embeds[row][mask[row].bool()], penalty, steps,
+                                        tokenizer.eos_token_id, -0.2)
+            assert ids == want, f"row {row}"
+    plain = model.generate(batch, num_beams=1, max_new_tokens=steps).token_ids
+    assert plain != got  # the penalty changed something
+    model.llm.generation_config.repetition_penalty = 5.0
+    assert model.generate(batch, num_beams=1, max_new_tokens=steps).token_ids == plain
 
 
 def test_export_import_round_trip_gives_identical_logits(tokenizer, batch, tmp_path):
