@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,15 @@ class SpeechDataModule(pl.LightningDataModule):
         `conf/data`. The audio-slot arithmetic (`encoder_convs`: how the encoder shortens frames;
         the projector's `downsample`) is read from the built model with `match_model`."""
         super().__init__()
+        known = {f.name for f in dataclasses.fields(PipelineOptions)} - {"training", "replace_text",
+                                                                         "replace_type"}
+        unknown = sorted(set(options) - known)
+        if unknown:  # a typo in conf/data: say which key, and what the group takes
+            named = sorted(known | {"train_data_path", "val_data_path", "test_data_path",
+                                    "encoder_convs", "downsample", "batch_size", "val_batch_size",
+                                    "num_workers", "seed"})
+            raise ValueError(f"data: unknown key(s) {', '.join(unknown)}; the data group has "
+                             f"{', '.join(named)}")
         self.frontend, self.tokenizer = frontend, tokenizer
         self.paths = {"train": train_data_path, "val": val_data_path, "test": test_data_path}
         table = read_replace_table(prompt.replace_text_path)
