@@ -113,8 +113,16 @@ def test_epoch_order_is_seeded_and_resumable(shards, tokenizer):
     resumed = make_dm(shards, tokenizer, seed=5).loader("train", start_epoch=1)
     assert all_keys(resumed) == epoch1  # a resumed run replays epoch 1 exactly
     assert all_keys(make_dm(shards, tokenizer, seed=6).train_dataloader()) != epoch0
+    # validation reads data.list's shards in order and each tar's members in order, every pass
+    members = []
+    for line in Path(shards).read_text().split():
+        with tarfile.open(Path(shards).parent / line) as tar:
+            members += [m.name.rpartition(".")[0] for m in tar.getmembers()
+                        if m.name.endswith(".wav")]
+    assert len(members) == 24
     val = make_dm(shards, tokenizer).val_dataloader()
-    assert all_keys(val) == all_keys(val)  # validation keeps data.list order every pass
+    assert all_keys(val) == members
+    assert all_keys(val) == members
 
 
 def test_workers_read_the_same_utterances(shards, tokenizer):
