@@ -6,9 +6,24 @@ from mooer.data.cli import main
 
 
 def test_stats_reports_counts_hours_and_histogram(shards, corpus, capsys):
+    """Counts, hours, durations and text lengths as the corpus' own files give them (audio
+    headers read with soundfile, transcripts from its text file)."""
+    import numpy as np
+    import soundfile as sf
+
+    from mooer.data.text import read_table
+
+    durations = np.array([sf.info(path).frames / sf.info(path).samplerate
+                          for _, path in read_table(corpus / "wav.scp")])
+    lengths = np.array([len(text) for _, text in read_table(corpus / "text")])
     assert main(["stats", str(shards)]) == 0
     out = capsys.readouterr().out
-    assert f"{shards}: 5 shards" in out and "utterances: 24" in out
+    assert f"{shards}: 5 shards" in out
+    assert f"utterances: 24    hours: {durations.sum() / 3600:.3f}" in out
+    assert (f"duration (s): min {durations.min():.2f}  mean {durations.mean():.2f}  "
+            f"median {np.median(durations):.2f}  max {durations.max():.2f}") in out
+    assert (f"text length (chars): min {lengths.min()}  mean {lengths.mean():.1f}  "
+            f"max {lengths.max()}") in out
     assert "duration histogram:" in out and "rejected when packed: 0" in out
     bars = [line for line in out.splitlines() if line.strip().endswith("#") or " s " in line]
     assert sum(int(line.split()[2]) for line in bars if line.strip()[0].isdigit()) == 24
