@@ -30,6 +30,12 @@ def overrides(root: Path, tokenizer_dir: str, *extra: str) -> list[str]:
             *extra]
 
 
+def reference_tokens(text: str) -> int:
+    """What a mixed error rate counts, written apart from the scorer: each Chinese character
+    and each English word."""
+    return len(re.findall(r"[\u4e00-\u9fff]|[A-Za-z0-9']+", text))
+
+
 def test_evaluate_script_writes_every_file(tiny_release, corpus):
     root, tokenizer_dir = tiny_release
     decode_path = root / "decode"
@@ -51,8 +57,7 @@ def test_evaluate_script_writes_every_file(tiny_release, corpus):
         wer = (decode_path / name / "wer").read_text()
         assert wer.count("\nutt: ") == 24 and "\nOverall -> " in wer
     # N counts every reference token: each Chinese character, each English word
-    tokens = sum(len(re.findall(r"[\u4e00-\u9fff]|[A-Za-z0-9']+", t))
-                 for _, t in read_table(corpus / "text"))
+    tokens = sum(reference_tokens(t) for _, t in read_table(corpus / "text"))
     overall = (decode_path / "raw" / "wer").read_text().split("Overall -> ")[1]
     assert int(overall.split("N=")[1].split()[0]) == tokens
     assert "BLEU" in (decode_path / "demo_test_ast" / "bleu").read_text()
