@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -16,11 +17,13 @@ pytestmark = pytest.mark.slow
 
 def test_gpu_benchmark_runs_every_row_at_tiny_shapes_on_the_cpu(tmp_path):
     out = tmp_path / "gpu.json"
+    started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "benchmarks/gpu.py", "--tiny", "--device", "cpu", "--steps", "2",
          "--warmup", "1", "--repeats", "2", "--tail_utterances", "40", "--new_tokens", "4",
          "--row_tokens", "256", "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=900)
+    wall = time.perf_counter() - started
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["flop_counter_ratio"] == pytest.approx(1.0, abs=0.03)
@@ -48,5 +51,9 @@ def test_gpu_benchmark_runs_every_row_at_tiny_shapes_on_the_cpu(tmp_path):
     assert tail["packed"]["token_efficiency"] > tail["fixed"]["token_efficiency"]
     assert tail["bucketed"]["frame_efficiency"] > tail["fixed"]["frame_efficiency"]
     decoding = [row for row in rows.values() if row["kind"] == "decode"]
-    assert len(decoding) == 4 and all(row["rtf"] > 0 for row in decoding)
+    assert len(decoding) == 4
+    for row in decoding:  # rtf = time / (batch x 10 s of audio), within the run's wall time
+        batch = int(row["name"].split("batch ")[1].split(",")[0])
+        assert row["rtf"] * row["utterances_per_s"] == pytest.approx(1 / 10, rel=1e-6)
+        assert 0 < row["rtf"] < wall / (batch * 10)
     assert "| lightning, auto, bf16-mixed (recipe) |" in result.stdout
