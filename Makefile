@@ -40,7 +40,7 @@ lint: install
 bench: install
 	$(PY) benchmarks/pack.py
 	$(PY) benchmarks/dataloader.py
-	$(PY) benchmarks/model.py
+	$(PY) benchmarks/model.py --compile
 	$(PY) benchmarks/flops.py
 	$(PY) benchmarks/decode.py
 	$(PY) benchmarks/train_step.py

@@ -6,8 +6,10 @@
     python benchmarks/model.py --recipe mt5k --llm qwen2_1_5b --dtype fp32 --batch 2 --steps 2
         # real shapes on a CPU: Paraformer-large + Qwen2-1.5B-shaped LLM, LoRA r=64 (fits 24 GB)
 
-Prints samples/s, achieved TFLOP/s and MFU (model FLOPs from `mooer.models.flops`), peak
-memory, and the real-time factor of decoding (greedy and beam 4).
+Prints, for the plain eager fp32 step (the baseline), the config's dtype (if not fp32) and, with
+`--compile`, compiled regions: the step time, samples/s, speed against the baseline, achieved
+TFLOP/s and MFU (model FLOPs from `mooer.models.flops`); then peak memory and the real-time factor
+of decoding, greedy (the baseline) and beam 4, on the last variant.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import resource
 import time
 
 import torch
+from omegaconf import OmegaConf
 
 from mooer.config import compose_config
 from mooer.data.collate import collate, move_batch
@@ -24,6 +27,7 @@ from mooer.data.synthetic import SyntheticTokenizer, synthetic_samples
 from mooer.models.build import build_speech_llm
 from mooer.models.flops import StepFlops
 from mooer.models.llm import torch_dtype
+from mooer.training.module import compile_regions
 
 
 def synthetic_batch(batch: int, seconds: float, slots_per_frame: int, vocab: int, device,
@@ -50,6 +54,8 @@ def main() -> None:
                         help="the device's dense bf16 peak (H100 SXM: 989)")
     parser.add_argument("--llm", default=None, help="another llm config (e.g. qwen2_1_5b)")
     parser.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (default: the config's)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the step with compiled regions (module.compile=true)")
     args = parser.parse_args()
     overrides = (["encoder=paraformer_tiny", "llm=tiny"] if args.recipe == "tiny" else
                  ["experiment=mt5k", "encoder.model.checkpoint=null",
@@ -59,58 +65,84 @@ def main() -> None:
     cfg, _ = compose_config("train", overrides)
     vocab = cfg.llm.architecture.vocab_size
     device = torch.device(args.device)
-    with device:
-        model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, SyntheticTokenizer(vocab))
-    dtype = torch_dtype(cfg.llm.dtype)
-    model.encoder.to(dtype)
-    model.projector.to(dtype)
     batch = synthetic_batch(args.batch, args.seconds, cfg.projector.downsample, vocab, device)
-    batch["features"] = batch["features"].to(dtype)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+
+    def build(dtype_name: str):
+        torch.manual_seed(0)
+        with device:
+            model = build_speech_llm(cfg.encoder, cfg.projector,
+                                     OmegaConf.merge(cfg.llm, {"dtype": dtype_name}),
+                                     SyntheticTokenizer(vocab))
+        dtype = torch_dtype(dtype_name)
+        model.encoder.to(dtype)
+        model.projector.to(dtype)
+        return model, {**batch, "features": batch["features"].to(dtype)}
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    model.train()
-    for step in range(args.steps + 1):
-        if step == 1:
-            sync()
-            started = time.perf_counter()
-        model(batch)["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    sync()
-    step_seconds = (time.perf_counter() - started) / args.steps
-    tokens = batch["input_ids"].numel()
-    achieved = StepFlops.of(model).real(batch) / step_seconds / 1e12
+    def step_seconds(model, batch) -> float:
+        """The mean of `--steps` training steps (forward, backward, AdamW) after one warm-up
+        (which also compiles)."""
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+        model.train()
+        for step in range(args.steps + 1):
+            if step == 1:
+                sync()
+                started = time.perf_counter()
+            model(batch)["loss"].backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        sync()
+        return (time.perf_counter() - started) / args.steps
+
+    # the baseline: the plain eager step in fp32; then the config's dtype, eager and compiled
+    rows = [("eager, fp32 (baseline)", *build("fp32"), False)]
+    if cfg.llm.dtype != "fp32":
+        rows.append((f"eager, {cfg.llm.dtype}", *build(cfg.llm.dtype), False))
+    if args.compile:
+        rows.append((f"compiled regions, {cfg.llm.dtype}", *build(cfg.llm.dtype), True))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    timed = []
+    for name, model, model_batch, compiled in rows:
+        if compiled:
+            compile_regions(model)
+        timed.append((name, model, model_batch, step_seconds(model, model_batch)))
+    name, model, model_batch, _ = timed[-1]
     model.eval()
     decode = {}
     for beams in (1, 4):
         sync()
         started = time.perf_counter()
-        model.generate(batch, num_beams=beams, max_new_tokens=args.new_tokens, min_new_tokens=
-                       args.new_tokens, eos_bias=0)
+        model.generate(model_batch, num_beams=beams, max_new_tokens=args.new_tokens,
+                       min_new_tokens=args.new_tokens, eos_bias=0)
         sync()
         decode[beams] = (time.perf_counter() - started) / (args.batch * args.seconds)
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"  # else the process's RSS
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tokens = batch["input_ids"].numel()
+    flops = StepFlops.of(model).real(model_batch)
     print(f"\nrecipe {args.recipe} on {device}, dtype {cfg.llm.dtype}, batch {args.batch} x "
           f"{args.seconds:.0f} s, {tokens // args.batch} tokens/row, encoder "
           f"{count(model.encoder) / 1e6:.1f} M, LLM {count(model.llm) / 1e6:.1f} M, trainable "
-          f"{sum(p.numel() for p in trainable) / 1e6:.2f} M parameters\n")
-    print("| measure | value |\n|---|---|")
-    print(f"| train step (fwd + bwd + AdamW) | {step_seconds * 1000:.0f} ms |")
-    print(f"| train samples/s | {args.batch / step_seconds:.1f} |")
-    print(f"| achieved TFLOP/s | {achieved:.2f} |")
-    print(f"| MFU (peak {args.peak_tflops:.0f} TFLOP/s) | {achieved / args.peak_tflops:.1%} |")
+          f"{trainable / 1e6:.2f} M parameters, {args.steps} timed steps a row\n")
+    print("| training step (fwd + bwd + AdamW) | ms | samples/s | vs baseline | achieved TFLOP/s "
+          f"| MFU (peak {args.peak_tflops:.0f}) |\n|---|---|---|---|---|---|")
+    baseline = timed[0][3]
+    for name, _, _, seconds in timed:
+        achieved = flops / seconds / 1e12
+        print(f"| {name} | {seconds * 1000:.0f} | {args.batch / seconds:.1f} | "
+              f"{baseline / seconds:.2f}x | {achieved:.4g} | {100 * achieved / args.peak_tflops:.3g} % |")
+    print(f"\n| measure ({timed[-1][0]}) | value |\n|---|---|")
     print(f"| peak memory ({'allocated' if device.type == 'cuda' else 'process RSS'}) | "
           f"{peak:.1f} GiB |")
-    print(f"| decode RTF, greedy, {args.new_tokens} tokens | {decode[1]:.4f} |")
-    print(f"| decode RTF, beam 4, {args.new_tokens} tokens | {decode[4]:.4f} |")
+    print(f"| decode RTF, greedy, {args.new_tokens} tokens (baseline) | {decode[1]:.4f} |")
+    print(f"| decode RTF, beam 4, {args.new_tokens} tokens | {decode[4]:.4f} "
+          f"({decode[4] / decode[1]:.2f}x greedy's time) |")
 
 
 if __name__ == "__main__":
