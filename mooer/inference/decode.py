@@ -15,6 +15,7 @@ from mooer.data.collate import move_batch
 from mooer.data.features import Frontend
 from mooer.data.loader import EpochDataLoader, PipelineOptions, ShardDataset, model_slots
 from mooer.data.prompts import PromptBuilder, PromptFormat
+from mooer.inference.hotwords import HotwordBias
 from mooer.models.speech_llm import SpeechLLM
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,13 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
            device: torch.device, dtype: torch.dtype, total: int | None = None,
            desc: str = "decoding", progress: bool = True) -> Decoded:
     """Generate every utterance of `loader`; a progress bar counts utterances (unless not
-    `progress`)."""
+    `progress`). `decoding` holds generate's options and, under `hotwords`, a ContextGraph to
+    bias towards (`mooer.inference.hotwords`)."""
     hypotheses: dict[str, str] = {}
     references: dict[str, str] = {}
     seconds, duplicates, seen = 0.0, [], set()
+    decoding = dict(decoding)
+    graph = decoding.pop("hotwords", None)  # a ContextGraph: a fresh processor a batch
     started = time.perf_counter()
     with tqdm(total=total, desc=desc, unit="utt", disable=not progress) as bar:
         for batch in loader:
@@ -68,7 +72,10 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
                 if key in seen:
                     duplicates.append(key)
                 seen.add(key)
-            generated = model.generate(move_batch(batch, device, dtype), **decoding)
+            options = decoding if not graph else {
+                **decoding, "logits_processor": [*decoding.get("logits_processor", []),
+                                                 HotwordBias(graph)]}
+            generated = model.generate(move_batch(batch, device, dtype), **options)
             hypotheses.update(zip(batch["keys"], generated.texts, strict=True))
             references.update(zip(batch["keys"], batch["targets"], strict=True))
             seconds += batch["audio_seconds"]

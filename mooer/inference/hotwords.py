@@ -1,0 +1,267 @@
+"""Hotwords: decode-time contextual biasing that works on any checkpoint.
+
+A hotword list (one word or phrase a line, optionally `word<TAB>weight`) is tokenized with the
+model's tokenizer into a prefix tree with Aho-Corasick fail links (a context graph, as in
+icefall's ContextGraph and WeNet's context biasing). During decoding, each hypothesis carries a
+state in the tree; a token that extends a hotword prefix earns the word's weight (per token),
+and when the partial match fails (another token, or the end of the answer), the bonus it earned
+is taken back, so a partial match gains nothing. A completed hotword keeps its bonus. The bonus
+is added to the log-probabilities of beam search (greedy decoding is beam 1), through a
+transformers logits processor, so the model's own scores decide between hotwords as between
+any tokens.
+
+    graph = ContextGraph.build(read_hotwords("names.txt"), tokenizer, score=2.0)
+    recognizer.decode(..., hotwords=graph)       # or mooer-transcribe --hotwords names.txt
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+DEFAULT_SCORE = 2.0  # bonus per hotword token, in log-probability (nats)
+MAX_HOTWORDS = 100_000
+
+
+class HotwordError(ValueError):
+    """A hotword list that cannot be used, naming the line."""
+
+
+def parse_hotwords(text: str, source: str = "hotwords") -> list[tuple[str, float | None]]:
+    """(word, weight or None) of a hotword list: a word or phrase a line, optionally followed by
+    a tab and its weight (the bonus per token, instead of the default); blank lines and lines
+    starting with `#` are skipped. A bad line is an error naming `source` and the line."""
+    words: list[tuple[str, float | None]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.strip().startswith("#"):
+            continue
+        line = line.strip(" ")
+        fields = line.split("\t")
+        if len(fields) > 2:
+            raise HotwordError(f"{source}, line {number}: expected `word` or `word<TAB>weight`, "
+                               f"got {len(fields)} tab-separated fields: {line!r}")
+        word = " ".join(fields[0].split())
+        weight: float | None = None
+        if len(fields) == 2:
+            try:
+                weight = float(fields[1])
+            except ValueError:
+                raise HotwordError(f"{source}, line {number}: the weight {fields[1]!r} of "
+                                   f"{word!r} is not a number") from None
+            if not math.isfinite(weight) or weight < 0:
+                raise HotwordError(f"{source}, line {number}: the weight of {word!r} must be "
+                                   f"a number of at least 0, got {fields[1]}")
+        if not word:
+            raise HotwordError(f"{source}, line {number}: a weight without a word")
+        words.append((word, weight))
+    if len(words) > MAX_HOTWORDS:
+        raise HotwordError(f"{source}: {len(words)} hotwords, more than {MAX_HOTWORDS}")
+    return words
+
+
+def read_hotwords(path: str | Path) -> list[tuple[str, float | None]]:
+    """The hotword list in a UTF-8 file (see `parse_hotwords`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HotwordError(f"hotword list {path} not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise HotwordError(f"hotword list {path} is not UTF-8 text ({err})") from None
+    return parse_hotwords(text, str(path))
+
+
+def split_prompt(prompt: str) -> list[tuple[str, float | None]]:
+    """Hotwords from a free-text prompt (OpenAI's `prompt` field): separated by newlines or
+    commas (ASCII or CJK)."""
+    return [(word, None) for word in (" ".join(p.split()) for p in re.split(r"[\n,，、;；]", prompt))
+            if word]
+
+
+def token_variants(word: str, tokenizer) -> list[list[int]]:
+    """The token sequences `word` can take in a transcript: as it stands and, after a space (a
+    byte-level BPE spells a word inside a sentence with its leading space)."""
+    variants = []
+    for text in (word, " " + word):
+        ids = list(tokenizer.encode(text, add_special_tokens=False))
+        if ids and ids not in variants:
+            variants.append(ids)
+    return variants
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The bonus of each token from a state, as a sparse row: `default` (the bonus taken back)
+    for every token, plus `values` for `tokens` (what they earn beyond the default)."""
+
+    default: float
+    tokens: torch.Tensor
+    values: torch.Tensor
+
+
+State = tuple[int, float]  # (node, the score banked on its path by completed hotwords)
+ROOT: State = (0, 0.0)
+
+
+@dataclass
+class ContextGraph:
+    """A prefix tree of hotword token sequences with Aho-Corasick fail links. Node 0 is the root;
+    `score[n]` is the bonus a path earns up to node n."""
+
+    children: list[dict[int, int]] = field(default_factory=lambda: [{}])
+    score: list[float] = field(default_factory=lambda: [0.0])
+    end: list[bool] = field(default_factory=lambda: [False])
+    fail: list[int] = field(default_factory=lambda: [0])
+    words: list[str] = field(default_factory=list)
+    _rows: dict[State, Transition] = field(default_factory=dict, repr=False)
+    _next: dict[tuple[State, int], State] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(cls, words: Iterable[tuple[str, float | None]], tokenizer,
+              score: float = DEFAULT_SCORE) -> ContextGraph:
+        """The graph of `words` ((word, weight or None)) tokenized by `tokenizer`; a word's
+        tokens each earn its weight, or `score`."""
+        if not math.isfinite(score) or score < 0:
+            raise HotwordError(f"the hotword score must be a number of at least 0, got {score}")
+        graph = cls()
+        for word, weight in words:
+            for ids in token_variants(word, tokenizer):
+                graph.add(ids, score if weight is None else weight)
+            graph.words.append(word)
+        graph.link()
+        return graph
+
+    def add(self, ids: Sequence[int], weight: float) -> None:
+        node = 0
+        for token in ids:
+            child = self.children[node].get(token)
+            if child is None:
+                child = len(self.children)
+                self.children[node][token] = child
+                self.children.append({})
+                self.score.append(self.score[node] + weight)
+                self.end.append(False)
+                self.fail.append(0)
+            elif self.score[child] < self.score[node] + weight:  # shared prefix: the larger
+                self._raise(child, self.score[node] + weight - self.score[child])
+            node = child
+        self.end[node] = True
+
+    def _raise(self, node: int, by: float) -> None:
+        """Raise a node's score and its subtree's by `by` (a heavier word shares its prefix)."""
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            self.score[n] += by
+            stack.extend(self.children[n].values())
+
+    def link(self) -> None:
+        """Aho-Corasick fail links, breadth first: a node's fail is the longest proper suffix of
+        its path that is a path from the root."""
+        queue = deque(self.children[0].values())
+        for child in queue:
+            self.fail[child] = 0
+        while queue:
+            node = queue.popleft()
+            for token, child in self.children[node].items():
+                f = self.fail[node]
+                while f and token not in self.children[f]:
+                    f = self.fail[f]
+                target = self.children[f].get(token, 0)
+                self.fail[child] = target if target != child else 0
+                queue.append(child)
+        self._rows.clear()
+        self._next.clear()
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def step(self, state: State, token: int) -> tuple[State, float]:
+        """The state after `token` and the bonus it earns (negative: a partial match taken
+        back)."""
+        node, banked = state
+        if token in self.children[node]:
+            new, base = self.children[node][token], banked
+        else:
+            f, new = self.fail[node], 0
+            while True:
+                if token in self.children[f]:
+                    new = self.children[f][token]
+                    break
+                if f == 0:
+                    break
+                f = self.fail[f]
+            base = 0.0
+        bonus = (self.score[new] - base) - (self.score[node] - banked)
+        if self.end[new]:
+            base = self.score[new]  # a completed hotword keeps its bonus
+        return (new, base), bonus
+
+    def next_state(self, state: State, token: int) -> State:
+        key = (state, token)
+        found = self._next.get(key)
+        if found is None:
+            found = self._next[key] = self.step(state, token)[0]
+        return found
+
+    def transition(self, state: State) -> Transition:
+        """The bonus of every token from `state`, as a sparse row (cached)."""
+        row = self._rows.get(state)
+        if row is None:
+            node, banked = state
+            pending = self.score[node] - banked
+            chain = [node]
+            while chain[-1] != 0:
+                chain.append(self.fail[chain[-1]])
+            values: dict[int, float] = {}
+            for at in reversed(chain):  # the deepest node that has the token decides
+                for token in self.children[at]:
+                    values[token] = self.step(state, token)[1]
+            row = Transition(-pending, torch.tensor(list(values), dtype=torch.long),
+                             torch.tensor([v + pending for v in values.values()],
+                                          dtype=torch.float32))
+            self._rows[state] = row
+        return row
+
+
+class HotwordBias:
+    """A transformers logits processor adding a context graph's bonus to each hypothesis'
+    next-token scores. One per `generate` call: it follows each row's generated tokens."""
+
+    def __init__(self, graph: ContextGraph) -> None:
+        self.graph = graph
+        self.states: dict[tuple[int, ...], State] = {(): ROOT}
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        rows = input_ids.tolist()
+        states: dict[tuple[int, ...], State] = {}
+        groups: dict[State, list[int]] = {}
+        for r, row in enumerate(rows):
+            prefix = tuple(row)
+            state = states.get(prefix)
+            if state is None:
+                parent = self.states.get(prefix[:-1]) if prefix else ROOT
+                if parent is None:  # not generated by the previous step: walk from the root
+                    parent = ROOT
+                    for token in prefix[:-1]:
+                        parent = self.graph.next_state(parent, token)
+                state = self.graph.next_state(parent, prefix[-1]) if prefix else ROOT
+                states[prefix] = state
+            groups.setdefault(state, []).append(r)
+        self.states = states
+        for state, members in groups.items():
+            row = self.graph.transition(state)
+            index = torch.tensor(members, device=scores.device)
+            if row.default:
+                scores[index] += row.default
+            if len(row.tokens):
+                tokens = row.tokens.to(scores.device)
+                values = row.values.to(scores.device, scores.dtype)
+                scores[index[:, None], tokens[None, :]] += values
+        return scores

@@ -1,0 +1,149 @@
+"""Hotwords: the context graph's bonuses (partial matches taken back, completed words kept,
+fail links, weights), the logits processor, list parsing, and decoding with a list."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from mooer.inference.hotwords import (
+    ROOT,
+    ContextGraph,
+    HotwordBias,
+    HotwordError,
+    parse_hotwords,
+    split_prompt,
+)
+
+
+class CharTokenizer:
+    """One token a character: A=1, B=2, ...; a space is 27."""
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [27 if c == " " else ord(c) - 64 for c in text]
+
+
+def walk(graph: ContextGraph, tokens: list[int]) -> list[float]:
+    state, bonuses = ROOT, []
+    for token in tokens:
+        state, bonus = graph.step(state, token)
+        bonuses.append(bonus)
+    return bonuses
+
+
+def ids(text: str) -> list[int]:
+    return CharTokenizer().encode(text)
+
+
+def test_a_partial_match_is_taken_back_and_a_completed_word_kept():
+    graph = ContextGraph.build([("ABC", None)], CharTokenizer(), score=2.0)
+    assert walk(graph, ids("ABX")) == [2.0, 2.0, -4.0]  # nothing gained
+    assert walk(graph, ids("ABCX")) == [2.0, 2.0, 2.0, 0.0]  # the word keeps 6
+    assert walk(graph, ids("ABCABC")) == [2.0] * 6
+    assert sum(walk(graph, ids("XAABCAB"))) == 6.0 + 4.0  # the last AB is pending (4)
+    assert sum(walk(graph, ids("XAABCAB") + [0])) == 6.0  # then the end (token 0): back
+
+
+def test_fail_links_find_a_word_inside_a_failed_one():
+    """ABD fails at C, but BC (a suffix of ABC) completes: the bonus is BC's, once."""
+    graph = ContextGraph.build([("ABD", None), ("BC", None)], CharTokenizer(), score=1.0)
+    bonuses = walk(graph, ids("ABC"))
+    assert bonuses == [1.0, 1.0, 0.0] and sum(bonuses) == 2.0
+    assert sum(walk(graph, ids("ABCX"))) == 2.0  # completed: kept
+    assert sum(walk(graph, ids("ABDX"))) == 3.0
+
+
+def test_weights_per_word_and_a_shared_prefix_takes_the_larger():
+    graph = ContextGraph.build(parse_hotwords("AB\t3\nAC\n"), CharTokenizer(), score=1.0)
+    assert walk(graph, ids("AB")) == [3.0, 3.0]
+    assert walk(graph, ids("AC")) == [3.0, 1.0]  # A is shared at the larger 3; C adds 1
+    assert sum(walk(graph, ids("ACX"))) == 4.0
+    assert sum(walk(graph, ids("AX"))) == 0.0
+
+
+def test_a_word_is_matched_with_and_without_a_leading_space():
+    graph = ContextGraph.build([("AB", None)], CharTokenizer(), score=1.0)
+    assert sum(walk(graph, ids("AB"))) == 2.0
+    assert sum(walk(graph, ids(" AB"))) == 3.0  # the variant " AB": 3 tokens
+
+
+def test_the_sparse_row_equals_every_single_step():
+    """transition(state) gives, for every token of the vocabulary, what step() gives."""
+    graph = ContextGraph.build([("ABD", 2.0), ("BC", None), ("CAB", 0.5)], CharTokenizer(),
+                               score=1.0)
+    states, frontier = {ROOT}, [ROOT]
+    for _ in range(3):  # every state three tokens reach
+        frontier = [graph.step(s, t)[0] for s in frontier for t in range(1, 28)]
+        states.update(frontier)
+    assert len(states) > 5
+    for state in states:
+        row = graph.transition(state)
+        dense = torch.full((28,), row.default)
+        dense[row.tokens] += row.values
+        expected = torch.tensor([graph.step(state, t)[1] for t in range(28)])
+        torch.testing.assert_close(dense, expected)
+
+
+def test_the_processor_adds_each_rows_bonus():
+    graph = ContextGraph.build([("AB", None), ("C", 5.0)], CharTokenizer(), score=2.0)
+    bias = HotwordBias(graph)
+    rows = torch.tensor([[1], [3], [9]])  # A (pending 2), C (done), X
+    scores = bias(rows, torch.zeros(3, 28))
+    for r, row in enumerate(rows.tolist()):
+        state = ROOT
+        for token in row:
+            state = graph.step(state, token)[0]
+        expected = torch.tensor([graph.step(state, t)[1] for t in range(28)])
+        torch.testing.assert_close(scores[r], expected)
+    assert scores[0, 2] == 2.0 and scores[0, 9] == -2.0 and scores[1, 3] == 5.0
+    # the next step follows each row's own tokens (beam search reorders rows)
+    scores = bias(torch.tensor([[3, 1], [1, 2]]), torch.zeros(2, 28))
+    assert scores[0, 2] == 2.0 and scores[0, 9] == -2.0  # C, then A: pending 2
+    assert scores[1].abs().sum() > 0 and scores[1, 3] == 5.0  # AB done: C starts afresh
+
+
+def test_list_lines_are_checked_naming_the_line():
+    assert parse_hotwords("# names\nZHANG  WEI\n\nLI NA\t1.5\n") == [("ZHANG WEI", None),
+                                                                    ("LI NA", 1.5)]
+    bad = [("A\tB\tC", "hotwords, line 1: expected `word` or `word<TAB>weight`, got 3 "
+                       "tab-separated fields: 'A\\tB\\tC'"),
+           ("OK\nA\tx", "hotwords, line 2: the weight 'x' of 'A' is not a number"),
+           ("A\t-1", "hotwords, line 1: the weight of 'A' must be a number of at least 0, got -1"),
+           ("A\tnan", "hotwords, line 1: the weight of 'A' must be a number of at least 0, "
+                      "got nan"),
+           ("\t2", "hotwords, line 1: a weight without a word")]
+    for text, message in bad:
+        with pytest.raises(HotwordError, match=re.escape(message)):
+            parse_hotwords(text)
+    assert split_prompt("张伟, 李娜，SEVENTEENTH\nO'CLOCK") == [
+        ("张伟", None), ("李娜", None), ("SEVENTEENTH", None), ("O'CLOCK", None)]
+
+
+def test_decoding_with_a_list(tiny_release, corpus):
+    """No list (or an empty one): what decoding gives without the option, byte for byte. A list
+    whose word has a large bonus: every answer holds the word, greedy and beam."""
+    from mooer.config import compose_config
+    from mooer.inference.loading import apply_run_dir
+    from mooer.inference.recognizer import Recognizer
+    from tests.conftest import TINY
+
+    root, tokenizer_dir = tiny_release
+    cfg, _ = compose_config("evaluate", [*TINY, f"llm.tokenizer_path={tokenizer_dir}",
+                                         f"checkpoint={root / 'release'}"])
+    recognizer = Recognizer.from_config(apply_run_dir(cfg), device="cpu", precision="fp32",
+                                        batch_size=4, decoding={"max_new_tokens": 6,
+                                                                "eos_bias": 0})
+    tokenizer = recognizer.model.tokenizer
+    word = "二十七"  # three tokens of the test tokenizer
+    for beams in (1, 3):
+        plain = recognizer.decode(corpus, "asr", num_beams=beams, progress=False).hypotheses
+        empty = ContextGraph.build([], tokenizer)
+        same = recognizer.decode(corpus, "asr", num_beams=beams, progress=False,
+                                 hotwords=empty).hypotheses
+        assert same == plain
+        biased = recognizer.decode(corpus, "asr", num_beams=beams, progress=False,
+                                   hotwords=ContextGraph.build([(word, 50.0)], tokenizer))
+        assert all(word in text for text in biased.hypotheses.values()), biased.hypotheses
+        assert not all(word in text for text in plain.values())
