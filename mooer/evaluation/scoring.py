@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import sys
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mooer.data.hotword_list import read_hotwords
 from mooer.data.text import WORD_JOINER, read_table
 
 PUNCTUATION = frozenset("!,?、。！，；？：「」︰『』《》")  # compute-wer.py's list, and no more
@@ -158,6 +159,68 @@ def align(ref: list[str], hyp: list[str]) -> Alignment:
     result.ref.reverse()
     result.hyp.reverse()
     return result
+
+
+def phrase_marks(tokens: Sequence[str], phrases: Iterable[Sequence[str]]) -> list[bool]:
+    """For each token, whether it lies inside an occurrence of one of `phrases` (token
+    sequences) in `tokens`."""
+    starts: dict[str, list[tuple[str, ...]]] = {}
+    for phrase in phrases:
+        if phrase:
+            starts.setdefault(phrase[0], []).append(tuple(phrase))
+    marks = [False] * len(tokens)
+    for i, token in enumerate(tokens):
+        for phrase in starts.get(token, ()):
+            if tuple(tokens[i:i + len(phrase)]) == phrase:
+                marks[i:i + len(phrase)] = [True] * len(phrase)
+    return marks
+
+
+@dataclass
+class Biased:
+    """B-WER and U-WER counts (Le et al., 2021): errors on the reference tokens inside hotword
+    occurrences (`biased`) and on all others (`unbiased`); an inserted token counts where the
+    hypothesis has it (inside a hotword occurrence of the hypothesis, or not)."""
+
+    biased: Alignment
+    unbiased: Alignment
+
+    @property
+    def b_wer(self) -> float:
+        return _rate(self.biased)
+
+    @property
+    def u_wer(self) -> float:
+        return _rate(self.unbiased)
+
+    def line(self) -> str:
+        return (f"B-WER -> {self.b_wer:4.2f} % {_counts(self.biased)}\n"
+                f"U-WER -> {self.u_wer:4.2f} % {_counts(self.unbiased)}")
+
+
+def biased_score(result: Score, hotwords: Iterable[str] | Mapping[str, Iterable[str]],
+                 how: Tokenization = Tokenization()) -> Biased:
+    """B-WER and U-WER of a scored set, for one hotword list or a list per uttid (tokenized as
+    the references are)."""
+    def phrases(words: Iterable[str]) -> list[list[str]]:
+        return [tokenize(word, how) for word in words]
+
+    shared = None if isinstance(hotwords, Mapping) else phrases(hotwords)
+    counts = Biased(Alignment([], []), Alignment([], []))
+    for key, a in result.utterances.items():
+        listed = shared if shared is not None else phrases(hotwords.get(key, ()))  # type: ignore[union-attr]
+        ref_marks = iter(phrase_marks([t for t in a.ref if t], listed))
+        hyp_marks = iter(phrase_marks([t for t in a.hyp if t], listed))
+        for ref, hyp in zip(a.ref, a.hyp, strict=True):
+            hyp_marked = next(hyp_marks) if hyp else False
+            if ref:
+                side = counts.biased if next(ref_marks) else counts.unbiased
+                name = "deletions" if not hyp else "correct" if ref == hyp else "substitutions"
+            else:
+                side = counts.biased if hyp_marked else counts.unbiased
+                name = "insertions"
+            setattr(side, name, getattr(side, name) + 1)
+    return counts
 
 
 def _width(text: str) -> int:
@@ -410,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concat-all", type=_switch, default=False,
                         help="score all utterances as one, in the order of their uttids' last "
                              "`_N` number")
+    parser.add_argument("--hotwords", type=Path,
+                        help="a hotword list (a word a line, optionally <TAB>weight): also "
+                             "print B-WER (errors on its words) and U-WER (on all others)")
     parser.add_argument("--merge_en_single", type=_switch, default=False,
                         help="glue runs of one-letter English words (G P U -> GPU) first")
     args = parser.parse_args(argv)
@@ -417,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         refs, hyps = (dict(read_table(path)) for path in _files(args.ref, args.hyp))
         ignore = _words(args.ig)
         split = {w.split()[0]: w.split()[1:] for w in _words(args.splitfile) if len(w.split()) > 1}
+        hotwords = [word for word, _ in read_hotwords(args.hotwords)] if args.hotwords else []
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -452,6 +519,10 @@ def main(argv: list[str] | None = None) -> int:
                         max_words=args.maxw,
                         clusters=[(n, [w if args.cs else w.upper() for w in ws])
                                   for n, ws in clusters])
+    if hotwords:
+        biased = biased_score(result, hotwords, how).line()
+        at = report.index("\n", report.index("Overall -> ")) + 1
+        report = report[:at] + biased + "\n" + report[at:]
     if args.out:
         args.out.write_text(report, encoding="utf-8")
         print(report[report.index("Overall -> "):], end="")  # the totals and what was left out

@@ -16,72 +16,15 @@ any tokens.
 
 from __future__ import annotations
 
-import math
-import re
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
+from mooer.data.hotword_list import check_score
+
 DEFAULT_SCORE = 2.0  # bonus per hotword token, in log-probability (nats)
-MAX_HOTWORDS = 100_000
-
-
-class HotwordError(ValueError):
-    """A hotword list that cannot be used, naming the line."""
-
-
-def parse_hotwords(text: str, source: str = "hotwords") -> list[tuple[str, float | None]]:
-    """(word, weight or None) of a hotword list: a word or phrase a line, optionally followed by
-    a tab and its weight (the bonus per token, instead of the default); blank lines and lines
-    starting with `#` are skipped. A bad line is an error naming `source` and the line."""
-    words: list[tuple[str, float | None]] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.strip().startswith("#"):
-            continue
-        line = line.strip(" ")
-        fields = line.split("\t")
-        if len(fields) > 2:
-            raise HotwordError(f"{source}, line {number}: expected `word` or `word<TAB>weight`, "
-                               f"got {len(fields)} tab-separated fields: {line!r}")
-        word = " ".join(fields[0].split())
-        weight: float | None = None
-        if len(fields) == 2:
-            try:
-                weight = float(fields[1])
-            except ValueError:
-                raise HotwordError(f"{source}, line {number}: the weight {fields[1]!r} of "
-                                   f"{word!r} is not a number") from None
-            if not math.isfinite(weight) or weight < 0:
-                raise HotwordError(f"{source}, line {number}: the weight of {word!r} must be "
-                                   f"a number of at least 0, got {fields[1]}")
-        if not word:
-            raise HotwordError(f"{source}, line {number}: a weight without a word")
-        words.append((word, weight))
-    if len(words) > MAX_HOTWORDS:
-        raise HotwordError(f"{source}: {len(words)} hotwords, more than {MAX_HOTWORDS}")
-    return words
-
-
-def read_hotwords(path: str | Path) -> list[tuple[str, float | None]]:
-    """The hotword list in a UTF-8 file (see `parse_hotwords`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise HotwordError(f"hotword list {path} not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise HotwordError(f"hotword list {path} is not UTF-8 text ({err})") from None
-    return parse_hotwords(text, str(path))
-
-
-def split_prompt(prompt: str) -> list[tuple[str, float | None]]:
-    """Hotwords from a free-text prompt (OpenAI's `prompt` field): separated by newlines or
-    commas (ASCII or CJK)."""
-    return [(word, None) for word in (" ".join(p.split()) for p in re.split(r"[\n,，、;；]", prompt))
-            if word]
 
 
 def token_variants(word: str, tokenizer) -> list[list[int]]:
@@ -127,8 +70,7 @@ class ContextGraph:
               score: float = DEFAULT_SCORE) -> ContextGraph:
         """The graph of `words` ((word, weight or None)) tokenized by `tokenizer`; a word's
         tokens each earn its weight, or `score`."""
-        if not math.isfinite(score) or score < 0:
-            raise HotwordError(f"the hotword score must be a number of at least 0, got {score}")
+        check_score(score)
         graph = cls()
         for word, weight in words:
             for ids in token_variants(word, tokenizer):

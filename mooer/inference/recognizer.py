@@ -26,6 +26,7 @@ from mooer.devices import resolve_device
 from mooer.inference.decode import Decoded, decode, decoding_loader
 from mooer.inference.distributed import current_rank, rank_device
 from mooer.inference.formats import Segment
+from mooer.inference.hotwords import ContextGraph
 from mooer.inference.loading import load_for_decoding
 from mooer.inference.longform import Prepared, collect, prepare
 from mooer.inference.segment import MIN_SILENCE_MS
@@ -70,6 +71,7 @@ class Recognizer:
     dtype: torch.dtype
     batch_size: int = 8
     decoding: dict[str, Any] = field(default_factory=dict)
+    hotwords: ContextGraph | None = None  # biases transcripts (ASR), not translations
 
     @classmethod
     def from_config(cls, cfg: DictConfig, device: str = "auto", precision: str = "bf16",
@@ -99,7 +101,11 @@ class Recognizer:
                desc: str = "decoding", progress: bool = True,
                keys: frozenset[str] | None = None, **options: Any) -> Decoded:
         """Every utterance of a data.list or Kaldi dir (or those in `keys`), in batches
-        (`options` override the generation options)."""
+        (`options` override the generation options; `hotwords`, a ContextGraph, biases an ASR
+        decode and is left out of an AST one)."""
+        graph = options.pop("hotwords", self.hotwords)
+        if task == "asr" and graph:
+            options["hotwords"] = graph
         return decode(self.model, self.loader(source, task, keys), {**self.decoding, **options},
                       self.device, self.dtype, total=total, desc=desc, progress=progress)
 

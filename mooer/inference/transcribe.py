@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from mooer.config import compose_config
+from mooer.data.hotword_list import check_score, read_hotwords
 from mooer.data.text import read_table
 from mooer.files import writable_dir
 from mooer.inference.distributed import (
@@ -44,6 +45,7 @@ from mooer.inference.distributed import (
     relaunch,
 )
 from mooer.inference.formats import FORMATS, Segment, render, subtitles
+from mooer.inference.hotwords import DEFAULT_SCORE, ContextGraph
 from mooer.inference.loading import apply_run_dir
 from mooer.inference.longform import Prepared, prepare
 from mooer.inference.recognizer import MIN_AUDIO_SECONDS, Recognizer, prompt_for
@@ -129,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--num_beams", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=200)
+    parser.add_argument("--hotwords", type=Path,
+                        help="a hotword list (a word or phrase a line, optionally <TAB>weight) "
+                             "to bias transcripts towards")
+    parser.add_argument("--hotword_score", type=float, default=DEFAULT_SCORE,
+                        help="the bonus per hotword token, in log-probability")
     add_segment_arguments(parser)
     parser.add_argument("--devices", type=int, default=1,
                         help="decode on N processes (a GPU each), recordings dealt by duration; "
@@ -200,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     tasks = ["asr", "ast"] if args.task == "asr_ast" else [args.task]
     try:
         prompt = prompt_for(cfg, tasks)
+        hotwords = read_hotwords(args.hotwords) if args.hotwords else None
+        check_score(args.hotword_score)
         inputs, renamed = _inputs(args)
         output = Output(args.format, args.out_dir, tasks, stdout=not rank.many)
     except (OSError, ValueError) as err:
@@ -222,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         recognizer = Recognizer.from_config(
             cfg, args.device, args.precision, args.batch_size,
             {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}, prompt=prompt)
+        if hotwords:
+            recognizer.hotwords = ContextGraph.build(hotwords, recognizer.model.tokenizer,
+                                                     args.hotword_score)
         join(rank, recognizer.device)
         undecoded = attempt(rank, _decode_all, recognizer, prepared, tasks, output,
                             args.batch_size)

@@ -8,14 +8,8 @@ import re
 import pytest
 import torch
 
-from mooer.inference.hotwords import (
-    ROOT,
-    ContextGraph,
-    HotwordBias,
-    HotwordError,
-    parse_hotwords,
-    split_prompt,
-)
+from mooer.data.hotword_list import HotwordError, parse_hotwords, split_prompt
+from mooer.inference.hotwords import ROOT, ContextGraph, HotwordBias
 
 
 class CharTokenizer:
@@ -147,3 +141,31 @@ def test_decoding_with_a_list(tiny_release, corpus):
                                    hotwords=ContextGraph.build([(word, 50.0)], tokenizer))
         assert all(word in text for text in biased.hypotheses.values()), biased.hypotheses
         assert not all(word in text for text in plain.values())
+
+
+def test_b_wer_and_u_wer_count_list_words_apart(tmp_path, capsys):
+    """Counted by hand, list 张伟 and SEVENTEENTH: u1's biased tokens are 张 伟 SEVENTEENTH (3),
+    of which the hypothesis drops 伟 and says SEVENTH (2 errors); u2's hypothesis inserts 张伟,
+    a list word: 2 more biased errors, so B-WER is 4/3. The unbiased tokens (去 了 STREET 你 好)
+    are all right."""
+    from mooer.evaluation.scoring import biased_score, score
+    from mooer.evaluation.scoring import main as mooer_score
+
+    refs = {"u1": "张伟去了 SEVENTEENTH STREET", "u2": "你好"}
+    hyps = {"u1": "张去了 SEVENTH STREET", "u2": "你好张伟"}
+    result = score(refs, hyps)
+    counts = biased_score(result, ["张伟", "SEVENTEENTH"])
+    b, u = counts.biased, counts.unbiased
+    assert (b.num_ref, b.correct, b.substitutions, b.deletions, b.insertions) == (3, 1, 1, 1, 2)
+    assert (u.num_ref, u.correct, u.substitutions, u.deletions, u.insertions) == (5, 5, 0, 0, 0)
+    assert counts.b_wer == pytest.approx(100 * 4 / 3) and counts.u_wer == 0.0
+    # a list per utterance: u2's list is empty, so its insertion counts as unbiased
+    per_utt = biased_score(result, {"u1": ["张伟", "SEVENTEENTH"], "u2": []})
+    assert (per_utt.biased.insertions, per_utt.unbiased.insertions) == (0, 2)
+    (tmp_path / "ref").write_text("".join(f"{k} {v}\n" for k, v in refs.items()))
+    (tmp_path / "hyp").write_text("".join(f"{k}\t{v}\n" for k, v in hyps.items()))
+    (tmp_path / "list").write_text("张伟\nseventeenth\t3\n")  # case as the scorer folds it
+    assert mooer_score([str(tmp_path / "ref"), str(tmp_path / "hyp"), "--v", "0",
+                        "--hotwords", str(tmp_path / "list")]) == 0
+    out = capsys.readouterr().out
+    assert "B-WER -> 133.33 % N=3 C=1 S=1 D=1 I=2\nU-WER -> 0.00 % N=5 C=5 S=0 D=0 I=0" in out
