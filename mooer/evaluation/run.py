@@ -12,9 +12,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mooer.config import as_dict
+from mooer.data.hotword_list import check_score, read_hotwords
 from mooer.data.pipeline import utterance_seconds
 from mooer.data.text import one_line, read_table
-from mooer.evaluation.scoring import bleu_chrf, format_wer, score
+from mooer.evaluation.scoring import Biased, biased_score, bleu_chrf, format_wer, score
 from mooer.inference.decode import Decoded
 from mooer.inference.distributed import (
     Rank,
@@ -26,6 +27,7 @@ from mooer.inference.distributed import (
     relaunch,
 )
 from mooer.inference.formats import join_texts
+from mooer.inference.hotwords import DEFAULT_SCORE, ContextGraph
 from mooer.inference.loading import apply_run_dir
 from mooer.inference.longform import has_long_recordings
 from mooer.inference.recognizer import Recognizer, prompt_for
@@ -45,6 +47,7 @@ class TestSet:
     references: Path | None
     metric: str           # cer | wer | mer | bleu
     task: str             # asr | ast
+    hotwords: list[tuple[str, float | None]] | None = None  # a list to bias towards (ASR)
 
 
 @dataclass
@@ -56,6 +59,8 @@ class SetResult:
     rtf: float
     utterances_per_second: float
     chrf: float | None = None
+    b_wer: float | None = None  # with a hotword list: errors on its words, and on the others
+    u_wer: float | None = None
 
 
 def found_sets(test_data_dir: Path) -> list[str]:
@@ -87,8 +92,16 @@ def resolve_sets(cfg: DictConfig) -> list[TestSet]:
             missing.append(f"{name} (no reference file {reference_file})")
             continue
         references = reference_file if reference_file.is_file() else None
-        sets.append(TestSet(name, source, references, meta.get("metric", "mer"),
-                            meta.get("task", "asr")))
+        task = meta.get("task", "asr")
+        hotwords = None
+        listed = meta.get("hotwords") or cfg.get("hotwords")
+        if listed and task == "asr":  # (translations are not biased)
+            path = Path(listed)
+            if not path.is_absolute() and (directory / path).is_file():
+                path = directory / path  # a set's own list, beside its data
+            hotwords = read_hotwords(path)
+        sets.append(TestSet(name, source, references, meta.get("metric", "mer"), task,
+                            hotwords))
     if missing:
         found = found_sets(root)
         raise UnknownTestSet(
@@ -103,8 +116,9 @@ def resolve_sets(cfg: DictConfig) -> list[TestSet]:
 
 def write_set(out_dir: Path, test_set: TestSet, hypotheses: dict[str, str],
               references: dict[str, str], duplicates: Sequence[str] = ()
-              ) -> tuple[float, float | None]:
-    """`text` (uttid<TAB>hyp) and `wer` (or `bleu`) files; returns the score (and chrF)."""
+              ) -> tuple[float, float | None, Biased | None]:
+    """`text` (uttid<TAB>hyp) and `wer` (or `bleu`) files; returns the score (and chrF, and
+    with a hotword list B-WER and U-WER, also written under the totals of `wer`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "text").write_text(
         "".join(f"{k}\t{one_line(hypotheses[k])}\n" for k in sorted(hypotheses)), encoding="utf-8")
@@ -112,29 +126,43 @@ def write_set(out_dir: Path, test_set: TestSet, hypotheses: dict[str, str],
     if result.extra:
         log.warning("%s: %d hypotheses have no reference and are not scored (listed in %s): %s",
                     test_set.name, len(result.extra), out_dir / "wer", " ".join(result.extra[:10]))
-    (out_dir / "wer").write_text(format_wer(result, duplicates), encoding="utf-8")
+    report = format_wer(result, duplicates)
+    biased = None
+    if test_set.hotwords:
+        biased = biased_score(result, [word for word, _ in test_set.hotwords])
+        at = report.index("\n", report.index("Overall -> ")) + 1
+        report = report[:at] + biased.line() + "\n" + report[at:]
+    (out_dir / "wer").write_text(report, encoding="utf-8")
     if test_set.metric == "bleu":
         bleu, chrf = bleu_chrf(references, hypotheses)
         (out_dir / "bleu").write_text(f"BLEU {bleu:.2f}\nchrF {chrf:.2f}\n", encoding="utf-8")
-        return bleu, chrf
-    return result.error_rate, None
+        return bleu, chrf, biased
+    return result.error_rate, None, biased
 
 
 def summary_table(results: list[SetResult]) -> str:
-    lines = ["| test set | metric | score | utterances | RTF | utt/s |",
-             "|---|---|---|---|---|---|"]
+    """The summary as a Markdown table (B-WER and U-WER columns when a set had a list)."""
+    biased = any(r.b_wer is not None for r in results)
+    lines = ["| test set | metric | score | utterances | RTF | utt/s |"
+             + (" B-WER | U-WER |" if biased else ""),
+             "|---|---|---|---|---|---|" + ("---|---|" if biased else "")]
     for r in results:
         value = f"{r.value:.2f}" + (f" (chrF {r.chrf:.2f})" if r.chrf is not None else "")
-        lines.append(f"| {r.name} | {r.metric.upper()} | {value} | {r.utterances} | "
-                     f"{r.rtf:.4f} | {r.utterances_per_second:.1f} |")
+        line = (f"| {r.name} | {r.metric.upper()} | {value} | {r.utterances} | "
+                f"{r.rtf:.4f} | {r.utterances_per_second:.1f} |")
+        if biased:
+            line += "".join(f" {'-' if x is None else f'{x:.2f}'} |" for x in (r.b_wer, r.u_wer))
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
 def decode_long(test_set: TestSet, recognizer: Recognizer, max_segment_s: float,
-                recordings: list[tuple[str, str]]) -> Decoded:
+                recordings: list[tuple[str, str]], hotwords: ContextGraph | None = None
+                ) -> Decoded:
     """Recordings of a Kaldi-dir set holding some over `max_segment_s`: each is cut where
     silero-vad finds speech, decoded in segments and joined (mooer.inference.longform)."""
-    decoded = recognizer.decode_long(recordings, [test_set.task], max_segment_s)
+    decoded = recognizer.decode_long(recordings, [test_set.task], max_segment_s,
+                                     hotwords=hotwords)
     prepared, (run,) = decoded.prepared, decoded.runs
     for what, names in (("unreadable", prepared.unreadable), ("too short", prepared.too_short),
                         ("no speech", prepared.no_speech)):
@@ -149,8 +177,9 @@ def decode_long(test_set: TestSet, recognizer: Recognizer, max_segment_s: float,
 
 
 def decode_set(test_set: TestSet, recognizer: Recognizer, max_segment_s: float, rank: Rank,
-               total: int | None) -> Decoded:
-    """This rank's share of a set, dealt by duration (all of it on one process)."""
+               total: int | None, hotwords: ContextGraph | None = None) -> Decoded:
+    """This rank's share of a set, dealt by duration (all of it on one process), biased
+    towards `hotwords` if given."""
     long = test_set.source.is_dir() and has_long_recordings(test_set.source / "wav.scp",
                                                             max_segment_s)
     if long:
@@ -163,7 +192,7 @@ def decode_set(test_set: TestSet, recognizer: Recognizer, max_segment_s: float, 
             log.info("%s: rank %d of %d: %d recordings, %.1f s of audio", test_set.name,
                      rank.rank, rank.world_size, len(recordings),
                      sum(seconds.get(k, 0.0) for k, _ in recordings))
-        return decode_long(test_set, recognizer, max_segment_s, recordings)
+        return decode_long(test_set, recognizer, max_segment_s, recordings, hotwords)
     keys = None
     if rank.many:
         items = utterance_seconds(test_set.source)
@@ -172,7 +201,7 @@ def decode_set(test_set: TestSet, recognizer: Recognizer, max_segment_s: float, 
                  rank.world_size, len(keys), sum(s for k, s in items if k in keys))
         total = len(keys)
     return recognizer.decode(test_set.source, test_set.task, desc=test_set.name, total=total,
-                             keys=keys)
+                             keys=keys, hotwords=hotwords)
 
 
 def merged(shares: list[Decoded]) -> Decoded:
@@ -197,6 +226,7 @@ def evaluate(cfg: DictConfig) -> list[SetResult]:
     try:
         sets = resolve_sets(cfg)
         max_segment_s = check_max_segment_s(cfg.max_segment_s)
+        hotword_score = check_score(float(cfg.get("hotword_score", DEFAULT_SCORE)))
     except (UnknownTestSet, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     prompt = prompt_for(cfg)
@@ -215,17 +245,21 @@ def evaluate(cfg: DictConfig) -> list[SetResult]:
     results = []
     for test_set in sets:
         references = dict(read_table(test_set.references)) if test_set.references else None
+        graph = (ContextGraph.build(test_set.hotwords, recognizer.model.tokenizer, hotword_score)
+                 if test_set.hotwords else None)
         share = attempt(rank, decode_set, test_set, recognizer, max_segment_s, rank,
-                        len(references) if references else None)
+                        len(references) if references else None, graph)
         shares = gather(rank, share)
         if shares is None:  # another rank writes
             continue
         decoded = merged(shares)
-        value, chrf = write_set(decode_path / test_set.name, test_set, decoded.hypotheses,
-                                references if references is not None else decoded.references,
-                                decoded.duplicates)
+        value, chrf, biased = write_set(
+            decode_path / test_set.name, test_set, decoded.hypotheses,
+            references if references is not None else decoded.references, decoded.duplicates)
         results.append(SetResult(test_set.name, test_set.metric, value, len(decoded.hypotheses),
-                                 decoded.rtf, decoded.utterances_per_second, chrf))
+                                 decoded.rtf, decoded.utterances_per_second, chrf,
+                                 biased.b_wer if biased else None,
+                                 biased.u_wer if biased else None))
         log.info("%s: %s %.2f", test_set.name, test_set.metric, value)
     if not rank.is_first:
         return results

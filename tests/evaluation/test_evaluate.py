@@ -277,3 +277,37 @@ def test_transcribe_checks_out_dir_first_and_writes_each_recording_as_it_finishe
     names = [name for name, _ in read_table(corpus / "wav.scp")]
     assert calls == [16, 8]
     assert sorted(p.stem for p in out_dir.glob("*.tsv")) == sorted(names[:16])  # kept
+
+
+def test_evaluate_with_a_hotword_list_biases_and_scores_it(tiny_release, corpus, tmp_path,
+                                                           capsys):
+    """hotwords=FILE: the ASR set is decoded towards the list (a heavy word lands in every
+    answer of this untrained model), the wer file and the summary hold B-WER and U-WER, and
+    the B-WER equals mooer-score's on the same files; a bad line stops before decoding."""
+    from mooer.evaluation.scoring import main as mooer_score
+
+    root, tokenizer_dir = tiny_release
+    word = "二十七"
+    hotwords = tmp_path / "hotwords.txt"
+    hotwords.write_text(f"# a name\n{word}\t50\n", encoding="utf-8")
+    cfg, _ = compose_config("evaluate", overrides(
+        root, tokenizer_dir, "testsets=[demo_test]", f"hotwords={hotwords}",
+        f"decode_path={tmp_path / 'decode'}", "decoding.num_beams=2"))
+    [result] = evaluate(cfg)
+    lines = (tmp_path / "decode" / "demo_test" / "text").read_text().splitlines()
+    assert len(lines) == 24 and all(word in line.split("\t")[1] for line in lines)
+    wer = (tmp_path / "decode" / "demo_test" / "wer").read_text()
+    b_line = next(line for line in wer.splitlines() if line.startswith("B-WER -> "))
+    assert float(b_line.split()[2]) == pytest.approx(result.b_wer, abs=0.005)
+    assert result.u_wer is not None and "| B-WER | U-WER |" in (
+        tmp_path / "decode" / "summary.md").read_text()
+    references = tmp_path / "decode" / "demo_test" / "text.ref"
+    references.write_text((root / "test" / "demo_test" / "text").read_text(encoding="utf-8"),
+                          encoding="utf-8")
+    assert mooer_score([str(references), str(tmp_path / "decode" / "demo_test" / "text"), "--v",
+                        "0", "--hotwords", str(hotwords)]) == 0
+    assert b_line in capsys.readouterr().out
+    hotwords.write_text(f"{word}\tmany\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match=re.escape(
+            f"{hotwords}, line 1: the weight 'many' of '{word}' is not a number")):
+        evaluate(cfg)

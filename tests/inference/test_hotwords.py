@@ -169,3 +169,33 @@ def test_b_wer_and_u_wer_count_list_words_apart(tmp_path, capsys):
                         "--hotwords", str(tmp_path / "list")]) == 0
     out = capsys.readouterr().out
     assert "B-WER -> 133.33 % N=3 C=1 S=1 D=1 I=2\nU-WER -> 0.00 % N=5 C=5 S=0 D=0 I=0" in out
+
+
+def test_transcribe_with_a_hotword_list(tiny_release, corpus, tmp_path, capsys):
+    """mooer-transcribe --hotwords: the transcript holds the heavy word, the translation is
+    decoded as without a list; a bad list or score is a usage error before the model loads."""
+    from mooer.data.text import read_table
+    from mooer.inference.transcribe import main as transcribe
+    from tests.conftest import TINY
+
+    root, tokenizer_dir = tiny_release
+    wav = read_table(corpus / "wav.scp")[0][1]
+    options = ["--wav_path", wav, "--checkpoint", str(root / "release"), "--device", "cpu",
+               "--max_new_tokens", "5", "--num_beams", "2", "--task", "asr_ast", "--format",
+               "text", "--", *TINY, f"llm.tokenizer_path={tokenizer_dir}"]
+    assert transcribe(options) == 0
+    plain = capsys.readouterr().out.split("\t")
+    listed = tmp_path / "list.txt"
+    listed.write_text("二十七\t40\n", encoding="utf-8")
+    assert transcribe(["--hotwords", str(listed), *options]) == 0
+    biased = capsys.readouterr().out.split("\t")
+    assert "二十七" in biased[1] and "二十七" not in plain[1]
+    assert biased[2] == plain[2]  # the translation is not biased
+    listed.write_text("ok\nA\tB\tC\n", encoding="utf-8")
+    assert transcribe(["--hotwords", str(listed), *options]) == 2
+    assert (f"error: {listed}, line 2: expected `word` or `word<TAB>weight`, got 3 "
+            "tab-separated fields") in capsys.readouterr().err
+    assert transcribe(["--hotwords", str(tmp_path / "absent.txt"), *options]) == 2
+    assert f"hotword list {tmp_path / 'absent.txt'} not found" in capsys.readouterr().err
+    assert transcribe(["--hotword_score", "-1", *options]) == 2
+    assert "the hotword score must be a number of at least 0, got -1.0" in capsys.readouterr().err
