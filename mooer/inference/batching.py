@@ -1,8 +1,8 @@
 """Batching across requests: segments that several requests wait on are decoded together.
 
 A server's requests each bring segments (a short recording is one; a long one is cut at pauses)
-and the task and beam size they ask for. One thread takes the waiting segments that ask the
-same thing, up to `max_batch` of them, waiting at most `wait_s` after the first arrived for the
+and the task, beam size and hotword list they ask for. One thread takes the waiting segments
+that ask the same thing, up to `max_batch` of them, waiting at most `wait_s` after the first arrived for the
 batch to fill, decodes them in one batch and hands each its text. Decoding a batch gives each
 segment the text it gets alone (padding is masked), so an answer does not depend on what else
 was in its batch.
@@ -21,6 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mooer.inference.hotwords import ContextGraph
 from mooer.inference.recognizer import Recognizer
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,11 @@ class Pending:
     result: Future = field(default_factory=Future)
     gone: Callable[[], bool] | None = None  # whether its client has left
     arrived: float = field(default_factory=time.monotonic)
+    hotwords: ContextGraph | None = None  # the request's list (the same object for the same list)
 
     @property
-    def ask(self) -> tuple[str, int]:
-        return self.task, self.num_beams
+    def ask(self) -> tuple[str, int, ContextGraph | None]:
+        return self.task, self.num_beams, self.hotwords
 
 
 class Batcher:
@@ -63,9 +65,10 @@ class Batcher:
         return len(self._pending)
 
     def submit(self, paths: list[str], task: str, num_beams: int,
-               gone: Callable[[], bool] | None = None) -> list[Future]:
+               gone: Callable[[], bool] | None = None,
+               hotwords: ContextGraph | None = None) -> list[Future]:
         """Queue one request's segments; each future gives its text (or raises)."""
-        items = [Pending(path, task, num_beams, gone=gone) for path in paths]
+        items = [Pending(path, task, num_beams, gone=gone, hotwords=hotwords) for path in paths]
         with self._ready:
             self._pending.extend(items)
             self._ready.notify()
@@ -100,7 +103,7 @@ class Batcher:
                 self._decode(live)
 
     def _decode(self, batch: list[Pending]) -> None:
-        task, num_beams = batch[0].ask
+        task, num_beams, hotwords = batch[0].ask
         try:
             with tempfile.TemporaryDirectory(prefix="mooer-batch-") as work:
                 keys = [f"seg{next(self._ids):09d}" for _ in batch]
@@ -109,7 +112,7 @@ class Batcher:
                                                                           strict=True)),
                     encoding="utf-8")
                 decoded = self.recognizer.decode(work, task, progress=False,
-                                                 num_beams=num_beams)
+                                                 num_beams=num_beams, hotwords=hotwords)
             self.batches += 1
             for key, item in zip(keys, batch, strict=True):
                 if key in decoded.hypotheses:

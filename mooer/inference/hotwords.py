@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mooer.data.hotword_list import check_score
+from mooer.data.hotword_list import DEFAULT_SCORE, check_score
 
-DEFAULT_SCORE = 2.0  # bonus per hotword token, in log-probability (nats)
+__all__ = ["DEFAULT_SCORE", "ROOT", "ContextGraph", "HotwordBias", "token_variants"]
 
 
 def token_variants(word: str, tokenizer) -> list[list[int]]:
@@ -52,7 +52,7 @@ State = tuple[int, float]  # (node, the score banked on its path by completed ho
 ROOT: State = (0, 0.0)
 
 
-@dataclass
+@dataclass(eq=False)  # compared (and hashed) by identity: requests sharing a list batch together
 class ContextGraph:
     """A prefix tree of hotword token sequences with Aho-Corasick fail links. Node 0 is the root;
     `score[n]` is the bonus a path earns up to node n."""

@@ -13,7 +13,10 @@ Form fields, as OpenAI's clients send them:
   recording, in seconds from its start
 - `temperature`: 0 (the default) decodes greedily; other values are refused (no sampling yet)
 - `language`: an ISO-639-1 code, recorded in verbose_json; the model hears what it was trained on
-- `prompt`: refused when not empty (decode-time biasing is not built yet)
+- `prompt`: on transcriptions, hotwords (names, terms) separated by newlines or commas, which
+  bias the decoder towards them (`mooer.inference.hotwords`); refused on translations
+- `hotwords` (ours, through `extra_body`): a hotword list, a word or phrase a line, optionally
+  `<TAB>weight`; `hotword_score` (ours): the bonus per hotword token (default 2.0)
 - `timestamp_granularities[]`: `segment` only (word times are not built yet)
 - `num_beams` (ours, through the client's `extra_body`): beam search, 1 to 16 (default 1)
 
@@ -28,6 +31,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mooer.data.hotword_list import (
+    DEFAULT_SCORE,
+    HotwordError,
+    check_score,
+    parse_hotwords,
+    split_prompt,
+)
 from mooer.inference.formats import Segment, join_texts, subtitles
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
@@ -59,6 +69,8 @@ class Options:
     response_format: str = "json"
     language: str | None = None
     num_beams: int = 1
+    hotwords: tuple[tuple[str, float | None], ...] = ()
+    hotword_score: float = DEFAULT_SCORE
 
 
 def _one(form: Mapping[str, Any], name: str) -> str | None:
@@ -70,9 +82,11 @@ def _one(form: Mapping[str, Any], name: str) -> str | None:
     return value.strip()
 
 
-def parse_options(form: Mapping[str, Any], granularities: Sequence[str] = ()) -> Options:
+def parse_options(form: Mapping[str, Any], granularities: Sequence[str] = (),
+                  task: str = "asr") -> Options:
     """The request's options from its form fields (`granularities`: the values of
-    `timestamp_granularities[]`), or ApiError naming the field that is refused and why."""
+    `timestamp_granularities[]`) for a route's `task`, or ApiError naming the field that is
+    refused and why."""
     if not _one(form, "model"):
         raise ApiError("`model` is required (any name: this server has one model)", "model",
                        "missing_required_parameter")
@@ -90,10 +104,22 @@ def parse_options(form: Mapping[str, Any], granularities: Sequence[str] = ()) ->
         raise ApiError(f"temperature {value:g} is not supported: this server decodes "
                        "deterministically (temperature 0: greedy, or beam search with "
                        "num_beams)", "temperature", "unsupported_value")
-    if _one(form, "prompt"):
-        raise ApiError("a non-empty prompt is not supported yet (biasing the decoder toward "
-                       "words is not built): send the request without it", "prompt",
-                       "unsupported_value")
+    prompt = _one(form, "prompt") or ""
+    listed = form.get("hotwords")
+    if (prompt or listed) and task != "asr":
+        raise ApiError("a prompt (hotwords) biases transcripts only: translations are decoded "
+                       "without one; send the request without it",
+                       "prompt" if prompt else "hotwords", "unsupported_value")
+    try:
+        hotwords = split_prompt(prompt) + parse_hotwords(_one(form, "hotwords") or "", "hotwords")
+    except HotwordError as err:
+        raise ApiError(str(err), "hotwords") from None
+    raw_score = _one(form, "hotword_score") or str(DEFAULT_SCORE)
+    try:
+        score = check_score(float(raw_score))
+    except ValueError:  # (HotwordError is one)
+        raise ApiError(f"hotword_score must be a number of at least 0, got {raw_score!r}",
+                       "hotword_score") from None
     unknown = sorted(set(granularities) - {"segment"})
     if unknown:
         raise ApiError(f"timestamp_granularities {unknown} are not supported: only `segment` "
@@ -110,7 +136,7 @@ def parse_options(form: Mapping[str, Any], granularities: Sequence[str] = ()) ->
     if not beams.isdigit() or not 1 <= int(beams) <= 16:
         raise ApiError(f"num_beams must be a whole number from 1 to 16, got {beams!r}",
                        "num_beams")
-    return Options(fmt, language, int(beams))
+    return Options(fmt, language, int(beams), tuple(hotwords), score)
 
 
 def compression_ratio(text: str) -> float:

@@ -48,6 +48,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +58,10 @@ import soundfile as sf
 from omegaconf import DictConfig
 
 from mooer.data.audio import audio_problem
+from mooer.data.hotword_list import DEFAULT_SCORE, HotwordError, check_score, parse_hotwords
 from mooer.inference.batching import Abandoned, Batcher
 from mooer.inference.formats import Segment, joined, subtitles
+from mooer.inference.hotwords import ContextGraph
 from mooer.inference.longform import collect, prepare
 from mooer.inference.openai_api import ROUTES, ApiError, error_body, parse_options, render
 from mooer.inference.recognizer import MIN_AUDIO_SECONDS, Recognizer
@@ -74,9 +77,9 @@ TASK_CHOICES = {"asr": "ASR (transcript)", "ast": "AST (English translation)",
 class InputError(ValueError):
     """Audio the service cannot take, with a message for the person who sent it."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, param: str = "file"):
         super().__init__(message)
-        self.status = status
+        self.status, self.param = status, param
 
 
 class Busy(RuntimeError):
@@ -191,6 +194,7 @@ class Transcriber:
                    limits, args.batch_size, args.batch_wait_ms)
 
     def __post_init__(self) -> None:
+        self._graphs: OrderedDict[tuple, ContextGraph] = OrderedDict()  # the newest 32 lists
         self.abandoned = 0  # requests whose clients left before their turn
         self.batcher = Batcher(self.recognizer, self.max_batch, self.batch_wait_ms / 1000)
         self._waiting = 0
@@ -201,21 +205,46 @@ class Transcriber:
         """Requests queued or decoding now."""
         return self._waiting
 
+    def hotwords(self, text: str | None, score: float = DEFAULT_SCORE,
+                 words: list[tuple[str, float | None]] | None = None) -> ContextGraph | None:
+        """The context graph of a request's hotword list (`text`: a word or phrase a line,
+        optionally <TAB>weight; or `words` already parsed), None for none; the same list gives
+        the same graph, so that requests sharing a list share batches. InputError names a bad
+        line."""
+        try:
+            check_score(score)
+            words = words if words is not None else parse_hotwords(text or "", "hotwords")
+        except HotwordError as err:
+            raise InputError(str(err), param="hotwords") from None
+        if not words:
+            return None
+        key = (tuple(words), float(score))
+        with self._count:
+            graph = self._graphs.pop(key, None)
+        if graph is None:
+            graph = ContextGraph.build(words, self.recognizer.model.tokenizer, score)
+        with self._count:
+            self._graphs[key] = graph
+            while len(self._graphs) > 32:
+                self._graphs.popitem(last=False)
+        return graph
+
     def choices(self) -> list[str]:
         """The tasks the page offers: each the prompt format has, and both when it has both."""
         tasks = self.recognizer.tasks
         return tasks + (["asr_ast"] if len(tasks) == 2 else [])
 
     def transcribe(self, path: str | Path, task: str = "asr", num_beams: int = 4,
-                   name: str = "the file", gone: Callable[[], bool] | None = None) -> dict:
+                   name: str = "the file", gone: Callable[[], bool] | None = None,
+                   hotwords: ContextGraph | None = None) -> dict:
         """Transcribe and/or translate one recording: the texts, the segments with times, SRT.
         `gone` tells, when the request's segments' turn comes, whether its client has left (then
-        they are not decoded: Gone)."""
+        they are not decoded: Gone); `hotwords` bias the transcript."""
         if task not in self.choices():
             raise InputError(f"task {task!r} is not served: choose one of "
                              f"{', '.join(self.choices())}")
         tasks = ["asr", "ast"] if task == "asr_ast" else [task]
-        done = self.recognize(path, tasks, num_beams, name, gone)
+        done = self.recognize(path, tasks, num_beams, name, gone, hotwords)
         segments = done.segments
         texts = dict(zip(tasks, joined(segments, len(tasks)), strict=True))
         return {
@@ -230,7 +259,8 @@ class Transcriber:
         }
 
     def recognize(self, path: str | Path, tasks: list[str], num_beams: int = 4,
-                  name: str = "the file", gone: Callable[[], bool] | None = None) -> Recognized:
+                  name: str = "the file", gone: Callable[[], bool] | None = None,
+                  hotwords: ContextGraph | None = None) -> Recognized:
         """One recording checked, queued (or Busy) and decoded for each of `tasks` (which the
         prompt format has): its segments in time order, a text per task each."""
         missing = [task for task in tasks if task not in self.recognizer.tasks]
@@ -246,14 +276,15 @@ class Transcriber:
             self._waiting += 1
         try:
             started = time.perf_counter()
-            segments = self._decode(Path(path), tasks, int(num_beams), name, gone)
+            segments = self._decode(Path(path), tasks, int(num_beams), name, gone, hotwords)
         finally:
             with self._count:
                 self._waiting -= 1
         return Recognized(duration, segments, time.perf_counter() - started)
 
     def _decode(self, path: Path, tasks: list[str], num_beams: int, name: str,
-                gone: Callable[[], bool] | None) -> list[Segment]:
+                gone: Callable[[], bool] | None,
+                hotwords: ContextGraph | None = None) -> list[Segment]:
         with tempfile.TemporaryDirectory(prefix="mooer-serve-") as work:
             prepared = prepare([("input", str(path))], Path(work), self.max_segment_s,
                                self.limits.min_duration_s, self.min_silence_ms)
@@ -263,7 +294,9 @@ class Transcriber:
                 raise InputError("no speech was found in the recording")
             uttids = list(prepared.spans)
             waiting = [self.batcher.submit([prepared.sources[u] for u in uttids], task,
-                                           num_beams, gone) for task in tasks]
+                                           num_beams, gone,
+                                           hotwords if task == "asr" else None)
+                       for task in tasks]
             try:
                 columns = [dict(zip(uttids, [f.result() for f in futures], strict=True))
                            for futures in waiting]
@@ -287,12 +320,13 @@ def build_page(transcriber: Transcriber, title: str = "mooer"):
     subtitles_dir = Path(tempfile.mkdtemp(prefix="mooer-serve-srt-"))
     atexit.register(shutil.rmtree, subtitles_dir, ignore_errors=True)
 
-    def run(audio_path, task, num_beams):
+    def run(audio_path, task, num_beams, hotword_text):
         if not audio_path:
             raise gr.Error("Record or upload audio first.")
         try:
             result = transcriber.transcribe(audio_path, task, num_beams,
-                                            name=Path(audio_path).name)
+                                            name=Path(audio_path).name,
+                                            hotwords=transcriber.hotwords(hotword_text))
         except (InputError, Busy) as err:
             raise gr.Error(str(err)) from err
         rows = [[s["start"], s["end"], s.get("transcript", ""), s.get("translation", "")]
@@ -318,6 +352,8 @@ def build_page(transcriber: Transcriber, title: str = "mooer"):
                                  label="Audio", elem_id="audio")
                 task = gr.Radio(choices, value=choices[-1][1], label="Task", elem_id="task")
                 beams = gr.Slider(1, 8, value=4, step=1, label="Beam size", elem_id="beams")
+                hotword_box = gr.Textbox(label="Hotwords (names, terms: one a line; optional "
+                                               "tab and weight)", lines=2, elem_id="hotwords")
                 button = gr.Button("Transcribe", variant="primary", elem_id="run")
             with gr.Column():
                 transcript = gr.Textbox(label="Transcript", lines=3, elem_id="transcript")
@@ -326,7 +362,7 @@ def build_page(transcriber: Transcriber, title: str = "mooer"):
         table = gr.Dataframe(headers=["start (s)", "end (s)", "transcript", "translation"],
                              label="Segments", elem_id="segments", interactive=False)
         srt = gr.File(label="Subtitles (SRT)", elem_id="srt")
-        button.click(run, [audio, task, beams], [transcript, translation, table, srt, status],
+        button.click(run, [audio, task, beams, hotword_box], [transcript, translation, table, srt, status],
                      api_name="transcribe", concurrency_limit=transcriber.max_batch)
     return page
 
@@ -491,11 +527,13 @@ def build_app(transcriber: Transcriber, title: str = "mooer", api_key: str | Non
 
     @app.post("/api/transcribe")
     async def transcribe(request: Request, file: UploadFile, task: str = Form("asr"),
-                         num_beams: int = Form(4)):
+                         num_beams: int = Form(4), hotwords: str = Form(""),
+                         hotword_score: float = Form(DEFAULT_SCORE)):
         try:
             name = upload_name(file.filename)
+            graph = transcriber.hotwords(hotwords, hotword_score)
             result = await decode_upload(request, file, name, lambda path, gone: (
-                transcriber.transcribe(path, task, num_beams, name, gone)))
+                transcriber.transcribe(path, task, num_beams, name, gone, graph)))
         except (InputError, Busy, Gone) as err:
             return refused(request.url.path, getattr(file, "filename", "") or "", err)
         log.info("%s: %.1f s of audio (%s) in %.2f s", name, result["duration"], task,
@@ -523,10 +561,11 @@ def build_app(transcriber: Transcriber, title: str = "mooer", api_key: str | Non
                 raise ApiError("`file` is required: the recording, as a file field", "file",
                                "missing_required_parameter")
             granularities = [str(v) for v in form.getlist("timestamp_granularities[]")]
-            options = parse_options(form, granularities)
+            options = parse_options(form, granularities, task)
             name = upload_name(upload.filename)
+            graph = transcriber.hotwords(None, options.hotword_score, list(options.hotwords))
             done = await decode_upload(request, upload, name, lambda path, gone: (
-                transcriber.recognize(path, [task], options.num_beams, name, gone)))
+                transcriber.recognize(path, [task], options.num_beams, name, gone, graph)))
         except (ApiError, InputError, Busy, Gone) as err:
             return refused(path, "the upload", err)
         finally:

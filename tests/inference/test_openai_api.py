@@ -130,8 +130,10 @@ def test_refusals_come_in_openai_error_shape(server, client, corpus, tmp_path):
     error = refused(temperature=0.7)
     assert (error.param, error.code) == ("temperature", "unsupported_value")
     assert "temperature 0.7 is not supported" in error.message
-    error = refused(prompt="Alice, Bob")
-    assert (error.param, error.code) == ("prompt", "unsupported_value")
+    error = refused(extra_body={"hotwords": "ok\nA\tB\tC"})
+    assert error.param == "hotwords" and "hotwords, line 2: expected" in error.message
+    error = refused(prompt="二十七", extra_body={"hotword_score": "-2"})
+    assert error.param == "hotword_score" and "got '-2'" in error.message
     error = refused(response_format="verbose_json", timestamp_granularities=["word"])
     assert error.param == "timestamp_granularities" and "['word']" in error.message
     notes = tmp_path / "notes.wav"
@@ -173,3 +175,29 @@ def test_the_language_of_a_transcript_is_told_by_its_script():
     assert script_language("THE WEATHER IS FINE") == "english"
     assert script_language("") == "english"
     assert script_language("GPU 显卡") == "chinese"
+
+
+def test_a_prompt_biases_transcriptions_towards_its_words(server, client, corpus):
+    """OpenAI's `prompt` holds hotwords (comma-separated): the transcript of this untrained
+    model takes the heavy one; our `hotwords` field (weights) through extra_body does the same;
+    the same request without them gets what it got before; a prompt on translations is
+    refused naming the field."""
+    import openai
+
+    url, expected, *_ = server
+    wav = Path(read_table(corpus / "wav.scp")[0][1])
+    plain = expected.transcribe(wav, "asr", 1)["transcript"]
+    assert "二十七" not in plain
+    with open(wav, "rb") as f:
+        biased = client.audio.transcriptions.create(
+            model="m", file=f, prompt="张伟, 二十七", extra_body={"hotword_score": "40"}).text
+    assert "二十七" in biased
+    with open(wav, "rb") as f:
+        weighted = client.audio.transcriptions.create(
+            model="m", file=f, extra_body={"hotwords": "# a list\n二十七\t40\n"}).text
+    assert "二十七" in weighted
+    with open(wav, "rb") as f:
+        assert client.audio.transcriptions.create(model="m", file=f).text == plain
+    with open(wav, "rb") as f, pytest.raises(openai.BadRequestError) as caught:
+        client.audio.translations.create(model="m", file=f, prompt="二十七")
+    assert (caught.value.param, caught.value.code) == ("prompt", "unsupported_value")

@@ -184,6 +184,30 @@ def test_a_request_whose_client_left_is_not_decoded(patient_server, corpus):
     assert after["batches"] == before["batches"] + 1  # only the second request was decoded
 
 
+def test_the_api_takes_a_hotword_list(server, corpus):
+    """/api/transcribe's `hotwords` (a line a word, optional tab and weight) and
+    `hotword_score`: the transcript takes the heavy word, the translation is as without a
+    list; a bad line is a 400 naming it."""
+    import httpx
+
+    url, expected, *_ = server
+    wav = Path(read_table(corpus / "wav.scp")[0][1])
+    want = expected.transcribe(wav, "asr_ast", 1, wav.name)
+
+    def ask(**fields: str) -> httpx.Response:
+        with open(wav, "rb") as f:
+            return httpx.post(f"{url}/api/transcribe", files={"file": (wav.name, f)},
+                              data={"task": "asr_ast", "num_beams": "1", **fields}, timeout=300)
+
+    answer = ask(hotwords="张伟\n二十七\t40").json()
+    assert "二十七" in answer["transcript"] and "二十七" not in want["transcript"]
+    assert answer["translation"] == want["translation"]
+    assert ask(hotwords="二十七", hotword_score="40").json()["transcript"] == answer["transcript"]
+    refused = ask(hotwords="ok\n二十七\tmany")
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "hotwords, line 2: the weight 'many' of '二十七' is not a number"
+
+
 def test_past_max_queue_the_answer_is_503_with_retry_after(patient_server, corpus):
     """Four requests at once, two allowed to wait: two answered, two refused at once with 503
     and Retry-After, in the shape of the API they asked (ours, OpenAI's); the server goes on
@@ -374,11 +398,11 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-r
 
 
 def drive_page(url: str, wav: Path | None, screenshot: Path, bad: Path | None = None,
-               timeout_s: float = 120) -> dict[str, str]:
+               timeout_s: float = 120, hotwords: str = "") -> dict[str, str]:
     """Open the page in headless Chromium, upload `wav` (or, when None, record 2 s from the
-    browser's fake microphone, a beep), choose both tasks, press Transcribe and read the
-    transcript, translation and status off the page; saves a screenshot. Then, with `bad`,
-    upload that and read the error the page shows."""
+    browser's fake microphone, a beep), choose both tasks, type `hotwords`, press Transcribe
+    and read the transcript, translation and status off the page; saves a screenshot. Then,
+    with `bad`, upload that and read the error the page shows."""
     from playwright.sync_api import sync_playwright
 
     wait = timeout_s * 1000
@@ -400,6 +424,8 @@ def drive_page(url: str, wav: Path | None, screenshot: Path, bad: Path | None = 
             page.locator("#audio audio, #audio .waveform-container, #audio [data-testid="
                          "'waveform-Audio']").first.wait_for(timeout=wait)
             page.get_by_label("both").check()
+            if hotwords:
+                page.locator("#hotwords textarea").fill(hotwords)
             page.locator("#run").click()
             page.locator("#status").get_by_text("segment").wait_for(timeout=wait)
             texts = {"transcript": page.locator("#transcript textarea").input_value(),
@@ -436,7 +462,10 @@ def test_the_page_in_headless_chromium(server, corpus, tmp_path):
 @pytest.mark.slow
 def test_the_page_records_from_the_microphone(server, tmp_path):
     need_chromium()
+    """Recorded from the browser's fake microphone (a beep), with a hotword typed in the page's
+    box: the transcript of this untrained model takes the heavy word, the translation not."""
     url, *_ = server
-    texts = drive_page(url, None, tmp_path / "microphone.png")
+    texts = drive_page(url, None, tmp_path / "microphone.png", hotwords="二十七\t40")
     seconds = float(texts["status"].split(" s of audio")[0])
     assert "1 segment(s)" in texts["status"] and 1.0 <= seconds <= 3.0, texts["status"]
+    assert "二十七" in texts["transcript"] and "二十七" not in texts["translation"]
