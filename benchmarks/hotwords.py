@@ -1,0 +1,145 @@
+"""Hotwords on the demo model: B-WER, U-WER, MER and decoding time, without a list, with each
+utterance's true rare words among distractors, and with distractors alone.
+
+    python benchmarks/hotwords.py                     # after `make demo` (demo_out/)
+    python benchmarks/hotwords.py --run_dir demo_seeds/seed_42/run \\
+        --data_dir demo_seeds/seed_42/data --scores 1 2 3
+
+The held-out sentences (`demo/kaldi/test`, beam 4 by default) are decoded one utterance at a
+time (each has its own list; the same for the baseline, so that times compare). An English
+word is rare when the training transcripts hold it at most `--rare` times; an utterance's list
+is its own rare words plus `--distractors` other words drawn from the training vocabulary
+(English words, and Mandarin words of two characters, that its reference does not hold). With
+distractors alone, the list has no true word: what biasing costs where it cannot help. B-WER
+counts errors on each utterance's true rare words, U-WER on every other token (Le et al.,
+2021); "inserted" is the share of utterances whose hypothesis holds a list word that its
+reference does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from mooer.config import compose_config
+from mooer.data.text import read_table
+from mooer.evaluation.scoring import biased_score, score
+from mooer.inference.hotwords import ContextGraph
+from mooer.inference.loading import apply_run_dir
+from mooer.inference.recognizer import Recognizer
+
+WORD = re.compile(r"[a-z']+")
+
+
+def vocabulary(texts: list[str]) -> Counter:
+    """English words and two-character Mandarin words (every adjacent pair) of `texts`."""
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(WORD.findall(text.lower()))
+        for run in re.findall(r"[\u4e00-\u9fff]+", text):
+            counts.update(run[i:i + 2] for i in range(len(run) - 1))
+    return counts
+
+
+def holds(text: str, word: str) -> bool:
+    """Whether `text` holds `word` (an English word as a whole word)."""
+    return word in text.lower().split() if word.isascii() else word in text
+
+
+def lists(tests: dict[str, str], counts: Counter, rare: int, distractors: int, seed: int
+          ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Per utterance: its true rare English words, and `distractors` words it does not hold."""
+    rng = random.Random(seed)
+    words = sorted(counts)
+    true, other = {}, {}
+    for key, text in tests.items():
+        held = vocabulary([text])
+        true[key] = sorted({w for w in WORD.findall(text.lower()) if counts[w] <= rare})
+        pool = [w for w in words if w not in held and w not in text]
+        other[key] = rng.sample(pool, min(distractors, len(pool)))
+    return true, other
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run_dir", type=Path, default=Path("demo_out/run"))
+    parser.add_argument("--data_dir", type=Path, default=Path("demo_out/data"))
+    parser.add_argument("--scores", type=float, nargs="+", default=[2.0])
+    parser.add_argument("--num_beams", type=int, default=4)
+    parser.add_argument("--rare", type=int, default=40,
+                        help="an English word is rare at most this many times in training")
+    parser.add_argument("--distractors", type=int, default=100)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N utterances")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    kaldi = args.data_dir / "demo" / "kaldi"
+    if not (args.run_dir / "checkpoints" / "last.ckpt").is_file() or not kaldi.is_dir():
+        sys.exit(f"no trained demo in {args.run_dir} / {kaldi}: run `make demo` first")
+    counts = vocabulary([t for _, t in read_table(kaldi / "train" / "text")])
+    tests = dict(read_table(kaldi / "test" / "text")[: args.limit])
+    audio = dict(read_table(kaldi / "test" / "wav.scp"))
+    true, other = lists(tests, counts, args.rare, args.distractors, args.seed)
+    cfg = apply_run_dir(compose_config("evaluate", [f"run_dir={args.run_dir}",
+                                                    f"paths.data_dir={args.data_dir}"])[0])
+    recognizer = Recognizer.from_config(cfg, "cpu", "fp32", 1,
+                                        {"num_beams": args.num_beams, "max_new_tokens": 48})
+    tokenizer = recognizer.model.tokenizer
+    torch.set_grad_enabled(False)
+
+    def run(words_of: dict[str, list[str]] | None, score_per_token: float,
+            keys: list[str] | None = None) -> tuple[dict[str, str], float]:
+        hypotheses, seconds = {}, 0.0
+        with tempfile.TemporaryDirectory() as work:
+            for key in keys or list(tests):
+                one = Path(work) / key
+                one.mkdir()
+                (one / "wav.scp").write_text(f"{key} {audio[key]}\n", encoding="utf-8")
+                graph = (ContextGraph.build([(w, None) for w in words_of[key]], tokenizer,
+                                            score_per_token) if words_of else None)
+                started = time.perf_counter()
+                decoded = recognizer.decode(one, "asr", progress=False, hotwords=graph)
+                seconds += time.perf_counter() - started
+                hypotheses.update(decoded.hypotheses)
+        return hypotheses, seconds
+
+    run(None, 0.0, list(tests)[:3])  # warm-up
+    rows = []
+    plain, plain_s = run(None, 0.0)
+    rows.append(("no list", "-", plain, plain_s, None))
+    for value in args.scores:
+        with_true = {k: true[k] + other[k] for k in tests}
+        hyps, seconds = run(with_true, value)
+        rows.append((f"true words + {args.distractors} distractors", f"{value:g}", hyps, seconds,
+                     with_true))
+        hyps, seconds = run(other, value)
+        rows.append((f"{args.distractors} distractors only", f"{value:g}", hyps, seconds, other))
+    with_words = sum(1 for k in tests if true[k])
+    print(f"\n{len(tests)} held-out utterances ({with_words} with a rare English word; "
+          f"{sum(len(v) for v in true.values())} rare words), beam {args.num_beams}, one at a "
+          f"time, {args.run_dir}, CPU {torch.get_num_threads()} threads\n")
+    print("| list | score | B-WER | U-WER | MER | inserted | decoding s | vs no list |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for name, value, hyps, seconds, listed in rows:
+        result = score(tests, hyps)
+        biased = biased_score(result, true)
+        inserted = 0
+        if listed is not None:
+            inserted = sum(1 for key, hyp in hyps.items()
+                           if any(holds(hyp, w) and not holds(tests[key], w)
+                                  for w in listed[key]))
+        print(f"| {name} | {value} | {biased.b_wer:.2f} % | {biased.u_wer:.2f} % | "
+              f"{result.error_rate:.2f} % | "
+              f"{'-' if listed is None else f'{100 * inserted / len(tests):.1f} %'} | "
+              f"{seconds:.1f} | {seconds / plain_s:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
