@@ -157,6 +157,7 @@ def _layout(samples: Sequence[Sample], placements: Sequence[tuple[int, int]], nu
         "feature_lengths": torch.tensor(frames),
         "feature_frames": frames,
         "audio_seconds": float(sum(len(s["wav"]) / s["sample_rate"] for s in samples)),
+        "audio_durations": [len(s["wav"]) / s["sample_rate"] for s in samples],
     }
     if "transcript_ids" in samples[0]:
         transcripts = [s["transcript_ids"] for s in samples]

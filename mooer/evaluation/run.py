@@ -61,6 +61,8 @@ class SetResult:
     chrf: float | None = None
     b_wer: float | None = None  # with a hotword list: errors on its words, and on the others
     u_wer: float | None = None
+    retried: int = 0  # answers the hallucination guard flagged and had decoded again
+    flagged: int = 0  # of those, still flagged (kept, and listed in the wer file)
 
 
 def found_sets(test_data_dir: Path) -> list[str]:
@@ -115,7 +117,8 @@ def resolve_sets(cfg: DictConfig) -> list[TestSet]:
 
 
 def write_set(out_dir: Path, test_set: TestSet, hypotheses: dict[str, str],
-              references: dict[str, str], duplicates: Sequence[str] = ()
+              references: dict[str, str], duplicates: Sequence[str] = (),
+              flagged: dict[str, str] | None = None
               ) -> tuple[float, float | None, Biased | None]:
     """`text` (uttid<TAB>hyp) and `wer` (or `bleu`) files; returns the score (and chrF, and
     with a hotword list B-WER and U-WER, also written under the totals of `wer`)."""
@@ -132,6 +135,10 @@ def write_set(out_dir: Path, test_set: TestSet, hypotheses: dict[str, str],
         biased = biased_score(result, [word for word, _ in test_set.hotwords])
         at = report.index("\n", report.index("Overall -> ")) + 1
         report = report[:at] + biased.line() + "\n" + report[at:]
+    if flagged:
+        report += (f"Flagged by the hallucination guard (decoded again, still doubtful): "
+                   f"{len(flagged)}: " + " ".join(f"{k} ({v})" for k, v in sorted(flagged.items()))
+                   + "\n")
     (out_dir / "wer").write_text(report, encoding="utf-8")
     if test_set.metric == "bleu":
         bleu, chrf = bleu_chrf(references, hypotheses)
@@ -141,17 +148,23 @@ def write_set(out_dir: Path, test_set: TestSet, hypotheses: dict[str, str],
 
 
 def summary_table(results: list[SetResult]) -> str:
-    """The summary as a Markdown table (B-WER and U-WER columns when a set had a list)."""
+    """The summary as a Markdown table (B-WER and U-WER columns when a set had a hotword list;
+    the hallucination guard's counts when it flagged any answer)."""
     biased = any(r.b_wer is not None for r in results)
+    guarded = any(r.retried for r in results)
     lines = ["| test set | metric | score | utterances | RTF | utt/s |"
-             + (" B-WER | U-WER |" if biased else ""),
-             "|---|---|---|---|---|---|" + ("---|---|" if biased else "")]
+             + (" B-WER | U-WER |" if biased else "")
+             + (" guard: retried / still flagged |" if guarded else ""),
+             "|---|---|---|---|---|---|" + ("---|---|" if biased else "")
+             + ("---|" if guarded else "")]
     for r in results:
         value = f"{r.value:.2f}" + (f" (chrF {r.chrf:.2f})" if r.chrf is not None else "")
         line = (f"| {r.name} | {r.metric.upper()} | {value} | {r.utterances} | "
                 f"{r.rtf:.4f} | {r.utterances_per_second:.1f} |")
         if biased:
             line += "".join(f" {'-' if x is None else f'{x:.2f}'} |" for x in (r.b_wer, r.u_wer))
+        if guarded:
+            line += f" {r.retried} / {r.flagged} |"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -173,7 +186,8 @@ def decode_long(test_set: TestSet, recognizer: Recognizer, max_segment_s: float,
                   for name, segments in decoded.recordings.items()}
     log.info("%s: %d recordings decoded in %d segments", test_set.name, len(hypotheses),
              len(run.hypotheses))
-    return Decoded(hypotheses, {}, run.audio_seconds, run.elapsed)
+    return Decoded(hypotheses, {}, run.audio_seconds, run.elapsed, retried=run.retried,
+                   flagged=run.flagged)
 
 
 def decode_set(test_set: TestSet, recognizer: Recognizer, max_segment_s: float, rank: Rank,
@@ -212,7 +226,9 @@ def merged(shares: list[Decoded]) -> Decoded:
     return Decoded({k: v for d in shares for k, v in d.hypotheses.items()},
                    {k: v for d in shares for k, v in d.references.items()},
                    sum(d.audio_seconds for d in shares), max(d.elapsed for d in shares),
-                   [k for d in shares for k in d.duplicates])
+                   [k for d in shares for k in d.duplicates],
+                   retried=[k for d in shares for k in d.retried],
+                   flagged={k: v for d in shares for k, v in d.flagged.items()})
 
 
 def evaluate(cfg: DictConfig) -> list[SetResult]:
@@ -255,11 +271,13 @@ def evaluate(cfg: DictConfig) -> list[SetResult]:
         decoded = merged(shares)
         value, chrf, biased = write_set(
             decode_path / test_set.name, test_set, decoded.hypotheses,
-            references if references is not None else decoded.references, decoded.duplicates)
+            references if references is not None else decoded.references, decoded.duplicates,
+            decoded.flagged)
         results.append(SetResult(test_set.name, test_set.metric, value, len(decoded.hypotheses),
                                  decoded.rtf, decoded.utterances_per_second, chrf,
                                  biased.b_wer if biased else None,
-                                 biased.u_wer if biased else None))
+                                 biased.u_wer if biased else None,
+                                 len(decoded.retried), len(decoded.flagged)))
         log.info("%s: %s %.2f", test_set.name, test_set.metric, value)
     if not rank.is_first:
         return results

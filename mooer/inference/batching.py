@@ -115,8 +115,9 @@ class Batcher:
                                                  num_beams=num_beams, hotwords=hotwords)
             self.batches += 1
             for key, item in zip(keys, batch, strict=True):
-                if key in decoded.hypotheses:
-                    item.result.set_result(decoded.hypotheses[key])
+                if key in decoded.hypotheses:  # its text, and why the guard still doubts it
+                    item.result.set_result((decoded.hypotheses[key],
+                                            decoded.flagged.get(key, "")))
                 else:
                     item.result.set_exception(ValueError("the segment could not be decoded"))
         except Exception as err:  # noqa: BLE001 - each waiting request gets the error

@@ -30,6 +30,10 @@ class Decoded:
     audio_seconds: float
     elapsed: float
     duplicates: list[str] = field(default_factory=list)  # uttids the data held more than once
+    tokens: dict[str, list[int]] = field(default_factory=dict)  # each answer's token ids
+    durations: dict[str, float] = field(default_factory=dict)  # each utterance's audio seconds
+    retried: list[str] = field(default_factory=list)  # flagged by the guard, decoded again
+    flagged: dict[str, str] = field(default_factory=dict)  # still flagged after that: why
 
     @property
     def rtf(self) -> float:
@@ -62,6 +66,8 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
     bias towards (`mooer.inference.hotwords`)."""
     hypotheses: dict[str, str] = {}
     references: dict[str, str] = {}
+    tokens: dict[str, list[int]] = {}
+    durations: dict[str, float] = {}
     seconds, duplicates, seen = 0.0, [], set()
     decoding = dict(decoding)
     graph = decoding.pop("hotwords", None)  # a ContextGraph: a fresh processor a batch
@@ -78,9 +84,12 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
             generated = model.generate(move_batch(batch, device, dtype), **options)
             hypotheses.update(zip(batch["keys"], generated.texts, strict=True))
             references.update(zip(batch["keys"], batch["targets"], strict=True))
+            tokens.update(zip(batch["keys"], generated.token_ids, strict=True))
+            durations.update(zip(batch["keys"], batch["audio_durations"], strict=True))
             seconds += batch["audio_seconds"]
             bar.update(len(batch["keys"]))
     if duplicates:
         log.warning("%s: %d uttids came more than once (the last hypothesis is kept): %s", desc,
                     len(duplicates), " ".join(sorted(set(duplicates))[:10]))
-    return Decoded(hypotheses, references, seconds, time.perf_counter() - started, duplicates)
+    return Decoded(hypotheses, references, seconds, time.perf_counter() - started, duplicates,
+                   tokens, durations)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 FORMATS = ("tsv", "text", "json", "srt", "vtt")
 
@@ -18,6 +18,23 @@ class Segment:
     start: float
     end: float
     texts: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)  # per task: why the guard still doubts it
+
+    def flagged(self, tasks: Sequence[str]) -> dict[str, str]:
+        """{task: reason} of the texts the hallucination guard still flags."""
+        return {task: reason for task, reason in zip(tasks, self.flags, strict=False) if reason}
+
+    def marked_texts(self) -> list[str]:
+        """The texts, each the guard still flags starting `[unreliable: why] ` (TSV, SRT, VTT)."""
+        return [f"[unreliable: {self.flags[i]}] {text}" if i < len(self.flags) and self.flags[i]
+                else text for i, text in enumerate(self.texts)]
+
+    def as_dict(self, tasks: Sequence[str]) -> dict:
+        """start, end, texts (and flagged, when any) as JSON writes them."""
+        out = {"start": self.start, "end": self.end, "texts": self.texts}
+        if self.flagged(tasks):
+            out["flagged"] = self.flagged(tasks)
+        return out
 
 
 def join_texts(texts: Sequence[str]) -> str:
@@ -50,18 +67,20 @@ def render(recordings: dict[str, list[Segment]], fmt: str, tasks: Sequence[str],
            header: bool = True) -> str:
     """Every recording's transcript in `fmt`: `tsv` (a segment a row: recording, start, end, one
     text per task; the header row unless not `header`), `text` (Kaldi text: a recording a line,
-    its segments joined) or `json`."""
+    its segments joined) or `json`. A text the hallucination guard still flags is marked:
+    `[unreliable: why] ` before it in TSV, `flagged` in JSON (Kaldi text stays plain, for
+    scoring)."""
     if fmt == "text":
         return "".join("\t".join([name, *joined(segments, len(tasks))]) + "\n"
                        for name, segments in recordings.items())
     if fmt == "tsv":
         rows = ["\t".join(["recording", "start", "end", *tasks])] if header else []
-        rows += ["\t".join([name, f"{s.start:.2f}", f"{s.end:.2f}", *s.texts])
+        rows += ["\t".join([name, f"{s.start:.2f}", f"{s.end:.2f}", *s.marked_texts()])
                  for name, segments in recordings.items() for s in segments]
         return "\n".join(rows) + "\n"
     if fmt == "json":
         return json.dumps({name: {**dict(zip(tasks, joined(segments, len(tasks)), strict=True)),
-                                  "segments": [asdict(s) for s in segments]}
+                                  "segments": [s.as_dict(tasks) for s in segments]}
                            for name, segments in recordings.items()},
                           ensure_ascii=False, indent=2) + "\n"
     raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
@@ -69,13 +88,13 @@ def render(recordings: dict[str, list[Segment]], fmt: str, tasks: Sequence[str],
 
 def subtitles(segments: Sequence[Segment], fmt: str) -> str:
     """One recording as SubRip (`srt`) or WebVTT (`vtt`) cues, a segment a cue (its texts, one
-    line per task)."""
+    line per task; a text the hallucination guard still flags starts `[unreliable: why]`)."""
     separator = "," if fmt == "srt" else "."
     lines = ["WEBVTT", ""] if fmt == "vtt" else []
     for index, s in enumerate(segments, 1):
         if fmt == "srt":
             lines.append(str(index))
         lines.append(f"{_clock(s.start, separator)} --> {_clock(s.end, separator)}")
-        lines += [t for t in s.texts if t] or [""]
+        lines += [t for t in s.marked_texts() if t] or [""]
         lines.append("")
     return "\n".join(lines)

@@ -134,14 +134,18 @@ def _readable_seconds(path: str) -> float:
     return float(info.duration)
 
 
-def collect(prepared: Prepared, columns: Sequence[dict[str, str]]) -> dict[str, list[Segment]]:
-    """Each recording's decoded segments in time order (one text per task column); recordings
-    none of whose segments was decoded are left out."""
+def collect(prepared: Prepared, columns: Sequence[dict[str, str]],
+            flags: Sequence[dict[str, str]] = ()) -> dict[str, list[Segment]]:
+    """Each recording's decoded segments in time order (one text per task column, and what the
+    hallucination guard still flags in each); recordings none of whose segments was decoded
+    are left out."""
     recordings: dict[str, list[Segment]] = {name: [] for name in prepared.names}
     for uttid, (name, start, end) in prepared.spans.items():
         if uttid in columns[0]:
             texts = [one_line(column.get(uttid, "")) for column in columns]
-            recordings[name].append(Segment(round(start, 3), round(end, 3), texts))
+            marks = [flagged.get(uttid, "") for flagged in flags]
+            recordings[name].append(Segment(round(start, 3), round(end, 3), texts,
+                                            marks if any(marks) else []))
     return {name: segments for name, segments in recordings.items() if segments}
 
 

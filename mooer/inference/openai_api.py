@@ -180,6 +180,7 @@ def render(options: Options, task: str, segments: Sequence[Segment], duration: f
             "duration": duration, "text": text,
             "segments": [{"id": i, "seek": round(s.start * 100), "start": s.start, "end": s.end,
                           "text": s.texts[0], "tokens": tokenize(s.texts[0]),
-                          "temperature": 0.0, "compression_ratio": compression_ratio(s.texts[0])}
+                          "temperature": 0.0, "compression_ratio": compression_ratio(s.texts[0]),
+                          **({"flagged": s.flags[0]} if s.flags and s.flags[0] else {})}
                          for i, s in enumerate(segments)],
             "usage": {"type": "duration", "seconds": duration}}, "application/json"

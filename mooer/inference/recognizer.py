@@ -9,7 +9,9 @@ device, dtype, batch size, generation options), for `evaluate.py`, `mooer-transc
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from mooer.config import as_dict
 from mooer.data.features import Frontend
 from mooer.data.loader import EpochDataLoader
 from mooer.data.prompts import PromptFormat
@@ -26,11 +29,14 @@ from mooer.devices import resolve_device
 from mooer.inference.decode import Decoded, decode, decoding_loader
 from mooer.inference.distributed import current_rank, rank_device
 from mooer.inference.formats import Segment
+from mooer.inference.guard import Guard
 from mooer.inference.hotwords import ContextGraph
 from mooer.inference.loading import load_for_decoding
 from mooer.inference.longform import Prepared, collect, prepare
 from mooer.inference.segment import MIN_SILENCE_MS
 from mooer.models.speech_llm import SpeechLLM
+
+log = logging.getLogger(__name__)
 
 MIN_AUDIO_SECONDS = 0.1  # shorter audio gives the encoder no frame to attend to
 
@@ -72,6 +78,7 @@ class Recognizer:
     batch_size: int = 8
     decoding: dict[str, Any] = field(default_factory=dict)
     hotwords: ContextGraph | None = None  # biases transcripts (ASR), not translations
+    guard: Guard = field(default_factory=Guard)  # hallucinated answers decoded again, marked
 
     @classmethod
     def from_config(cls, cfg: DictConfig, device: str = "auto", precision: str = "bf16",
@@ -83,8 +90,13 @@ class Recognizer:
         prompt = prompt or prompt_for(cfg, tasks)
         torch_device = rank_device(resolve_device(device), current_rank())  # a GPU a rank
         model, dtype = load_for_decoding(cfg, torch_device, precision)
+        try:
+            guard = Guard(**as_dict(cfg.guard)) if cfg.get("guard") is not None else Guard()
+        except TypeError as err:  # a misspelt key
+            raise ValueError(f"guard: {err}; it takes "
+                             f"{', '.join(Guard.__dataclass_fields__)}") from None
         return cls(model, prompt, instantiate(cfg.encoder.frontend), torch_device, dtype,
-                   batch_size, dict(decoding or {}))
+                   batch_size, dict(decoding or {}), guard=guard)
 
     @property
     def tasks(self) -> list[str]:
@@ -106,8 +118,46 @@ class Recognizer:
         graph = options.pop("hotwords", self.hotwords)
         if task == "asr" and graph:
             options["hotwords"] = graph
-        return decode(self.model, self.loader(source, task, keys), {**self.decoding, **options},
-                      self.device, self.dtype, total=total, desc=desc, progress=progress)
+        decoding = {**self.decoding, **options}
+        decoded = decode(self.model, self.loader(source, task, keys), decoding, self.device,
+                         self.dtype, total=total, desc=desc, progress=progress)
+        return self.guarded(decoded, source, task, decoding, desc)
+
+    def guarded(self, decoded: Decoded, source: str | Path, task: str,
+                decoding: dict[str, Any], desc: str = "decoding") -> Decoded:
+        """`decoded` with the answers the guard flags decoded again (beam search and a
+        repetition penalty); those still flagged are kept, named in `flagged` with why."""
+        instructions = [self.prompt.instructions[task]] if task in self.prompt.instructions \
+            else []
+
+        def flags(run: Decoded, keys) -> dict[str, str]:
+            found = {}
+            for key in keys:
+                reason = self.guard.check(run.tokens.get(key, []), run.hypotheses[key],
+                                          run.durations.get(key, 0.0), instructions)
+                if reason:
+                    found[key] = reason
+            return found
+
+        bad = flags(decoded, decoded.hypotheses) if self.guard.enabled else {}
+        if not bad:
+            return decoded
+        retry = {**decoding, "num_beams": max(self.guard.retry_beams,
+                                              int(decoding.get("num_beams", 1))),
+                 "repetition_penalty": self.guard.retry_repetition_penalty}
+        again = decode(self.model, self.loader(source, task, frozenset(bad)), retry, self.device,
+                       self.dtype, progress=False)
+        for key in again.hypotheses:
+            decoded.hypotheses[key] = again.hypotheses[key]
+            decoded.tokens[key] = again.tokens[key]
+        decoded.retried = sorted(bad)
+        decoded.flagged = flags(decoded, bad)
+        decoded.elapsed += again.elapsed
+        log.warning("%s: %d answers flagged (%s) and decoded again; %d still flagged%s", desc,
+                    len(bad), ", ".join(f"{r}: {n}" for r, n in sorted(
+                        Counter(bad.values()).items())), len(decoded.flagged),
+                    f": {' '.join(sorted(decoded.flagged)[:10])}" if decoded.flagged else "")
+        return decoded
 
     def decode_prepared(self, prepared: Prepared, tasks: Sequence[str],
                         progress: bool | None = True, **options: Any) -> LongDecoded:
@@ -118,7 +168,8 @@ class Recognizer:
             progress = len(prepared.spans) > self.batch_size
         runs = [self.decode(prepared.directory, task, total=len(prepared.spans), desc=task,
                             progress=progress, **options) for task in tasks]
-        return LongDecoded(collect(prepared, [run.hypotheses for run in runs]), runs, prepared)
+        return LongDecoded(collect(prepared, [run.hypotheses for run in runs],
+                                   [run.flagged for run in runs]), runs, prepared)
 
     def decode_long(self, recordings: Sequence[tuple[str, str]], tasks: Sequence[str],
                     max_segment_s: float = 30.0, min_silence_ms: int = MIN_SILENCE_MS,

@@ -15,7 +15,8 @@ The HTTP API (also Gradio's own, at /gradio_api/):
     curl -F file=@meeting.flac -F task=asr -F num_beams=4 http://127.0.0.1:7860/api/transcribe
 
 answers JSON: {"name", "duration", "task", "transcript", "translation", "segments": [{"start",
-"end", "transcript", "translation"}], "srt", "seconds"}; a bad input answers 400 (413 over the
+"end", "transcript", "translation", and "flagged" ({task: why} where the hallucination guard
+still doubts a text)}], "srt", "seconds"}; a bad input answers 400 (413 over the
 size limit) with {"error": "..."}, and the server goes on serving. GET /api/health tells the model,
 the tasks and the queue.
 
@@ -252,7 +253,8 @@ class Transcriber:
             "transcript": texts.get("asr", ""), "translation": texts.get("ast", ""),
             "segments": [{"start": s.start, "end": s.end,
                           **dict(zip(("transcript" if t == "asr" else "translation"
-                                      for t in tasks), s.texts, strict=True))}
+                                      for t in tasks), s.texts, strict=True)),
+                          **({"flagged": s.flagged(tasks)} if s.flagged(tasks) else {})}
                          for s in segments],
             "srt": subtitles(segments, "srt"),
             "seconds": round(done.seconds, 3),
@@ -298,14 +300,16 @@ class Transcriber:
                                            hotwords if task == "asr" else None)
                        for task in tasks]
             try:
-                columns = [dict(zip(uttids, [f.result() for f in futures], strict=True))
+                answers = [dict(zip(uttids, [f.result() for f in futures], strict=True))
                            for futures in waiting]
             except Abandoned:
                 self.abandoned += 1
                 raise Gone(f"{name}: the client left before its turn; not decoded") from None
             except ValueError as err:
                 raise InputError(f"{name} could not be decoded: {err}") from err
-        recording = collect(prepared, columns).get("input")
+        recording = collect(prepared, [{u: text for u, (text, _) in a.items()} for a in answers],
+                            [{u: why for u, (_, why) in a.items() if why} for a in answers]
+                            ).get("input")
         if not recording:
             raise InputError("the recording could not be decoded (see the server's log)")
         return recording

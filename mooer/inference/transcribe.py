@@ -253,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
                         write_files=False)
         output.add(dict(sorted(done.items(), key=lambda item: order[item[0]])))
     output.close()
+    doubtful = [f"{name} {s.start:.2f}-{s.end:.2f} s ({', '.join(s.flagged(tasks).values())})"
+                for name, segments in output.done.items() for s in segments if s.flagged(tasks)]
+    if doubtful:
+        print(f"flagged by the hallucination guard (decoded again, still doubtful; marked in "
+              f"tsv, json, srt and vtt): {'; '.join(doubtful)}", file=sys.stderr)
     if undecoded:
         print(f"not transcribed (see the warnings above): {', '.join(undecoded)}",
               file=sys.stderr)
