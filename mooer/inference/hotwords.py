@@ -28,13 +28,15 @@ __all__ = ["DEFAULT_SCORE", "ROOT", "ContextGraph", "HotwordBias", "token_varian
 
 
 def token_variants(word: str, tokenizer) -> list[list[int]]:
-    """The token sequences `word` can take in a transcript: as it stands and, after a space (a
-    byte-level BPE spells a word inside a sentence with its leading space)."""
+    """The token sequences `word` can take in a transcript: as it stands, in upper and in lower
+    case (training text is often case-normalized: MooER's English is upper case), each also
+    after a space (a byte-level BPE spells a word inside a sentence with its leading space)."""
     variants = []
-    for text in (word, " " + word):
-        ids = list(tokenizer.encode(text, add_special_tokens=False))
-        if ids and ids not in variants:
-            variants.append(ids)
+    for form in dict.fromkeys((word, word.upper(), word.lower())):
+        for text in (form, " " + form):
+            ids = list(tokenizer.encode(text, add_special_tokens=False))
+            if ids and ids not in variants:
+                variants.append(ids)
     return variants
 
 

@@ -13,7 +13,7 @@ from mooer.inference.hotwords import ROOT, ContextGraph, HotwordBias
 
 
 class CharTokenizer:
-    """One token a character: A=1, B=2, ...; a space is 27."""
+    """One token a character: A=1, B=2, ..., a=33, b=34, ...; a space is 27."""
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return [27 if c == " " else ord(c) - 64 for c in text]
@@ -57,10 +57,12 @@ def test_weights_per_word_and_a_shared_prefix_takes_the_larger():
     assert sum(walk(graph, ids("AX"))) == 0.0
 
 
-def test_a_word_is_matched_with_and_without_a_leading_space():
-    graph = ContextGraph.build([("AB", None)], CharTokenizer(), score=1.0)
-    assert sum(walk(graph, ids("AB"))) == 2.0
+def test_a_word_is_matched_with_and_without_a_leading_space_in_either_case():
+    graph = ContextGraph.build([("Ab", None)], CharTokenizer(), score=1.0)
+    assert sum(walk(graph, ids("Ab"))) == 2.0
     assert sum(walk(graph, ids(" AB"))) == 3.0  # the variant " AB": 3 tokens
+    assert sum(walk(graph, ids("ab"))) == 2.0
+    assert sum(walk(graph, ids("aB"))) == 0.0  # not a variant: taken back
 
 
 def test_the_sparse_row_equals_every_single_step():
@@ -69,14 +71,14 @@ def test_the_sparse_row_equals_every_single_step():
                                score=1.0)
     states, frontier = {ROOT}, [ROOT]
     for _ in range(3):  # every state three tokens reach
-        frontier = [graph.step(s, t)[0] for s in frontier for t in range(1, 28)]
+        frontier = [graph.step(s, t)[0] for s in frontier for t in range(1, 60)]
         states.update(frontier)
     assert len(states) > 5
     for state in states:
         row = graph.transition(state)
-        dense = torch.full((28,), row.default)
+        dense = torch.full((60,), row.default)
         dense[row.tokens] += row.values
-        expected = torch.tensor([graph.step(state, t)[1] for t in range(28)])
+        expected = torch.tensor([graph.step(state, t)[1] for t in range(60)])
         torch.testing.assert_close(dense, expected)
 
 
@@ -84,16 +86,16 @@ def test_the_processor_adds_each_rows_bonus():
     graph = ContextGraph.build([("AB", None), ("C", 5.0)], CharTokenizer(), score=2.0)
     bias = HotwordBias(graph)
     rows = torch.tensor([[1], [3], [9]])  # A (pending 2), C (done), X
-    scores = bias(rows, torch.zeros(3, 28))
+    scores = bias(rows, torch.zeros(3, 60))
     for r, row in enumerate(rows.tolist()):
         state = ROOT
         for token in row:
             state = graph.step(state, token)[0]
-        expected = torch.tensor([graph.step(state, t)[1] for t in range(28)])
+        expected = torch.tensor([graph.step(state, t)[1] for t in range(60)])
         torch.testing.assert_close(scores[r], expected)
     assert scores[0, 2] == 2.0 and scores[0, 9] == -2.0 and scores[1, 3] == 5.0
     # the next step follows each row's own tokens (beam search reorders rows)
-    scores = bias(torch.tensor([[3, 1], [1, 2]]), torch.zeros(2, 28))
+    scores = bias(torch.tensor([[3, 1], [1, 2]]), torch.zeros(2, 60))
     assert scores[0, 2] == 2.0 and scores[0, 9] == -2.0  # C, then A: pending 2
     assert scores[1].abs().sum() > 0 and scores[1, 3] == 5.0  # AB done: C starts afresh
 
