@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 MAX_HOTWORDS = 100_000
-DEFAULT_SCORE = 2.0  # bonus per hotword token, in log-probability (nats)
+DEFAULT_SCORE = 1.0  # bonus per hotword token, in log-probability (nats)
 
 
 class HotwordError(ValueError):

@@ -16,7 +16,7 @@ Form fields, as OpenAI's clients send them:
 - `prompt`: on transcriptions, hotwords (names, terms) separated by newlines or commas, which
   bias the decoder towards them (`mooer.inference.hotwords`); refused on translations
 - `hotwords` (ours, through `extra_body`): a hotword list, a word or phrase a line, optionally
-  `<TAB>weight`; `hotword_score` (ours): the bonus per hotword token (default 2.0)
+  `<TAB>weight`; `hotword_score` (ours): the bonus per hotword token (default 1.0)
 - `timestamp_granularities[]`: `segment` only (word times are not built yet)
 - `num_beams` (ours, through the client's `extra_body`): beam search, 1 to 16 (default 1)
 
