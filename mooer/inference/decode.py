@@ -15,6 +15,8 @@ from mooer.data.collate import move_batch
 from mooer.data.features import Frontend
 from mooer.data.loader import EpochDataLoader, PipelineOptions, ShardDataset, model_slots
 from mooer.data.prompts import PromptBuilder, PromptFormat
+from mooer.data.text import WORD_JOINER
+from mooer.inference.align import Word, align_words
 from mooer.inference.hotwords import HotwordBias
 from mooer.models.speech_llm import SpeechLLM
 
@@ -32,6 +34,7 @@ class Decoded:
     duplicates: list[str] = field(default_factory=list)  # uttids the data held more than once
     tokens: dict[str, list[int]] = field(default_factory=dict)  # each answer's token ids
     durations: dict[str, float] = field(default_factory=dict)  # each utterance's audio seconds
+    words: dict[str, list[Word]] = field(default_factory=dict)  # with timestamps: word times
     retried: list[str] = field(default_factory=list)  # flagged by the guard, decoded again
     flagged: dict[str, str] = field(default_factory=dict)  # still flagged after that: why
 
@@ -71,6 +74,8 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
     seconds, duplicates, seen = 0.0, [], set()
     decoding = dict(decoding)
     graph = decoding.pop("hotwords", None)  # a ContextGraph: a fresh processor a batch
+    timestamps = decoding.pop("timestamps", False)  # word times by CTC forced alignment
+    words: dict[str, list[Word]] = {}
     started = time.perf_counter()
     with tqdm(total=total, desc=desc, unit="utt", disable=not progress) as bar:
         for batch in loader:
@@ -81,15 +86,39 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
             options = decoding if not graph else {
                 **decoding, "logits_processor": [*decoding.get("logits_processor", []),
                                                  HotwordBias(graph)]}
-            generated = model.generate(move_batch(batch, device, dtype), **options)
+            moved = move_batch(batch, device, dtype)
+            generated = model.generate(moved, **options)
             hypotheses.update(zip(batch["keys"], generated.texts, strict=True))
             references.update(zip(batch["keys"], batch["targets"], strict=True))
             tokens.update(zip(batch["keys"], generated.token_ids, strict=True))
             durations.update(zip(batch["keys"], batch["audio_durations"], strict=True))
+            if timestamps:
+                words.update(word_times(model, moved, generated.texts))
             seconds += batch["audio_seconds"]
             bar.update(len(batch["keys"]))
     if duplicates:
         log.warning("%s: %d uttids came more than once (the last hypothesis is kept): %s", desc,
                     len(duplicates), " ".join(sorted(set(duplicates))[:10]))
     return Decoded(hypotheses, references, seconds, time.perf_counter() - started, duplicates,
-                   tokens, durations)
+                   tokens, durations, words)
+
+
+def word_times(model: SpeechLLM, batch: dict[str, Any], texts: list[str]
+               ) -> dict[str, list[Word]]:
+    """Each utterance's words with times and confidence, by forced alignment of its text on the
+    CTC head (`mooer.inference.align`); an utterance that cannot be aligned gets none."""
+    found = model.ctc_log_probs(batch)
+    if found is None:
+        raise ValueError("word times need the encoder's CTC head, which this model has not: "
+                         "train one (encoder.ctc_weight > 0)")
+    log_probs, lengths = found
+    log_probs = log_probs.cpu()
+    blank = log_probs.shape[-1] - 1
+    result = {}
+    for row, (key, text) in enumerate(zip(batch["keys"], texts, strict=True)):
+        frames = int(lengths[row])
+        ids = model.tokenizer(text.replace(WORD_JOINER, " "))["input_ids"] if text else []
+        aligned = align_words(log_probs[row, :frames], ids, model.tokenizer, blank,
+                              batch["audio_durations"][row] / max(frames, 1))
+        result[key] = aligned or []
+    return result

@@ -7,6 +7,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mooer.inference.align import Word
+
 FORMATS = ("tsv", "text", "json", "srt", "vtt")
 
 
@@ -19,6 +21,7 @@ class Segment:
     end: float
     texts: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)  # per task: why the guard still doubts it
+    words: list[Word] = field(default_factory=list)  # the transcript's words, times absolute
 
     def flagged(self, tasks: Sequence[str]) -> dict[str, str]:
         """{task: reason} of the texts the hallucination guard still flags."""
@@ -31,9 +34,11 @@ class Segment:
 
     def as_dict(self, tasks: Sequence[str]) -> dict:
         """start, end, texts (and flagged, when any) as JSON writes them."""
-        out = {"start": self.start, "end": self.end, "texts": self.texts}
+        out: dict = {"start": self.start, "end": self.end, "texts": self.texts}
         if self.flagged(tasks):
             out["flagged"] = self.flagged(tasks)
+        if self.words:
+            out["words"] = [w.as_dict() for w in self.words]
         return out
 
 

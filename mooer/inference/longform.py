@@ -13,6 +13,7 @@ import soundfile as sf
 
 from mooer.data.audio import AudioError, audio_problem, read_audio, resample, to_mono, wav_bytes
 from mooer.data.text import one_line, read_table
+from mooer.inference.align import Word
 from mooer.inference.formats import Segment
 from mooer.inference.segment import MIN_SILENCE_MS, SAMPLE_RATE, check_max_segment_s, segment
 
@@ -135,17 +136,19 @@ def _readable_seconds(path: str) -> float:
 
 
 def collect(prepared: Prepared, columns: Sequence[dict[str, str]],
-            flags: Sequence[dict[str, str]] = ()) -> dict[str, list[Segment]]:
-    """Each recording's decoded segments in time order (one text per task column, and what the
-    hallucination guard still flags in each); recordings none of whose segments was decoded
-    are left out."""
+            flags: Sequence[dict[str, str]] = (), words: dict[str, list[Word]] | None = None
+            ) -> dict[str, list[Segment]]:
+    """Each recording's decoded segments in time order (one text per task column, what the
+    hallucination guard still flags in each, and the transcript's word times, made absolute);
+    recordings none of whose segments was decoded are left out."""
     recordings: dict[str, list[Segment]] = {name: [] for name in prepared.names}
     for uttid, (name, start, end) in prepared.spans.items():
         if uttid in columns[0]:
             texts = [one_line(column.get(uttid, "")) for column in columns]
             marks = [flagged.get(uttid, "") for flagged in flags]
+            timed = [w.shifted(start) for w in (words or {}).get(uttid, [])]
             recordings[name].append(Segment(round(start, 3), round(end, 3), texts,
-                                            marks if any(marks) else []))
+                                            marks if any(marks) else [], timed))
     return {name: segments for name, segments in recordings.items() if segments}
 
 

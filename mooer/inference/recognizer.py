@@ -79,6 +79,7 @@ class Recognizer:
     decoding: dict[str, Any] = field(default_factory=dict)
     hotwords: ContextGraph | None = None  # biases transcripts (ASR), not translations
     guard: Guard = field(default_factory=Guard)  # hallucinated answers decoded again, marked
+    timestamps: bool = False  # word times and confidence of transcripts (the CTC head's)
 
     @classmethod
     def from_config(cls, cfg: DictConfig, device: str = "auto", precision: str = "bf16",
@@ -118,6 +119,8 @@ class Recognizer:
         graph = options.pop("hotwords", self.hotwords)
         if task == "asr" and graph:
             options["hotwords"] = graph
+        if options.pop("timestamps", self.timestamps) and task == "asr":
+            options["timestamps"] = True
         decoding = {**self.decoding, **options}
         decoded = decode(self.model, self.loader(source, task, keys), decoding, self.device,
                          self.dtype, total=total, desc=desc, progress=progress)
@@ -150,6 +153,8 @@ class Recognizer:
         for key in again.hypotheses:
             decoded.hypotheses[key] = again.hypotheses[key]
             decoded.tokens[key] = again.tokens[key]
+            if key in again.words:
+                decoded.words[key] = again.words[key]
         decoded.retried = sorted(bad)
         decoded.flagged = flags(decoded, bad)
         decoded.elapsed += again.elapsed
@@ -169,7 +174,9 @@ class Recognizer:
         runs = [self.decode(prepared.directory, task, total=len(prepared.spans), desc=task,
                             progress=progress, **options) for task in tasks]
         return LongDecoded(collect(prepared, [run.hypotheses for run in runs],
-                                   [run.flagged for run in runs]), runs, prepared)
+                                   [run.flagged for run in runs],
+                                   runs[list(tasks).index("asr")].words if "asr" in tasks
+                                   else None), runs, prepared)
 
     def decode_long(self, recordings: Sequence[tuple[str, str]], tasks: Sequence[str],
                     max_segment_s: float = 30.0, min_silence_ms: int = MIN_SILENCE_MS,

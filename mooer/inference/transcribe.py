@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hotwords", type=Path,
                         help="a hotword list (a word or phrase a line, optionally <TAB>weight) "
                              "to bias transcripts towards")
+    parser.add_argument("--word_timestamps", action="store_true",
+                        help="word start, end and confidence in --format json (forced "
+                             "alignment on the encoder's CTC head; the model needs one)")
     parser.add_argument("--hotword_score", type=float, default=DEFAULT_SCORE,
                         help="the bonus per hotword token, in log-probability")
     add_segment_arguments(parser)
@@ -234,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
         if hotwords:
             recognizer.hotwords = ContextGraph.build(hotwords, recognizer.model.tokenizer,
                                                      args.hotword_score)
+        if args.word_timestamps:
+            if recognizer.model.ctc_weight <= 0:
+                print("error: --word_timestamps needs the encoder's CTC head, which this model "
+                      "has not (train with encoder.ctc_weight > 0, as the demo does)",
+                      file=sys.stderr)
+                return 2
+            recognizer.timestamps = True
         join(rank, recognizer.device)
         undecoded = attempt(rank, _decode_all, recognizer, prepared, tasks, output,
                             args.batch_size)

@@ -185,6 +185,15 @@ class SpeechLLM(nn.Module):
                                       blank=self.ctc_head.out_features - 1, zero_infinity=True)
 
     @torch.no_grad()
+    def ctc_log_probs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The CTC head's log-posteriors on the encoder states [B, T, vocab + 1] (blank last)
+        and each utterance's frames; None for a model without a CTC head."""
+        if self.ctc_weight <= 0 or not hasattr(self, "ctc_head"):
+            return None
+        states, lengths = self._encode(batch["features"], batch["feature_lengths"])
+        return self.ctc_head(states).float().log_softmax(-1), lengths
+
+    @torch.no_grad()
     def generate(self, batch: dict[str, Any], num_beams: int = 4, max_new_tokens: int = 200,
                  length_penalty: float = 0.8, repetition_penalty: float = 1.0,
                  eos_bias: float = -0.2, do_sample: bool = False, temperature: float = 1.0,

@@ -1,0 +1,127 @@
+"""Word times and confidence by forced alignment of the final transcript on the encoder's CTC
+head (a model trained with `encoder.ctc_weight` > 0 has one: the demo's does).
+
+The transcript's tokens (the tokenizer the CTC head was trained on: the LLM's) are aligned by
+Viterbi over the CTC posteriors, on the usual topology (a blank between tokens, repeats need a
+blank between them); each token gets the frames from its first to its last emission. A word is
+a run of Latin letters and digits (with `'`), or a single CJK character; it starts at its first
+token's first frame and ends after its last token's last frame. Its confidence is the geometric
+mean, over its tokens, of each token's highest CTC posterior on its frames: in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+WORD = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[A-Za-z0-9']+(?:[-.][A-Za-z0-9']+)*")
+
+
+@dataclass
+class Word:
+    """A word of a transcript: its text, start and end in seconds, and confidence in [0, 1]."""
+
+    text: str
+    start: float
+    end: float
+    confidence: float
+
+    def shifted(self, offset: float) -> Word:
+        return Word(self.text, round(self.start + offset, 3), round(self.end + offset, 3),
+                    self.confidence)
+
+    def as_dict(self) -> dict:
+        return {"word": self.text, "start": self.start, "end": self.end,
+                "confidence": round(self.confidence, 4)}
+
+
+def viterbi(log_probs: torch.Tensor, tokens: Sequence[int], blank: int
+            ) -> list[tuple[int, int]] | None:
+    """The most likely CTC path of `tokens` through `log_probs` [T, V]: each token's (first,
+    last) frame; None when the frames are too few for the tokens."""
+    frames, count = log_probs.shape[0], len(tokens)
+    if count == 0:
+        return []
+    states = [blank]
+    for token in tokens:
+        states += [token, blank]
+    size = len(states)  # 2N + 1
+    repeats = sum(1 for a, b in zip(tokens, tokens[1:], strict=False) if a == b)
+    if frames < count + repeats:
+        return None
+    emit = log_probs[:, torch.tensor(states)]  # [T, S]
+    # a skip over a blank to the next token is allowed unless the tokens are equal
+    skip = torch.zeros(size, dtype=torch.bool)
+    for s in range(3, size, 2):
+        skip[s] = states[s] != states[s - 2]
+    none = torch.full((2,), -math.inf)
+    score = torch.full((size,), -math.inf)
+    score[0], score[1] = emit[0, 0], emit[0, 1]
+    back = torch.zeros((frames, size), dtype=torch.long)
+    index = torch.arange(size)
+    for t in range(1, frames):
+        stay = score
+        step = torch.cat([none[:1], score[:-1]])
+        jump = torch.where(skip, torch.cat([none, score[:-2]]), none[0])
+        options = torch.stack([stay, step, jump])
+        best, choice = options.max(0)
+        back[t] = index - choice
+        score = best + emit[t]
+    end = size - 1 if score[size - 1] >= score[size - 2] else size - 2
+    if not math.isfinite(float(score[end])):
+        return None
+    path = [end]
+    for t in range(frames - 1, 0, -1):
+        path.append(int(back[t, path[-1]]))
+    path.reverse()
+    spans: list[list[int]] = [[-1, -1] for _ in tokens]
+    for t, s in enumerate(path):
+        if s % 2 == 1:
+            span = spans[s // 2]
+            if span[0] < 0:
+                span[0] = t
+            span[1] = t
+    return [(a, b) for a, b in spans]
+
+
+def words_of(text: str, token_texts: Sequence[str]) -> list[tuple[str, list[int]]]:
+    """The words of `text` and, for each, the indices of the tokens that spell it
+    (`token_texts`: each token's piece of `text`, in order)."""
+    owners: list[int] = []  # the token that spelled each character
+    for index, piece in enumerate(token_texts):
+        owners += [index] * len(piece)
+    joined = "".join(token_texts)
+    found = []
+    for match in WORD.finditer(joined):
+        tokens = sorted(set(owners[match.start():match.end()]))
+        found.append((match.group(), tokens))
+    return found
+
+
+def align_words(log_probs: torch.Tensor, token_ids: Sequence[int], tokenizer, blank: int,
+                frame_s: float) -> list[Word] | None:
+    """Word times and confidence of a transcript (`token_ids`, as the CTC head's tokenizer
+    spells it) on one utterance's CTC log-posteriors [T, V]; None if it cannot be aligned."""
+    spans = viterbi(log_probs, token_ids, blank)
+    if spans is None:
+        return None
+    pieces, previous = [], ""
+    for i in range(len(token_ids)):  # each token's piece of the decoded text
+        upto = tokenizer.decode(token_ids[:i + 1], skip_special_tokens=True)
+        pieces.append(upto[len(previous):] if upto.startswith(previous) else upto)
+        previous = upto
+    confidence = [float(log_probs[a:b + 1, token].max()) for (a, b), token in
+                  zip(spans, token_ids, strict=True)]
+    found = []
+    for text, tokens in words_of("".join(pieces), pieces):
+        if not tokens:
+            continue
+        first, last = spans[tokens[0]][0], spans[tokens[-1]][1]
+        mean = sum(confidence[t] for t in tokens) / len(tokens)
+        found.append(Word(text, round(first * frame_s, 3), round((last + 1) * frame_s, 3),
+                          math.exp(mean)))
+    return found

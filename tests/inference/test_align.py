@@ -1,0 +1,126 @@
+"""Word times by CTC forced alignment: the Viterbi path on posteriors whose alignment is known,
+words from tokens, and word times on a tiny model with a CTC head."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mooer.inference.align import align_words, viterbi, words_of
+
+BLANK = 9
+
+
+def posteriors(frames: list[int], vocab: int = 10, sure: float = 0.9) -> torch.Tensor:
+    """Log-posteriors [T, vocab]: frame t gives `frames[t]` probability `sure`, the rest
+    share what is left."""
+    rest = (1 - sure) / (vocab - 1)
+    probs = torch.full((len(frames), vocab), rest)
+    for t, token in enumerate(frames):
+        probs[t, token] = sure
+    return probs.log()
+
+
+def test_viterbi_finds_the_known_alignment():
+    b = BLANK
+    log_probs = posteriors([b, b, 5, 5, 5, b, b, 7, 7, b])
+    assert viterbi(log_probs, [5, 7], b) == [(2, 4), (7, 8)]
+    # a repeated token needs a blank between its two emissions
+    log_probs = posteriors([3, 3, b, 3, b])
+    assert viterbi(log_probs, [3, 3], b) == [(0, 1), (3, 3)]
+    assert viterbi(posteriors([3, 3]), [3, 3], b) is None  # two frames cannot hold 3 b 3
+    assert viterbi(posteriors([b, 4, b]), [], b) == []
+    # the path is forced: a token the posteriors never favour still gets its frames, in order
+    spans = viterbi(posteriors([b, 5, 5, b, b, b]), [5, 6], b)
+    assert spans is not None and spans[0][0] >= 1 and spans[0][1] < spans[1][0]
+
+
+def test_words_are_latin_runs_and_single_cjk_characters():
+    pieces = ["我", "有", " TW", "ENTY", " ONE", "本书", " O'", "CLOCK"]
+    assert words_of("".join(pieces), pieces) == [
+        ("我", [0]), ("有", [1]), ("TWENTY", [2, 3]), ("ONE", [4]), ("本", [5]), ("书", [5]),
+        ("O'CLOCK", [6, 7])]
+
+
+class PieceTokenizer:
+    def __init__(self, pieces: dict[int, str]) -> None:
+        self.pieces = pieces
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return "".join(self.pieces[i] for i in ids)
+
+
+def test_align_words_gives_times_and_confidence():
+    """Tokens 1 ('你'), 2 (' GO'), 3 ('OD') on 60 ms frames: 你 on frames 1-2, GOOD on 4-7."""
+    b = BLANK
+    log_probs = posteriors([b, 1, 1, b, 2, 2, 3, 3, b, b], sure=0.8)
+    words = align_words(log_probs, [1, 2, 3], PieceTokenizer({1: "你", 2: " GO", 3: "OD"}), b,
+                        0.06)
+    assert [(w.text, w.start, w.end) for w in words] == [("你", 0.06, 0.18),
+                                                          ("GOOD", 0.24, 0.48)]
+    assert all(w.confidence == pytest.approx(0.8) for w in words)
+
+
+def test_word_times_on_a_tiny_model_with_a_ctc_head(tokenizer, shards):
+    """Every word of each transcript gets a time inside its audio, in order, with a
+    confidence in [0, 1]; a model without a CTC head is refused with the reason."""
+    from mooer.data.features import ParaformerFrontend
+    from mooer.inference.decode import decode, decoding_loader
+    from tests.conftest import prompt_format
+    from tests.models.test_speech_llm import tiny_model
+
+    model = tiny_model(tokenizer, 3, "encoder.ctc_weight=0.3").eval()
+    loader = decoding_loader(shards, model, ParaformerFrontend(None), prompt_format("asr"), "asr",
+                             4)
+    decoded = decode(model, loader, {"num_beams": 1, "max_new_tokens": 6, "eos_bias": 0,
+                                     "timestamps": True}, torch.device("cpu"), torch.float32,
+                     progress=False)
+    assert set(decoded.words) == set(decoded.hypotheses)
+    for key, text in decoded.hypotheses.items():
+        words = decoded.words[key]
+        assert [w.text for w in words] == [w for w, _ in words_of(text, [text])], key
+        for previous, word in zip(words, words[1:], strict=False):
+            assert previous.start <= word.start
+        for word in words:
+            assert 0 <= word.start < word.end <= decoded.durations[key] + 0.06
+            assert 0 <= word.confidence <= 1 and math.isfinite(word.confidence)
+    plain = tiny_model(tokenizer, 3).eval()
+    loader = decoding_loader(shards, plain, ParaformerFrontend(None), prompt_format("asr"), "asr",
+                             4)
+    with pytest.raises(ValueError, match="word times need the encoder's CTC head"):
+        decode(plain, loader, {"max_new_tokens": 2, "timestamps": True}, torch.device("cpu"),
+               torch.float32, progress=False)
+
+
+def test_word_times_are_absolute_in_long_recordings_and_written_in_json():
+    """A segment's word times are made absolute (its start added) and JSON writes them."""
+    import json
+    from pathlib import Path
+
+    from mooer.inference.align import Word
+    from mooer.inference.formats import render
+    from mooer.inference.longform import Prepared, collect
+
+    prepared = Prepared(Path("unused"), {"s1": ("meeting", 0.5, 2.0),
+                                         "s2": ("meeting", 12.25, 14.0)}, names=["meeting"])
+    words = {"s1": [Word("你", 0.06, 0.18, 0.9)], "s2": [Word("GOOD", 0.24, 0.48, 0.5)]}
+    segments = collect(prepared, [{"s1": "你", "s2": "GOOD"}], [], words)["meeting"]
+    assert [(w.text, w.start, w.end) for s in segments for w in s.words] == [
+        ("你", 0.56, 0.68), ("GOOD", 12.49, 12.73)]
+    data = json.loads(render({"meeting": segments}, "json", ["asr"]))
+    assert data["meeting"]["segments"][1]["words"] == [
+        {"word": "GOOD", "start": 12.49, "end": 12.73, "confidence": 0.5}]
+
+
+def test_transcribe_refuses_word_times_without_a_ctc_head(tiny_release, corpus, capsys):
+    from mooer.data.text import read_table
+    from mooer.inference.transcribe import main as transcribe
+    from tests.conftest import TINY
+
+    root, tokenizer_dir = tiny_release
+    assert transcribe(["--wav_path", read_table(corpus / "wav.scp")[0][1], "--word_timestamps",
+                       "--checkpoint", str(root / "release"), "--device", "cpu", "--",
+                       *TINY, f"llm.tokenizer_path={tokenizer_dir}"]) == 2
+    assert "--word_timestamps needs the encoder's CTC head" in capsys.readouterr().err
