@@ -29,7 +29,7 @@ __all__ = ["DEFAULT_SCORE", "ROOT", "ContextGraph", "HotwordBias", "token_varian
 
 def token_variants(word: str, tokenizer) -> list[list[int]]:
     """The token sequences `word` can take in a transcript: as it stands, in upper and in lower
-    case (training text is often case-normalized: MooER's English is upper case), each also
+    case (training text is often case-normalized, and a list need not know how), each also
     after a space (a byte-level BPE spells a word inside a sentence with its leading space)."""
     variants = []
     for form in dict.fromkeys((word, word.upper(), word.lower())):
