@@ -42,10 +42,11 @@ class Pending:
     gone: Callable[[], bool] | None = None  # whether its client has left
     arrived: float = field(default_factory=time.monotonic)
     hotwords: ContextGraph | None = None  # the request's list (the same object for the same list)
+    timestamps: bool = False  # word times (transcripts; the CTC head's)
 
     @property
-    def ask(self) -> tuple[str, int, ContextGraph | None]:
-        return self.task, self.num_beams, self.hotwords
+    def ask(self) -> tuple[str, int, ContextGraph | None, bool]:
+        return self.task, self.num_beams, self.hotwords, self.timestamps
 
 
 class Batcher:
@@ -66,9 +67,11 @@ class Batcher:
 
     def submit(self, paths: list[str], task: str, num_beams: int,
                gone: Callable[[], bool] | None = None,
-               hotwords: ContextGraph | None = None) -> list[Future]:
-        """Queue one request's segments; each future gives its text (or raises)."""
-        items = [Pending(path, task, num_beams, gone=gone, hotwords=hotwords) for path in paths]
+               hotwords: ContextGraph | None = None, timestamps: bool = False) -> list[Future]:
+        """Queue one request's segments; each future gives (text, why the guard doubts it,
+        word times) (or raises)."""
+        items = [Pending(path, task, num_beams, gone=gone, hotwords=hotwords,
+                         timestamps=timestamps) for path in paths]
         with self._ready:
             self._pending.extend(items)
             self._ready.notify()
@@ -103,7 +106,7 @@ class Batcher:
                 self._decode(live)
 
     def _decode(self, batch: list[Pending]) -> None:
-        task, num_beams, hotwords = batch[0].ask
+        task, num_beams, hotwords, timestamps = batch[0].ask
         try:
             with tempfile.TemporaryDirectory(prefix="mooer-batch-") as work:
                 keys = [f"seg{next(self._ids):09d}" for _ in batch]
@@ -112,12 +115,14 @@ class Batcher:
                                                                           strict=True)),
                     encoding="utf-8")
                 decoded = self.recognizer.decode(work, task, progress=False,
-                                                 num_beams=num_beams, hotwords=hotwords)
+                                                 num_beams=num_beams, hotwords=hotwords,
+                                                 timestamps=timestamps)
             self.batches += 1
             for key, item in zip(keys, batch, strict=True):
                 if key in decoded.hypotheses:  # its text, and why the guard still doubts it
                     item.result.set_result((decoded.hypotheses[key],
-                                            decoded.flagged.get(key, "")))
+                                            decoded.flagged.get(key, ""),
+                                            decoded.words.get(key, [])))
                 else:
                     item.result.set_exception(ValueError("the segment could not be decoded"))
         except Exception as err:  # noqa: BLE001 - each waiting request gets the error

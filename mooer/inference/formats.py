@@ -91,11 +91,16 @@ def render(recordings: dict[str, list[Segment]], fmt: str, tasks: Sequence[str],
     raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
 
 
-def subtitles(segments: Sequence[Segment], fmt: str) -> str:
+def subtitles(segments: Sequence[Segment], fmt: str, word_level: bool = False) -> str:
     """One recording as SubRip (`srt`) or WebVTT (`vtt`) cues, a segment a cue (its texts, one
-    line per task; a text the hallucination guard still flags starts `[unreliable: why]`)."""
+    line per task; a text the hallucination guard still flags starts `[unreliable: why]`), or
+    with `word_level` a word a cue (the segments' word times; a segment without them stays a
+    cue)."""
     separator = "," if fmt == "srt" else "."
     lines = ["WEBVTT", ""] if fmt == "vtt" else []
+    if word_level:
+        segments = [cue for s in segments
+                    for cue in ([Segment(w.start, w.end, [w.text]) for w in s.words] or [s])]
     for index, s in enumerate(segments, 1):
         if fmt == "srt":
             lines.append(str(index))

@@ -17,7 +17,8 @@ Form fields, as OpenAI's clients send them:
   bias the decoder towards them (`mooer.inference.hotwords`); refused on translations
 - `hotwords` (ours, through `extra_body`): a hotword list, a word or phrase a line, optionally
   `<TAB>weight`; `hotword_score` (ours): the bonus per hotword token (default 1.0)
-- `timestamp_granularities[]`: `segment` only (word times are not built yet)
+- `timestamp_granularities[]`: `segment`, and `word` (verbose_json's `words`: word, start, end
+  and probability, our confidence; the model needs a CTC head: `mooer.inference.align`)
 - `num_beams` (ours, through the client's `extra_body`): beam search, 1 to 16 (default 1)
 
 Errors come in OpenAI's shape: {"error": {"message", "type", "code", "param"}}.
@@ -71,6 +72,7 @@ class Options:
     num_beams: int = 1
     hotwords: tuple[tuple[str, float | None], ...] = ()
     hotword_score: float = DEFAULT_SCORE
+    word_times: bool = False  # timestamp_granularities[] holds `word`
 
 
 def _one(form: Mapping[str, Any], name: str) -> str | None:
@@ -120,11 +122,14 @@ def parse_options(form: Mapping[str, Any], granularities: Sequence[str] = (),
     except ValueError:  # (HotwordError is one)
         raise ApiError(f"hotword_score must be a number of at least 0, got {raw_score!r}",
                        "hotword_score") from None
-    unknown = sorted(set(granularities) - {"segment"})
+    unknown = sorted(set(granularities) - {"segment", "word"})
     if unknown:
-        raise ApiError(f"timestamp_granularities {unknown} are not supported: only `segment` "
-                       "(word times are not built yet)", "timestamp_granularities",
-                       "unsupported_value")
+        raise ApiError(f"timestamp_granularities {unknown} are not supported: `segment` and "
+                       "`word`", "timestamp_granularities", "unsupported_value")
+    word_times = "word" in granularities
+    if word_times and task != "asr":
+        raise ApiError("word timestamps are for transcriptions: translations have none",
+                       "timestamp_granularities", "unsupported_value")
     if str(form.get("stream", "false")).lower() not in ("false", "0", ""):
         raise ApiError("streaming responses are not supported: send stream=false",
                        "stream", "unsupported_value")
@@ -136,7 +141,10 @@ def parse_options(form: Mapping[str, Any], granularities: Sequence[str] = (),
     if not beams.isdigit() or not 1 <= int(beams) <= 16:
         raise ApiError(f"num_beams must be a whole number from 1 to 16, got {beams!r}",
                        "num_beams")
-    return Options(fmt, language, int(beams), tuple(hotwords), score)
+    if word_times and fmt != "verbose_json":
+        raise ApiError("timestamp_granularities needs response_format verbose_json",
+                       "timestamp_granularities")
+    return Options(fmt, language, int(beams), tuple(hotwords), score, word_times)
 
 
 def compression_ratio(text: str) -> float:
@@ -183,4 +191,7 @@ def render(options: Options, task: str, segments: Sequence[Segment], duration: f
                           "temperature": 0.0, "compression_ratio": compression_ratio(s.texts[0]),
                           **({"flagged": s.flags[0]} if s.flags and s.flags[0] else {})}
                          for i, s in enumerate(segments)],
+            **({"words": [{"word": w.text, "start": w.start, "end": w.end,
+                           "probability": round(w.confidence, 4)}
+                          for s in segments for w in s.words]} if options.word_times else {}),
             "usage": {"type": "duration", "seconds": duration}}, "application/json"

@@ -237,7 +237,7 @@ class Transcriber:
 
     def transcribe(self, path: str | Path, task: str = "asr", num_beams: int = 4,
                    name: str = "the file", gone: Callable[[], bool] | None = None,
-                   hotwords: ContextGraph | None = None) -> dict:
+                   hotwords: ContextGraph | None = None, timestamps: bool = False) -> dict:
         """Transcribe and/or translate one recording: the texts, the segments with times, SRT.
         `gone` tells, when the request's segments' turn comes, whether its client has left (then
         they are not decoded: Gone); `hotwords` bias the transcript."""
@@ -245,7 +245,7 @@ class Transcriber:
             raise InputError(f"task {task!r} is not served: choose one of "
                              f"{', '.join(self.choices())}")
         tasks = ["asr", "ast"] if task == "asr_ast" else [task]
-        done = self.recognize(path, tasks, num_beams, name, gone, hotwords)
+        done = self.recognize(path, tasks, num_beams, name, gone, hotwords, timestamps)
         segments = done.segments
         texts = dict(zip(tasks, joined(segments, len(tasks)), strict=True))
         return {
@@ -254,7 +254,8 @@ class Transcriber:
             "segments": [{"start": s.start, "end": s.end,
                           **dict(zip(("transcript" if t == "asr" else "translation"
                                       for t in tasks), s.texts, strict=True)),
-                          **({"flagged": s.flagged(tasks)} if s.flagged(tasks) else {})}
+                          **({"flagged": s.flagged(tasks)} if s.flagged(tasks) else {}),
+                          **({"words": [w.as_dict() for w in s.words]} if timestamps else {})}
                          for s in segments],
             "srt": subtitles(segments, "srt"),
             "seconds": round(done.seconds, 3),
@@ -262,7 +263,7 @@ class Transcriber:
 
     def recognize(self, path: str | Path, tasks: list[str], num_beams: int = 4,
                   name: str = "the file", gone: Callable[[], bool] | None = None,
-                  hotwords: ContextGraph | None = None) -> Recognized:
+                  hotwords: ContextGraph | None = None, timestamps: bool = False) -> Recognized:
         """One recording checked, queued (or Busy) and decoded for each of `tasks` (which the
         prompt format has): its segments in time order, a text per task each."""
         missing = [task for task in tasks if task not in self.recognizer.tasks]
@@ -271,6 +272,10 @@ class Transcriber:
                              f"serves {', '.join(self.recognizer.tasks)})")
         if not 1 <= int(num_beams) <= 16:
             raise InputError(f"num_beams must be between 1 and 16, got {num_beams}")
+        if timestamps and self.recognizer.model.ctc_weight <= 0:
+            raise InputError("word timestamps need the encoder's CTC head, which this server's "
+                             "model has not (train with encoder.ctc_weight > 0)",
+                             param="timestamp_granularities")
         duration = check_audio(path, self.limits, name)
         with self._count:
             if self._waiting >= self.max_queue:
@@ -278,7 +283,8 @@ class Transcriber:
             self._waiting += 1
         try:
             started = time.perf_counter()
-            segments = self._decode(Path(path), tasks, int(num_beams), name, gone, hotwords)
+            segments = self._decode(Path(path), tasks, int(num_beams), name, gone, hotwords,
+                                    timestamps)
         finally:
             with self._count:
                 self._waiting -= 1
@@ -286,7 +292,8 @@ class Transcriber:
 
     def _decode(self, path: Path, tasks: list[str], num_beams: int, name: str,
                 gone: Callable[[], bool] | None,
-                hotwords: ContextGraph | None = None) -> list[Segment]:
+                hotwords: ContextGraph | None = None, timestamps: bool = False
+                ) -> list[Segment]:
         with tempfile.TemporaryDirectory(prefix="mooer-serve-") as work:
             prepared = prepare([("input", str(path))], Path(work), self.max_segment_s,
                                self.limits.min_duration_s, self.min_silence_ms)
@@ -297,7 +304,8 @@ class Transcriber:
             uttids = list(prepared.spans)
             waiting = [self.batcher.submit([prepared.sources[u] for u in uttids], task,
                                            num_beams, gone,
-                                           hotwords if task == "asr" else None)
+                                           hotwords if task == "asr" else None,
+                                           timestamps and task == "asr")
                        for task in tasks]
             try:
                 answers = [dict(zip(uttids, [f.result() for f in futures], strict=True))
@@ -307,9 +315,11 @@ class Transcriber:
                 raise Gone(f"{name}: the client left before its turn; not decoded") from None
             except ValueError as err:
                 raise InputError(f"{name} could not be decoded: {err}") from err
-        recording = collect(prepared, [{u: text for u, (text, _) in a.items()} for a in answers],
-                            [{u: why for u, (_, why) in a.items() if why} for a in answers]
-                            ).get("input")
+        words = ({u: times for u, (_, _, times) in answers[tasks.index("asr")].items()}
+                 if "asr" in tasks else None)
+        recording = collect(prepared, [{u: a[0] for u, a in answer.items()} for answer in answers],
+                            [{u: a[1] for u, a in answer.items() if a[1]} for answer in answers],
+                            words).get("input")
         if not recording:
             raise InputError("the recording could not be decoded (see the server's log)")
         return recording
@@ -532,12 +542,14 @@ def build_app(transcriber: Transcriber, title: str = "mooer", api_key: str | Non
     @app.post("/api/transcribe")
     async def transcribe(request: Request, file: UploadFile, task: str = Form("asr"),
                          num_beams: int = Form(4), hotwords: str = Form(""),
-                         hotword_score: float = Form(DEFAULT_SCORE)):
+                         hotword_score: float = Form(DEFAULT_SCORE),
+                         word_timestamps: bool = Form(False)):
         try:
             name = upload_name(file.filename)
             graph = transcriber.hotwords(hotwords, hotword_score)
             result = await decode_upload(request, file, name, lambda path, gone: (
-                transcriber.transcribe(path, task, num_beams, name, gone, graph)))
+                transcriber.transcribe(path, task, num_beams, name, gone, graph,
+                                       word_timestamps)))
         except (InputError, Busy, Gone) as err:
             return refused(request.url.path, getattr(file, "filename", "") or "", err)
         log.info("%s: %.1f s of audio (%s) in %.2f s", name, result["duration"], task,
@@ -569,7 +581,8 @@ def build_app(transcriber: Transcriber, title: str = "mooer", api_key: str | Non
             name = upload_name(upload.filename)
             graph = transcriber.hotwords(None, options.hotword_score, list(options.hotwords))
             done = await decode_upload(request, upload, name, lambda path, gone: (
-                transcriber.recognize(path, [task], options.num_beams, name, gone, graph)))
+                transcriber.recognize(path, [task], options.num_beams, name, gone, graph,
+                                      options.word_times)))
         except (ApiError, InputError, Busy, Gone) as err:
             return refused(path, "the upload", err)
         finally:

@@ -78,12 +78,12 @@ class Output:
     to) before anything is decoded, so a long job keeps what it finished."""
 
     def __init__(self, fmt: str, out_dir: Path | None, tasks: list[str], stdout: bool = True,
-                 write_files: bool = True) -> None:
+                 write_files: bool = True, word_level: bool = False) -> None:
         """`stdout`: print as recordings finish (not on the ranks of a multi-process run, whose
         rank 0 prints every rank's in input order); `write_files`: write --out_dir's files
         (already written by the ranks)."""
         self.fmt, self.out_dir, self.tasks = fmt, out_dir, tasks
-        self.stdout, self.write_files = stdout, write_files
+        self.stdout, self.write_files, self.word_level = stdout, write_files, word_level
         self.done: dict[str, list[Segment]] = {}
         if out_dir is not None and write_files:
             if out_dir.exists() and not out_dir.is_dir():
@@ -102,13 +102,13 @@ class Output:
             return
         elif self.fmt in ("srt", "vtt"):
             for segments in recordings.values():
-                print(subtitles(segments, self.fmt), end="", flush=True)
+                print(subtitles(segments, self.fmt, self.word_level), end="", flush=True)
         elif self.fmt != "json":
             print(render(recordings, self.fmt, self.tasks, header=first), end="", flush=True)
 
     def render(self, name: str, segments: list[Segment]) -> str:
         if self.fmt in ("srt", "vtt"):
-            return subtitles(segments, self.fmt)
+            return subtitles(segments, self.fmt, self.word_level)
         return render({name: segments}, self.fmt, self.tasks)
 
     def close(self) -> None:
@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--word_timestamps", action="store_true",
                         help="word start, end and confidence in --format json (forced "
                              "alignment on the encoder's CTC head; the model needs one)")
+    parser.add_argument("--word_level", action="store_true",
+                        help="with --format srt or vtt: a cue a word (implies --word_timestamps)")
     parser.add_argument("--hotword_score", type=float, default=DEFAULT_SCORE,
                         help="the bonus per hotword token, in log-probability")
     add_segment_arguments(parser)
@@ -213,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         hotwords = read_hotwords(args.hotwords) if args.hotwords else None
         check_score(args.hotword_score)
         inputs, renamed = _inputs(args)
-        output = Output(args.format, args.out_dir, tasks, stdout=not rank.many)
+        output = Output(args.format, args.out_dir, tasks, stdout=not rank.many,
+                        word_level=args.word_level)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -237,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         if hotwords:
             recognizer.hotwords = ContextGraph.build(hotwords, recognizer.model.tokenizer,
                                                      args.hotword_score)
-        if args.word_timestamps:
+        if args.word_timestamps or args.word_level:
             if recognizer.model.ctc_weight <= 0:
                 print("error: --word_timestamps needs the encoder's CTC head, which this model "
                       "has not (train with encoder.ctc_weight > 0, as the demo does)",
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         done = {name: segments for share in shares for name, segments in share[0].items()}
         order = {name: index for index, (name, _) in enumerate(inputs)}
         output = Output(args.format, None if args.out_dir is None else args.out_dir, tasks,
-                        write_files=False)
+                        write_files=False, word_level=args.word_level)
         output.add(dict(sorted(done.items(), key=lambda item: order[item[0]])))
     output.close()
     doubtful = [f"{name} {s.start:.2f}-{s.end:.2f} s ({', '.join(s.flagged(tasks).values())})"

@@ -124,3 +124,15 @@ def test_transcribe_refuses_word_times_without_a_ctc_head(tiny_release, corpus, 
                        "--checkpoint", str(root / "release"), "--device", "cpu", "--",
                        *TINY, f"llm.tokenizer_path={tokenizer_dir}"]) == 2
     assert "--word_timestamps needs the encoder's CTC head" in capsys.readouterr().err
+
+
+def test_word_level_subtitles_give_a_cue_a_word():
+    from mooer.inference.align import Word
+    from mooer.inference.formats import Segment, subtitles
+
+    segments = [Segment(0.5, 1.2, ["你好"], [], [Word("你", 0.5, 0.7, 0.9),
+                                                 Word("好", 0.8, 1.0, 0.8)]),
+                Segment(2.0, 3.0, ["GOOD"])]  # no word times: the segment stays one cue
+    assert subtitles(segments, "srt", word_level=True) == (
+        "1\n00:00:00,500 --> 00:00:00,700\n你\n\n2\n00:00:00,800 --> 00:00:01,000\n好\n\n"
+        "3\n00:00:02,000 --> 00:00:03,000\nGOOD\n")

@@ -134,8 +134,13 @@ def test_refusals_come_in_openai_error_shape(server, client, corpus, tmp_path):
     assert error.param == "hotwords" and "hotwords, line 2: expected" in error.message
     error = refused(prompt="二十七", extra_body={"hotword_score": "-2"})
     assert error.param == "hotword_score" and "got '-2'" in error.message
+    error = refused(response_format="verbose_json", timestamp_granularities=["sentence"])
+    assert error.param == "timestamp_granularities" and "['sentence']" in error.message
+    error = refused(response_format="json", timestamp_granularities=["word"])
+    assert error.message.endswith("timestamp_granularities needs response_format verbose_json")
     error = refused(response_format="verbose_json", timestamp_granularities=["word"])
-    assert error.param == "timestamp_granularities" and "['word']" in error.message
+    assert error.param == "timestamp_granularities"  # this test model has no CTC head
+    assert "word timestamps need the encoder's CTC head" in error.message
     notes = tmp_path / "notes.wav"
     notes.write_text("not audio at all\n" * 30)
     error = refused(path=notes)
