@@ -13,8 +13,8 @@ is its own rare words plus `--distractors` other rare words of the training voca
 words, and Mandarin words of two characters, as rare, that its reference does not hold). With
 distractors alone, the list has no true word: what biasing costs where it cannot help. B-WER
 counts errors on each utterance's true rare words, U-WER on every other token (Le et al.,
-2021); "inserted" is the share of utterances whose hypothesis holds a list word that its
-reference does not.
+2021); "inserted" is the share of utterances whose hypothesis holds a list word that neither
+its reference nor its hypothesis without a list holds (what the list put there).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def main() -> None:
                 hypotheses[c].update(decoded.hypotheses)
     rows = [(name, value, hyps, spent, words_of) for (name, value, _, words_of), hyps, spent
             in zip(conditions, hypotheses, seconds, strict=True)]
-    plain_s = seconds[0]
+    plain, plain_s = hypotheses[0], seconds[0]
     with_words = sum(1 for k in tests if true[k])
     print(f"\n{len(tests)} held-out utterances ({with_words} with a rare English word; "
           f"{sum(len(v) for v in true.values())} rare words), beam {args.num_beams}, one at a "
@@ -154,7 +154,7 @@ def main() -> None:
         if listed is not None:
             inserted = sum(1 for key, hyp in hyps.items()
                            if any(holds(hyp, w) and not holds(tests[key], w)
-                                  for w in listed[key]))
+                                  and not holds(plain.get(key, ""), w) for w in listed[key]))
         print(f"| {name} | {value} | {biased.b_wer:.2f} % | {biased.u_wer:.2f} % | "
               f"{result.error_rate:.2f} % | "
               f"{'-' if listed is None else f'{100 * inserted / len(tests):.1f} %'} | "
