@@ -4,9 +4,13 @@ head (a model trained with `encoder.ctc_weight` > 0 has one: the demo's does).
 The transcript's tokens (the tokenizer the CTC head was trained on: the LLM's) are aligned by
 Viterbi over the CTC posteriors, on the usual topology (a blank between tokens, repeats need a
 blank between them); each token gets the frames from its first to its last emission. A word is
-a run of Latin letters and digits (with `'`), or a single CJK character; it starts at its first
-token's first frame and ends after its last token's last frame. Its confidence is the geometric
-mean, over its tokens, of each token's highest CTC posterior on its frames: in [0, 1].
+a run of Latin letters and digits (with `'`), or a single CJK character. A CTC head emits a token
+a little after it begins and its posteriors are peaky, so a word starts LEAD frames before its
+first token's first emission (never before the previous word ends) and ends up to TAIL frames
+after its last token's last emission (never after the next word starts): on the demo model this
+took the median start error against espeak-ng's word events from 61 to 27 ms
+(`benchmarks/timestamps.py`). Its confidence is the geometric mean, over its tokens, of each
+token's highest CTC posterior on its frames: in [0, 1].
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+LEAD, TAIL = 1, 2  # frames: see align_words
 WORD = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[A-Za-z0-9']+(?:[-.][A-Za-z0-9']+)*")
 
 
@@ -53,30 +59,29 @@ def viterbi(log_probs: torch.Tensor, tokens: Sequence[int], blank: int
     repeats = sum(1 for a, b in zip(tokens, tokens[1:], strict=False) if a == b)
     if frames < count + repeats:
         return None
-    emit = log_probs[:, torch.tensor(states)]  # [T, S]
+    # numpy: the arrays are small, and a torch op's overhead would dominate each frame
+    emit = log_probs.numpy()[:, states]  # [T, S]
     # a skip over a blank to the next token is allowed unless the tokens are equal
-    skip = torch.zeros(size, dtype=torch.bool)
+    skip = np.zeros(size, dtype=bool)
     for s in range(3, size, 2):
         skip[s] = states[s] != states[s - 2]
-    none = torch.full((2,), -math.inf)
-    score = torch.full((size,), -math.inf)
+    score = np.full(size, -np.inf)
     score[0], score[1] = emit[0, 0], emit[0, 1]
-    back = torch.zeros((frames, size), dtype=torch.long)
-    index = torch.arange(size)
+    back = np.zeros((frames, size), dtype=np.int64)
+    options = np.full((3, size), -np.inf)
     for t in range(1, frames):
-        stay = score
-        step = torch.cat([none[:1], score[:-1]])
-        jump = torch.where(skip, torch.cat([none, score[:-2]]), none[0])
-        options = torch.stack([stay, step, jump])
-        best, choice = options.max(0)
-        back[t] = index - choice
-        score = best + emit[t]
+        options[0] = score
+        options[1, 1:] = score[:-1]
+        options[2, 2:] = np.where(skip[2:], score[:-2], -np.inf)
+        choice = options.argmax(0)
+        back[t] = choice
+        score = options[choice, np.arange(size)] + emit[t]
     end = size - 1 if score[size - 1] >= score[size - 2] else size - 2
     if not math.isfinite(float(score[end])):
         return None
     path = [end]
     for t in range(frames - 1, 0, -1):
-        path.append(int(back[t, path[-1]]))
+        path.append(path[-1] - int(back[t, path[-1]]))
     path.reverse()
     spans: list[list[int]] = [[-1, -1] for _ in tokens]
     for t, s in enumerate(path):
@@ -109,19 +114,28 @@ def align_words(log_probs: torch.Tensor, token_ids: Sequence[int], tokenizer, bl
     spans = viterbi(log_probs, token_ids, blank)
     if spans is None:
         return None
-    pieces, previous = [], ""
+    pieces: list[str] = []
+    decoded = ""
     for i in range(len(token_ids)):  # each token's piece of the decoded text
         upto = tokenizer.decode(token_ids[:i + 1], skip_special_tokens=True)
-        pieces.append(upto[len(previous):] if upto.startswith(previous) else upto)
-        previous = upto
-    confidence = [float(log_probs[a:b + 1, token].max()) for (a, b), token in
+        pieces.append(upto[len(decoded):] if upto.startswith(decoded) else upto)
+        decoded = upto
+    posteriors = log_probs.numpy()
+    confidence = [float(posteriors[a:b + 1, token].max()) for (a, b), token in
                   zip(spans, token_ids, strict=True)]
+    words = [(text, tokens) for text, tokens in words_of("".join(pieces), pieces) if tokens]
+    firsts = [spans[tokens[0]][0] for _, tokens in words]
     found = []
-    for text, tokens in words_of("".join(pieces), pieces):
-        if not tokens:
-            continue
-        first, last = spans[tokens[0]][0], spans[tokens[-1]][1]
+    for i, (text, tokens) in enumerate(words):
+        last = spans[tokens[-1]][1]
+        # a CTC emission comes after the onset: a word starts LEAD frames before its first one
+        # (not before the previous word's last); it ends up to TAIL frames after its last
+        # emission, before the next word starts (benchmarks/timestamps.py measured both)
+        before: int = spans[words[i - 1][1][-1]][1] + 1 if i else 0
+        start: int = max(before, firsts[i] - LEAD)
+        following: int = firsts[i + 1] - LEAD if i + 1 < len(words) else int(log_probs.shape[0])
+        end: int = max(last + 1, min(last + 1 + TAIL, following))
         mean = sum(confidence[t] for t in tokens) / len(tokens)
-        found.append(Word(text, round(first * frame_s, 3), round((last + 1) * frame_s, 3),
+        found.append(Word(text, round(start * frame_s, 3), round(end * frame_s, 3),
                           math.exp(mean)))
     return found

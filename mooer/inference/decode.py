@@ -87,13 +87,14 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
                 **decoding, "logits_processor": [*decoding.get("logits_processor", []),
                                                  HotwordBias(graph)]}
             moved = move_batch(batch, device, dtype)
-            generated = model.generate(moved, **options)
+            encoded = model.encode(moved) if timestamps else None  # shared with the alignment
+            generated = model.generate(moved, encoded=encoded, **options)
             hypotheses.update(zip(batch["keys"], generated.texts, strict=True))
             references.update(zip(batch["keys"], batch["targets"], strict=True))
             tokens.update(zip(batch["keys"], generated.token_ids, strict=True))
             durations.update(zip(batch["keys"], batch["audio_durations"], strict=True))
             if timestamps:
-                words.update(word_times(model, moved, generated.texts))
+                words.update(word_times(model, moved, generated.texts, encoded))
             seconds += batch["audio_seconds"]
             bar.update(len(batch["keys"]))
     if duplicates:
@@ -103,11 +104,11 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
                    tokens, durations, words)
 
 
-def word_times(model: SpeechLLM, batch: dict[str, Any], texts: list[str]
-               ) -> dict[str, list[Word]]:
+def word_times(model: SpeechLLM, batch: dict[str, Any], texts: list[str],
+               encoded: tuple | None = None) -> dict[str, list[Word]]:
     """Each utterance's words with times and confidence, by forced alignment of its text on the
     CTC head (`mooer.inference.align`); an utterance that cannot be aligned gets none."""
-    found = model.ctc_log_probs(batch)
+    found = model.ctc_log_probs(batch, encoded)
     if found is None:
         raise ValueError("word times need the encoder's CTC head, which this model has not: "
                          "train one (encoder.ctc_weight > 0)")

@@ -185,12 +185,20 @@ class SpeechLLM(nn.Module):
                                       blank=self.ctc_head.out_features - 1, zero_infinity=True)
 
     @torch.no_grad()
-    def ctc_log_probs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def encode(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's states and lengths of a batch (to share between `generate` and
+        `ctc_log_probs`)."""
+        return self._encode(batch["features"], batch["feature_lengths"])
+
+    @torch.no_grad()
+    def ctc_log_probs(self, batch: dict[str, Any], encoded: tuple | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The CTC head's log-posteriors on the encoder states [B, T, vocab + 1] (blank last)
-        and each utterance's frames; None for a model without a CTC head."""
+        and each utterance's frames (of `encoded` when given); None for a model without a CTC
+        head."""
         if self.ctc_weight <= 0 or not hasattr(self, "ctc_head"):
             return None
-        states, lengths = self._encode(batch["features"], batch["feature_lengths"])
+        states, lengths = encoded or self.encode(batch)
         return self.ctc_head(states).float().log_softmax(-1), lengths
 
     @torch.no_grad()
@@ -198,7 +206,8 @@ class SpeechLLM(nn.Module):
                  length_penalty: float = 0.8, repetition_penalty: float = 1.0,
                  eos_bias: float = -0.2, do_sample: bool = False, temperature: float = 1.0,
                  top_p: float = 1.0, num_return_sequences: int = 1,
-                 output_scores: bool = False, **kwargs: Any) -> Generated:
+                 output_scores: bool = False, encoded: tuple | None = None,
+                 **kwargs: Any) -> Generated:
         """Decode the answers of a batch (its prompt part: columns before `prompt_width`).
 
         Defaults are MooER's: beam 4, length penalty 0.8, 200 new tokens, eos logit -0.2.
@@ -232,8 +241,8 @@ class SpeechLLM(nn.Module):
             options["sequence_bias"] = {(eos,): float(eos_bias)}
         if output_scores:
             options.update(output_scores=True, return_dict_in_generate=True)
-        result = self.llm.generate(inputs_embeds=self.embed(prompt), attention_mask=attention_mask,
-                                   **options)
+        result = self.llm.generate(inputs_embeds=self.embed(prompt, encoded),
+                                   attention_mask=attention_mask, **options)
         sequences = result.sequences if output_scores else result
         token_ids = []
         for row in sequences.tolist():

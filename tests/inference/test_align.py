@@ -53,13 +53,15 @@ class PieceTokenizer:
 
 
 def test_align_words_gives_times_and_confidence():
-    """Tokens 1 ('你'), 2 (' GO'), 3 ('OD') on 60 ms frames: 你 on frames 1-2, GOOD on 4-7."""
+    """Tokens 1 ('你'), 2 (' GO'), 3 ('OD') on 60 ms frames of 10: 你 emitted on frames 1-2,
+    GOOD on 4-7. 你 starts a frame before its first emission (0) and ends where GOOD starts, a
+    frame before its emission (frame 3); GOOD ends 2 frames after its last (frame 10)."""
     b = BLANK
     log_probs = posteriors([b, 1, 1, b, 2, 2, 3, 3, b, b], sure=0.8)
     words = align_words(log_probs, [1, 2, 3], PieceTokenizer({1: "你", 2: " GO", 3: "OD"}), b,
                         0.06)
-    assert [(w.text, w.start, w.end) for w in words] == [("你", 0.06, 0.18),
-                                                          ("GOOD", 0.24, 0.48)]
+    assert [(w.text, w.start, w.end) for w in words] == [("你", 0.0, 0.18),
+                                                          ("GOOD", 0.18, 0.6)]
     assert all(w.confidence == pytest.approx(0.8) for w in words)
 
 
@@ -78,6 +80,9 @@ def test_word_times_on_a_tiny_model_with_a_ctc_head(tokenizer, shards):
                                      "timestamps": True}, torch.device("cpu"), torch.float32,
                      progress=False)
     assert set(decoded.words) == set(decoded.hypotheses)
+    without = decode(model, loader, {"num_beams": 1, "max_new_tokens": 6, "eos_bias": 0},
+                     torch.device("cpu"), torch.float32, progress=False)
+    assert without.hypotheses == decoded.hypotheses  # the shared encoder pass changes nothing
     for key, text in decoded.hypotheses.items():
         words = decoded.words[key]
         assert [w.text for w in words] == [w for w, _ in words_of(text, [text])], key

@@ -1,0 +1,120 @@
+"""Word times and confidence against ground truth: espeak-ng's word events on fresh demo
+utterances, decoded by a demo model with a CTC head.
+
+    python benchmarks/timestamps.py --run_dir demo_seeds/seed_42/run \\
+        --data_dir demo_seeds/seed_42/data [--num 200]
+
+Utterances are drawn as the demo corpus draws them (its voices, rates and pitches; a seed the
+demo did not use, so the voice and prosody are new, though a sentence may be one it trained on),
+synthesized with espeak-ng's word events (each word's start in the audio), resampled to 16 kHz as
+the corpus is, and transcribed with word times (`mooer.inference.align`). A reference word has a
+true start when an event begins at it (espeak-ng's Mandarin events cover some characters
+together: only the first has a time). Start errors are measured on the utterances transcribed
+exactly (so each word has its reference word); the end of a word is compared with the next
+event's start (a pause counts against it). Confidence: the AUROC of telling a wrong word (not
+aligned to an equal reference word) from a right one, over every utterance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from mooer.config import compose_config
+from mooer.data.audio import resample
+from mooer.demo.corpus import SAMPLE_RATE, draw_specs
+from mooer.demo.espeak import Espeak
+from mooer.evaluation.scoring import align
+from mooer.inference.align import WORD
+from mooer.inference.loading import apply_run_dir
+from mooer.inference.recognizer import Recognizer
+
+
+def auroc(right: list[float], wrong: list[float]) -> float:
+    """The chance that a right word's confidence exceeds a wrong one's (ties count half)."""
+    if not right or not wrong:
+        return float("nan")
+    r, w = np.array(right)[:, None], np.array(wrong)[None, :]
+    return float(((r > w).sum() + 0.5 * (r == w).sum()) / (r.size * w.size))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run_dir", type=Path, default=Path("demo_out/run"))
+    parser.add_argument("--data_dir", type=Path, default=Path("demo_out/data"))
+    parser.add_argument("--num", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=777)
+    parser.add_argument("--num_beams", type=int, default=4)
+    args = parser.parse_args()
+    if not (args.run_dir / "checkpoints" / "last.ckpt").is_file():
+        sys.exit(f"no trained demo in {args.run_dir}: run `make demo` first")
+    cfg = apply_run_dir(compose_config("evaluate", [f"run_dir={args.run_dir}",
+                                                    f"paths.data_dir={args.data_dir}"])[0])
+    recognizer = Recognizer.from_config(cfg, "cpu", "fp32", 16,
+                                        {"num_beams": args.num_beams, "max_new_tokens": 48})
+    if recognizer.model.ctc_weight <= 0:
+        sys.exit("this model has no CTC head: word times need one")
+    engine = Espeak.get()
+    specs = draw_specs(args.num, seed=args.seed)
+    truth: dict[str, list[tuple[int, float]]] = {}  # key -> (char offset, start s) per event
+    durations = {}
+    with tempfile.TemporaryDirectory() as work:
+        lines = []
+        for spec in specs:
+            events: list = []
+            samples = engine.synthesize(spec.text, spec.voice, spec.rate, spec.pitch,
+                                        spec.pitch_range, words=events)
+            audio = resample(samples.astype(np.float32) / 32768, engine.sample_rate, SAMPLE_RATE)
+            path = Path(work) / f"{spec.uttid}.wav"
+            sf.write(path, audio, SAMPLE_RATE)
+            lines.append(f"{spec.uttid} {path}\n")
+            truth[spec.uttid] = [(position - 1, ms / 1000) for position, _, ms in events]
+            durations[spec.uttid] = len(audio) / SAMPLE_RATE
+        (Path(work) / "wav.scp").write_text("".join(lines), encoding="utf-8")
+        recognizer.decode(work, "asr", progress=False)  # warm-up
+        plain = recognizer.decode(work, "asr", progress=False)
+        decoded = recognizer.decode(work, "asr", timestamps=True, progress=False)
+    starts, ends, right, wrong, exact = [], [], [], [], 0
+    for spec in specs:
+        hyp = decoded.words.get(spec.uttid, [])
+        ref = [(m.group().upper(), m.start()) for m in WORD.finditer(spec.text)]
+        alignment = align([w for w, _ in ref], [w.text.upper() for w in hyp])
+        it = iter(hyp)
+        for r, h in zip(alignment.ref, alignment.hyp, strict=True):
+            if h:
+                word = next(it)
+                (right if r == h else wrong).append(word.confidence)
+        if [w.text.upper() for w in hyp] != [w for w, _ in ref]:
+            continue
+        exact += 1
+        events = truth[spec.uttid]
+        event_at = dict(events)
+        following = {offset: (events[i + 1][1] if i + 1 < len(events)
+                              else durations[spec.uttid])
+                     for i, (offset, _) in enumerate(events)}
+        for word, (_, offset) in zip(hyp, ref, strict=True):
+            if offset in event_at:
+                starts.append(word.start - event_at[offset])
+                ends.append(word.end - following[offset])
+    start_abs, end_abs = np.abs(starts), np.abs(ends)
+    print(f"\n{args.num} fresh utterances (espeak-ng, demo voices, seed {args.seed}), "
+          f"{args.run_dir}, beam {args.num_beams}; {exact} transcribed exactly, "
+          f"{len(starts)} words with a true start\n")
+    print("| measure | value |\n|---|---|")
+    print(f"| word start error, median | {1000 * np.median(start_abs):.0f} ms |")
+    print(f"| word start error, p95 | {1000 * np.percentile(start_abs, 95):.0f} ms |")
+    print(f"| word start, mean signed (CTC early < 0) | {1000 * np.mean(starts):+.0f} ms |")
+    print(f"| word end against the next word's start, median | {1000 * np.median(end_abs):.0f} ms |")
+    print(f"| confidence AUROC, wrong vs right words | {auroc(right, wrong):.3f} "
+          f"({len(wrong)} wrong of {len(right) + len(wrong)}) |")
+    print(f"| decoding time with word times / without (batch 16) | {decoded.elapsed:.1f} s / "
+          f"{plain.elapsed:.1f} s = {decoded.elapsed / plain.elapsed:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
