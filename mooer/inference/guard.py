@@ -8,7 +8,8 @@ An answer is flagged when it is
   hear may answer with the question), or it starts as a refusal (`I'm sorry`, `抱歉`, ...).
 
 A flagged utterance is decoded again with beam search (`retry_beams`) and a repetition penalty
-(`retry_repetition_penalty`); an answer that still fails is kept and marked with its reason.
+(`retry_repetition_penalty`); an answer that still fails is kept and marked with its reason, cut
+first if it is over-long or loops (to the cap, and before the repeat that makes the loop).
 """
 
 from __future__ import annotations
@@ -65,3 +66,15 @@ class Guard:
         if text.strip().lower().startswith(REFUSALS):
             return "refusal"
         return None
+
+    def trim(self, token_ids: Sequence[int], seconds: float) -> list[int]:
+        """An over-long or looping answer cut: to the cap, and before the first n-gram that
+        would occur more than `max_ngram_repeats` times."""
+        kept = list(token_ids[:self.cap(seconds)])
+        seen: Counter = Counter()
+        for i in range(len(kept) - self.ngram + 1):
+            gram = tuple(kept[i:i + self.ngram])
+            seen[gram] += 1
+            if seen[gram] > self.max_ngram_repeats:
+                return kept[:i]
+        return kept

@@ -26,6 +26,7 @@ from mooer.data.features import Frontend
 from mooer.data.loader import EpochDataLoader
 from mooer.data.prompts import PromptFormat
 from mooer.devices import resolve_device
+from mooer.inference.align import WORD
 from mooer.inference.decode import Decoded, decode, decoding_loader
 from mooer.inference.distributed import current_rank, rank_device
 from mooer.inference.formats import Segment
@@ -157,6 +158,15 @@ class Recognizer:
                 decoded.words[key] = again.words[key]
         decoded.retried = sorted(bad)
         decoded.flagged = flags(decoded, bad)
+        for key, reason in decoded.flagged.items():
+            if reason in ("loop", "over-long"):  # cut what ran on; it stays marked
+                kept = self.guard.trim(decoded.tokens[key], decoded.durations.get(key, 0.0))
+                decoded.tokens[key] = kept
+                decoded.hypotheses[key] = self.model.tokenizer.decode(kept,
+                                                                      skip_special_tokens=True)
+                if key in decoded.words:  # the words the cut text still holds
+                    count = len(WORD.findall(decoded.hypotheses[key]))
+                    decoded.words[key] = decoded.words[key][:count]
         decoded.elapsed += again.elapsed
         log.warning("%s: %d answers flagged (%s) and decoded again; %d still flagged%s", desc,
                     len(bad), ", ".join(f"{r}: {n}" for r, n in sorted(

@@ -29,6 +29,10 @@ def test_what_the_guard_flags():
     assert guard.check([1, 2], "I'm sorry, I can't hear anything", 3.0) == "refusal"
     assert guard.check([1, 2], "抱歉，我听不清", 3.0) == "refusal"
     assert Guard(enabled=False).check([5] * 40, "x", 1.0) is None
+    # what still fails after the retry is cut: to the cap, and before the repeat that loops
+    assert guard.trim(list(range(40)), 2.0) == list(range(30))
+    assert guard.trim([7, 1, 2, 3, 4] * 5, 10.0) == [7, 1, 2, 3, 4] * 3  # 7 1 2 3: 4th at 15
+    assert guard.check(guard.trim([7, 1, 2, 3, 4] * 5, 10.0), "x", 10.0) is None
 
 
 def test_every_format_marks_a_flagged_text():
@@ -74,11 +78,19 @@ def test_flagged_answers_are_decoded_again_and_still_doubtful_ones_named(tiny_re
     recognizer.guard = guard
     guarded = recognizer.decode(corpus, "asr", progress=False)
     assert set(guarded.retried) == want
-    for key, text in guarded.hypotheses.items():
-        assert text == (retry.hypotheses[key] if key in want else plain.hypotheses[key]), key
     still = {k: guard.check(retry.tokens[k], retry.hypotheses[k], retry.durations[k],
                             instruction) for k in want}
     assert guarded.flagged == {k: why for k, why in still.items() if why}
+    tokenizer = recognizer.model.tokenizer
+    for key, text in guarded.hypotheses.items():
+        if key not in want:
+            assert text == plain.hypotheses[key], key
+        elif still[key] in ("loop", "over-long"):  # cut, and no longer loops or runs on
+            kept = guard.trim(retry.tokens[key], retry.durations[key])
+            assert text == tokenizer.decode(kept, skip_special_tokens=True), key
+            assert guard.check(kept, text, retry.durations[key]) is None
+        else:
+            assert text == retry.hypotheses[key], key
 
 
 def test_a_misspelt_guard_key_is_named(tiny_release):
