@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--num_beams", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="the recording's order of gaps")
     parser.add_argument("--min_silence_ms", type=int, default=None,
                         help="mooer-transcribe's --min_silence_ms (default: its own)")
     args = parser.parse_args()
@@ -81,7 +82,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         long_path = work / "hour.wav"
-        reference, used = build_recording([test], args.minutes, long_path)
+        reference, used = build_recording([test], args.minutes, long_path, args.seed)
         seconds = sf.info(long_path).duration
         started = time.perf_counter()
         vad = [] if args.min_silence_ms is None else ["--min_silence_ms", str(args.min_silence_ms)]

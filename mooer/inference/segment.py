@@ -15,6 +15,11 @@ import torch
 SAMPLE_RATE = 16000
 QUIET_WINDOW = 320  # 20 ms at 16 kHz: where a too-long stretch is cut
 MIN_SILENCE_MS = 150  # a pause this long ends a segment
+# audio kept around each stretch of speech: on the 60-minute benchmark (benchmarks/longform.py,
+# recording seed 0) the joined CER was 1.55 / 1.47 / 1.73 / 1.70 / 2.36 % with 5 / 10 / 15 / 20 /
+# 30 ms (1.26 % one by one): the models hear single utterances, and more silence around a
+# segment costs words
+SPEECH_PAD_MS = 10
 MIN_SEGMENT_S = 1.0
 # longer segments would not fit in memory: an encoder's attention grows with the square of the
 # frames (an hour of Paraformer frames: 60,000 x 60,000 scores a head)
@@ -49,8 +54,8 @@ def _vad_model():
     return load_silero_vad()  # the TorchScript model inside the wheel
 
 
-def speech_spans(wave: np.ndarray, min_silence_ms: int = MIN_SILENCE_MS, speech_pad_ms: int = 30
-                 ) -> list[tuple[int, int]]:
+def speech_spans(wave: np.ndarray, min_silence_ms: int = MIN_SILENCE_MS,
+                 speech_pad_ms: int = SPEECH_PAD_MS) -> list[tuple[int, int]]:
     """[start, end) sample spans of speech in a 16 kHz mono recording (silero-vad)."""
     from silero_vad import get_speech_timestamps
 
