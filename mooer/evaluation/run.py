@@ -129,12 +129,9 @@ def write_set(out_dir: Path, test_set: TestSet, hypotheses: dict[str, str],
     if result.extra:
         log.warning("%s: %d hypotheses have no reference and are not scored (listed in %s): %s",
                     test_set.name, len(result.extra), out_dir / "wer", " ".join(result.extra[:10]))
-    report = format_wer(result, duplicates)
-    biased = None
-    if test_set.hotwords:
-        biased = biased_score(result, [word for word, _ in test_set.hotwords])
-        at = report.index("\n", report.index("Overall -> ")) + 1
-        report = report[:at] + biased.line() + "\n" + report[at:]
+    biased = (biased_score(result, [word for word, _ in test_set.hotwords])
+              if test_set.hotwords else None)
+    report = format_wer(result, duplicates, under_totals=biased.line() if biased else "")
     if flagged:
         report += (f"Flagged by the hallucination guard (decoded again, still doubtful): "
                    f"{len(flagged)}: " + " ".join(f"{k} ({v})" for k, v in sorted(flagged.items()))

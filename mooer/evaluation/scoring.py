@@ -312,11 +312,12 @@ def cluster_totals(result: Score, words: Iterable[str]) -> Alignment:
 
 def format_wer(result: Score, duplicates: Iterable[str] = (), verbose: int = 1,
                padding: str = " ", max_words: int | None = None,
-               clusters: Iterable[tuple[str, list[str]]] = ()) -> str:
+               clusters: Iterable[tuple[str, list[str]]] = (), under_totals: str = "") -> str:
     """The `wer` file: per-utterance alignments (verbose), then `Overall -> x.xx % N=.. C=.. S=..
-    D=.. I=..`, then the keys left out of the score (missing or extra hypotheses, uttids decoded
-    twice), then (verbose) the rate of each default word class and of the `clusters`. As
-    compute-wer.py writes it (`--padding-symbol`, `--maxw`, `--cluster`)."""
+    D=.. I=..` (and `under_totals`, lines of ours such as B-WER and U-WER), then the keys left
+    out of the score (missing or extra hypotheses, uttids decoded twice), then (verbose) the rate
+    of each default word class and of the `clusters`. As compute-wer.py writes it
+    (`--padding-symbol`, `--maxw`, `--cluster`)."""
     lines = []
     for key, a in result.utterances.items() if verbose else ():
         lines += ["", f"utt: {key}", f"WER: {_rate(a):4.2f} % {_counts(a)}"]
@@ -331,6 +332,8 @@ def format_wer(result: Score, duplicates: Iterable[str] = (), verbose: int = 1,
     if verbose:
         lines += ["", "=" * 75, ""]
     lines.append(f"Overall -> {result.error_rate:4.2f} % {_counts(result.total)}")
+    if under_totals:
+        lines.append(under_totals)
     if result.missing:
         lines.append(f"Missing hypotheses (scored as deletions): {len(result.missing)}: "
                      + " ".join(result.missing))
@@ -514,15 +517,12 @@ def main(argv: list[str] | None = None) -> int:
         split = {k.upper(): [p.upper() for p in v] for k, v in split.items()}
     how = Tokenization(args.char, args.cs, args.rt, frozenset(ignore), split)
     result = score(refs, hyps, how)
+    biased = biased_score(result, hotwords, how).line() if hotwords else ""
     report = format_wer(result, verbose=args.v,
                         padding="_" if args.padding_symbol == "underline" else " ",
                         max_words=args.maxw,
                         clusters=[(n, [w if args.cs else w.upper() for w in ws])
-                                  for n, ws in clusters])
-    if hotwords:
-        biased = biased_score(result, hotwords, how).line()
-        at = report.index("\n", report.index("Overall -> ")) + 1
-        report = report[:at] + biased + "\n" + report[at:]
+                                  for n, ws in clusters], under_totals=biased)
     if args.out:
         args.out.write_text(report, encoding="utf-8")
         print(report[report.index("Overall -> "):], end="")  # the totals and what was left out
