@@ -8,9 +8,9 @@ a run of Latin letters and digits (with `'`), or a single CJK character. A CTC h
 a little after it begins and its posteriors are peaky, so a word starts LEAD frames before its
 first token's first emission (never before the previous word ends) and ends up to TAIL frames
 after its last token's last emission (never after the next word starts): on the demo model this
-took the median start error against espeak-ng's word events from 61 to 27 ms
-(`benchmarks/timestamps.py`). Its confidence is the geometric mean, over its tokens, of each
-token's highest CTC posterior on its frames: in [0, 1].
+took the median start error against espeak-ng's word events from 61 to 27 ms on the utterances
+that chose them, 26 ms on others (`benchmarks/timestamps.py`). Its confidence is the geometric
+mean, over its tokens, of each token's highest CTC posterior on its frames: in [0, 1].
 """
 
 from __future__ import annotations
@@ -93,9 +93,9 @@ def viterbi(log_probs: torch.Tensor, tokens: Sequence[int], blank: int
     return [(a, b) for a, b in spans]
 
 
-def words_of(text: str, token_texts: Sequence[str]) -> list[tuple[str, list[int]]]:
-    """The words of `text` and, for each, the indices of the tokens that spell it
-    (`token_texts`: each token's piece of `text`, in order)."""
+def words_of(token_texts: Sequence[str]) -> list[tuple[str, list[int]]]:
+    """The words of a text and, for each, the indices of the tokens that spell it
+    (`token_texts`: each token's piece of the text, in order)."""
     owners: list[int] = []  # the token that spelled each character
     for index, piece in enumerate(token_texts):
         owners += [index] * len(piece)
@@ -123,7 +123,7 @@ def align_words(log_probs: torch.Tensor, token_ids: Sequence[int], tokenizer, bl
     posteriors = log_probs.numpy()
     confidence = [float(posteriors[a:b + 1, token].max()) for (a, b), token in
                   zip(spans, token_ids, strict=True)]
-    words = [(text, tokens) for text, tokens in words_of("".join(pieces), pieces) if tokens]
+    words = [(text, tokens) for text, tokens in words_of(pieces) if tokens]
     firsts = [spans[tokens[0]][0] for _, tokens in words]
     found = []
     for i, (text, tokens) in enumerate(words):
