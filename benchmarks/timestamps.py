@@ -57,7 +57,7 @@ def main() -> None:
                                                     f"paths.data_dir={args.data_dir}"])[0])
     recognizer = Recognizer.from_config(cfg, "cpu", "fp32", 16,
                                         {"num_beams": args.num_beams, "max_new_tokens": 48})
-    if recognizer.model.ctc_weight <= 0:
+    if not recognizer.model.has_ctc_head:
         sys.exit("this model has no CTC head: word times need one")
     engine = Espeak.get()
     specs = draw_specs(args.num, seed=args.seed)

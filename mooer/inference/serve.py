@@ -272,7 +272,7 @@ class Transcriber:
                              f"serves {', '.join(self.recognizer.tasks)})")
         if not 1 <= int(num_beams) <= 16:
             raise InputError(f"num_beams must be between 1 and 16, got {num_beams}")
-        if timestamps and self.recognizer.model.ctc_weight <= 0:
+        if timestamps and not self.recognizer.model.has_ctc_head:
             raise InputError("word timestamps need the encoder's CTC head, which this server's "
                              "model has not (train with encoder.ctc_weight > 0)",
                              param="timestamp_granularities")

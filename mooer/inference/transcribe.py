@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             recognizer.hotwords = ContextGraph.build(hotwords, recognizer.model.tokenizer,
                                                      args.hotword_score)
         if args.word_timestamps or args.word_level:
-            if recognizer.model.ctc_weight <= 0:
+            if not recognizer.model.has_ctc_head:
                 print("error: --word_timestamps needs the encoder's CTC head, which this model "
                       "has not (train with encoder.ctc_weight > 0, as the demo does)",
                       file=sys.stderr)

@@ -184,6 +184,11 @@ class SpeechLLM(nn.Module):
         return nn.functional.ctc_loss(log_probs, targets, lengths, target_lengths,
                                       blank=self.ctc_head.out_features - 1, zero_infinity=True)
 
+    @property
+    def has_ctc_head(self) -> bool:
+        """Whether the encoder has a CTC head (what word times are aligned on)."""
+        return self.ctc_weight > 0 and hasattr(self, "ctc_head")
+
     @torch.no_grad()
     def encode(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder's states and lengths of a batch (to share between `generate` and
@@ -196,7 +201,7 @@ class SpeechLLM(nn.Module):
         """The CTC head's log-posteriors on the encoder states [B, T, vocab + 1] (blank last)
         and each utterance's frames (of `encoded` when given); None for a model without a CTC
         head."""
-        if self.ctc_weight <= 0 or not hasattr(self, "ctc_head"):
+        if not self.has_ctc_head:
             return None
         states, lengths = encoded or self.encode(batch)
         return self.ctc_head(states).float().log_softmax(-1), lengths
