@@ -10,7 +10,7 @@ is added to the log-probabilities of beam search (greedy decoding is beam 1), th
 transformers logits processor, so the model's own scores decide between hotwords as between
 any tokens.
 
-    graph = ContextGraph.build(read_hotwords("names.txt"), tokenizer, score=2.0)
+    graph = ContextGraph.build(read_hotwords("names.txt"), tokenizer, score=1.0)
     recognizer.decode(..., hotwords=graph)       # or mooer-transcribe --hotwords names.txt
 """
 
