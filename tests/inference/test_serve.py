@@ -414,13 +414,19 @@ def drive_page(url: str, wav: Path | None, screenshot: Path, bad: Path | None = 
             context.grant_permissions(["microphone"])
             page = context.new_page()
             page.goto(url, timeout=wait)
+            # the page uploads the clip after it is recorded or chosen: Transcribe pressed
+            # before that upload answers finds no audio ("Record or upload audio first")
+            uploaded = page.expect_response(lambda r: "/gradio_api/upload" in r.url,
+                                            timeout=wait)
             if wav is None:
                 page.locator("#audio button[aria-label='Record audio']").click()
                 page.locator("#audio button.record-button").click()
                 page.wait_for_timeout(2000)
-                page.locator("#audio button.stop-button").click()
+                with uploaded:
+                    page.locator("#audio button.stop-button").click()
             else:
-                page.locator("#audio input[type=file]").set_input_files(str(wav))
+                with uploaded:
+                    page.locator("#audio input[type=file]").set_input_files(str(wav))
             page.locator("#audio audio, #audio .waveform-container, #audio [data-testid="
                          "'waveform-Audio']").first.wait_for(timeout=wait)
             page.get_by_label("both").check()
@@ -434,7 +440,8 @@ def drive_page(url: str, wav: Path | None, screenshot: Path, bad: Path | None = 
             page.screenshot(path=str(screenshot), full_page=True)
             if bad is not None:
                 page.locator("#audio button[aria-label='Clear']").click()
-                page.locator("#audio input[type=file]").set_input_files(str(bad))
+                with page.expect_response(lambda r: "/gradio_api/upload" in r.url, timeout=wait):
+                    page.locator("#audio input[type=file]").set_input_files(str(bad))
                 page.locator("#run").click()
                 error = page.get_by_text(" channels; at most ")
                 error.first.wait_for(timeout=wait)
