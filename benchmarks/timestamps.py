@@ -12,7 +12,14 @@ true start when an event begins at it (espeak-ng's Mandarin events cover some ch
 together: only the first has a time). Start errors are measured on the utterances transcribed
 exactly (so each word has its reference word); the end of a word is compared with the next
 event's start (a pause counts against it). Confidence: the AUROC of telling a wrong word (not
-aligned to an equal reference word) from a right one, over every utterance.
+aligned to an equal reference word) from a right one, over every utterance, for the three
+candidates: the CTC head's posteriors along the alignment (what `Word.confidence` holds), the
+decoder's own token posteriors (teacher forced: `SpeechLLM.answer_log_probs`) and their
+geometric mean.
+
+`--ctc_head` aligns on a head trained apart (conf/experiment/ctc_head.yaml) instead of the
+model's own: the recipe for checkpoints without one, measured against the head trained with
+the model.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from mooer.data.audio import resample
 from mooer.demo.corpus import SAMPLE_RATE, draw_specs
 from mooer.demo.espeak import Espeak
 from mooer.evaluation.scoring import align
-from mooer.inference.align import WORD
+from mooer.inference.align import WORD, token_pieces, words_of
 from mooer.inference.loading import apply_run_dir
 from mooer.inference.recognizer import Recognizer
 
@@ -50,11 +57,15 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=200)
     parser.add_argument("--seed", type=int, default=777)
     parser.add_argument("--num_beams", type=int, default=4)
+    parser.add_argument("--ctc_head", type=Path,
+                        help="a CTC head trained apart (experiment=ctc_head's checkpoint)")
     args = parser.parse_args()
     if not (args.run_dir / "checkpoints" / "last.ckpt").is_file():
         sys.exit(f"no trained demo in {args.run_dir}: run `make demo` first")
-    cfg = apply_run_dir(compose_config("evaluate", [f"run_dir={args.run_dir}",
-                                                    f"paths.data_dir={args.data_dir}"])[0])
+    overrides = [f"run_dir={args.run_dir}", f"paths.data_dir={args.data_dir}"]
+    if args.ctc_head:
+        overrides.append(f"model.ctc_head={args.ctc_head}")
+    cfg = apply_run_dir(compose_config("evaluate", overrides)[0])
     recognizer = Recognizer.from_config(cfg, "cpu", "fp32", 16,
                                         {"num_beams": args.num_beams, "max_new_tokens": 48})
     if not recognizer.model.has_ctc_head:
@@ -79,16 +90,27 @@ def main() -> None:
         recognizer.decode(work, "asr", progress=False)  # warm-up
         plain = recognizer.decode(work, "asr", progress=False)
         decoded = recognizer.decode(work, "asr", timestamps=True, progress=False)
-    starts, ends, right, wrong, exact = [], [], [], [], 0
+        scored = recognizer.decode(work, "asr", timestamps=True, token_log_probs=True,
+                                   progress=False)
+    starts, ends, exact = [], [], 0
+    # confidence of each hypothesis word: (CTC, decoder), by whether it is right
+    right: list[tuple[float, float]] = []
+    wrong: list[tuple[float, float]] = []
+    unmatched = 0  # utterances whose decoder tokens spell other words than the CTC alignment's
     for spec in specs:
         hyp = decoded.words.get(spec.uttid, [])
         ref = [(m.group().upper(), m.start()) for m in WORD.finditer(spec.text)]
+        decoder = decoder_confidence(recognizer.model.tokenizer, scored.tokens[spec.uttid],
+                                     scored.token_log_probs[spec.uttid])
+        if [w for w, _ in decoder] != [w.text for w in scored.words.get(spec.uttid, [])]:
+            unmatched += 1
+            continue
         alignment = align([w for w, _ in ref], [w.text.upper() for w in hyp])
-        it = iter(hyp)
+        it = iter(zip(scored.words.get(spec.uttid, []), decoder, strict=True))
         for r, h in zip(alignment.ref, alignment.hyp, strict=True):
             if h:
-                word = next(it)
-                (right if r == h else wrong).append(word.confidence)
+                word, (_, confidence) = next(it)
+                (right if r == h else wrong).append((word.confidence, confidence))
         if [w.text.upper() for w in hyp] != [w for w, _ in ref]:
             continue
         exact += 1
@@ -110,10 +132,25 @@ def main() -> None:
     print(f"| word start error, p95 | {1000 * np.percentile(start_abs, 95):.0f} ms |")
     print(f"| word start, mean signed (CTC early < 0) | {1000 * np.mean(starts):+.0f} ms |")
     print(f"| word end against the next word's start, median | {1000 * np.median(end_abs):.0f} ms |")
-    print(f"| confidence AUROC, wrong vs right words | {auroc(right, wrong):.3f} "
-          f"({len(wrong)} wrong of {len(right) + len(wrong)}) |")
+    for name, pick in (("CTC posteriors (Word.confidence)", lambda c: c[0]),
+                       ("decoder posteriors", lambda c: c[1]),
+                       ("geometric mean of both", lambda c: (c[0] * c[1]) ** 0.5)):
+        print(f"| confidence AUROC, wrong vs right words: {name} | "
+              f"{auroc([pick(c) for c in right], [pick(c) for c in wrong]):.3f} "
+              f"({len(wrong)} wrong of {len(right) + len(wrong)}) |")
+    if unmatched:
+        print(f"| utterances left out of the AUROC (decoder tokens spell other words) | "
+              f"{unmatched} |")
     print(f"| decoding time with word times / without (batch 16) | {decoded.elapsed:.1f} s / "
           f"{plain.elapsed:.1f} s = {decoded.elapsed / plain.elapsed:.2f}x |")
+
+
+def decoder_confidence(tokenizer, token_ids: list[int], log_probs: list[float]
+                       ) -> list[tuple[str, float]]:
+    """Each word of a generated answer with the decoder's confidence in it: the geometric mean
+    of its tokens' posteriors, as the CTC confidence is of the head's."""
+    return [(text, float(np.exp(np.mean([log_probs[t] for t in tokens]))))
+            for text, tokens in words_of(token_pieces(token_ids, tokenizer)) if tokens]
 
 
 if __name__ == "__main__":

@@ -177,17 +177,20 @@ def average_state_dicts(paths: Sequence[str | Path]) -> dict[str, torch.Tensor]:
 
 
 def load_trainable(model: SpeechLLM, path: str | Path,
-                   state: dict[str, torch.Tensor] | None = None) -> None:
+                   state: dict[str, torch.Tensor] | None = None, skip: str | None = None) -> None:
     """Load one of our training checkpoints (trainable weights under `model.`); `state`, when
-    given, holds its weights already (an average named by `path`)."""
+    given, holds its weights already (an average named by `path`); weights whose names start
+    with `skip` are left out (a CTC head the run replaces)."""
     state = load_state_dict_file(path) if state is None else state
-    state = {k.removeprefix("model."): v for k, v in state.items()}
+    state = {k.removeprefix("model."): v for k, v in state.items()
+             if not (skip and k.removeprefix("model.").startswith(skip))}
     own = model.state_dict()
     unknown = sorted(set(state) - set(own))
     if unknown:
         raise CheckpointError(f"{path} has weights this model lacks: {', '.join(unknown[:5])} "
                               "(is the encoder/llm/projector config the one it was trained with?)")
-    missing = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in state)
+    missing = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in state
+                     and not (skip and n.startswith(skip)))
     if missing:
         raise CheckpointError(
             f"{path} lacks {len(missing)} of the weights this config trains "
@@ -197,9 +200,10 @@ def load_trainable(model: SpeechLLM, path: str | Path,
 
 
 def load_weights(model: SpeechLLM, checkpoint: str | Path | None, adapter_path: str | None,
-                 lora_dir: str | None) -> None:
+                 lora_dir: str | None, skip: str | None = None) -> None:
     """`checkpoint` is a MooER-layout dir (adapter_project.pt + new_llm/ or lora_weights/) or
-    one of our checkpoint files; adapter_path/lora_dir are MooER release files."""
+    one of our checkpoint files (`skip`: see `load_trainable`); adapter_path/lora_dir are MooER
+    release files."""
     if checkpoint:
         checkpoint = Path(checkpoint)
         if checkpoint.is_dir():
@@ -209,8 +213,27 @@ def load_weights(model: SpeechLLM, checkpoint: str | Path | None, adapter_path: 
             lora = next((checkpoint / d for d in LORA_SUBDIRS if (checkpoint / d).is_dir()), None)
             load_mooer(model, checkpoint / "adapter_project.pt", lora)
         else:
-            load_trainable(model, checkpoint)
+            load_trainable(model, checkpoint, skip=skip)
     load_mooer(model, adapter_path, lora_dir)
+
+
+CTC_HEAD_PREFIX = "ctc_head."
+
+
+def load_ctc_head(model: SpeechLLM, path: str | Path) -> None:
+    """Add a CTC head trained apart (conf/experiment/ctc_head.yaml: that run's checkpoint, or a
+    state dict of `ctc_head.weight` and `ctc_head.bias`) to any model, MooER's release
+    included, replacing the model's own: word times then come from it."""
+    state = {k.removeprefix("model."): v for k, v in load_state_dict_file(path).items()}
+    head = {k.removeprefix(CTC_HEAD_PREFIX): v for k, v in state.items()
+            if k.startswith(CTC_HEAD_PREFIX)}
+    if not head:
+        raise CheckpointError(f"{path} holds no CTC head (ctc_head.weight, ctc_head.bias): give "
+                              "the checkpoint of a run of experiment=ctc_head")
+    try:
+        model.add_ctc_head(head, source=str(path))
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def _deepspeed_classes() -> list[type]:

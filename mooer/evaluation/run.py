@@ -32,6 +32,7 @@ from mooer.inference.loading import apply_run_dir
 from mooer.inference.longform import has_long_recordings
 from mooer.inference.recognizer import Recognizer, prompt_for
 from mooer.inference.segment import check_max_segment_s
+from mooer.models.weights import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -251,8 +252,11 @@ def evaluate(cfg: DictConfig) -> list[SetResult]:
                              f"but {err}") from None
     decoding = as_dict(cfg.decoding)
     batch_size = decoding.pop("batch_size")
-    recognizer = Recognizer.from_config(cfg, cfg.device, cfg.precision, batch_size, decoding,
-                                        prompt=prompt)
+    try:
+        recognizer = Recognizer.from_config(cfg, cfg.device, cfg.precision, batch_size,
+                                            decoding, prompt=prompt)
+    except CheckpointError as err:  # weights that do not fit this config, named
+        raise SystemExit(f"error: {err}") from None
     join(rank, recognizer.device)
     decode_path = Path(cfg.decode_path)
     results = []

@@ -107,6 +107,17 @@ def words_of(token_texts: Sequence[str]) -> list[tuple[str, list[int]]]:
     return found
 
 
+def token_pieces(token_ids: Sequence[int], tokenizer) -> list[str]:
+    """Each token's piece of the decoded text (what `words_of` groups into words)."""
+    pieces: list[str] = []
+    decoded = ""
+    for i in range(len(token_ids)):
+        upto = tokenizer.decode(token_ids[:i + 1], skip_special_tokens=True)
+        pieces.append(upto[len(decoded):] if upto.startswith(decoded) else upto)
+        decoded = upto
+    return pieces
+
+
 def align_words(log_probs: torch.Tensor, token_ids: Sequence[int], tokenizer, blank: int,
                 frame_s: float) -> list[Word] | None:
     """Word times and confidence of a transcript (`token_ids`, as the CTC head's tokenizer
@@ -114,12 +125,7 @@ def align_words(log_probs: torch.Tensor, token_ids: Sequence[int], tokenizer, bl
     spans = viterbi(log_probs, token_ids, blank)
     if spans is None:
         return None
-    pieces: list[str] = []
-    decoded = ""
-    for i in range(len(token_ids)):  # each token's piece of the decoded text
-        upto = tokenizer.decode(token_ids[:i + 1], skip_special_tokens=True)
-        pieces.append(upto[len(decoded):] if upto.startswith(decoded) else upto)
-        decoded = upto
+    pieces = token_pieces(token_ids, tokenizer)
     posteriors = log_probs.numpy()
     confidence = [float(posteriors[a:b + 1, token].max()) for (a, b), token in
                   zip(spans, token_ids, strict=True)]

@@ -37,6 +37,8 @@ class Decoded:
     words: dict[str, list[Word]] = field(default_factory=dict)  # with timestamps: word times
     retried: list[str] = field(default_factory=list)  # flagged by the guard, decoded again
     flagged: dict[str, str] = field(default_factory=dict)  # still flagged after that: why
+    # with token_log_probs: each answer token's log-probability under the decoder
+    token_log_probs: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def rtf(self) -> float:
@@ -75,6 +77,8 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
     decoding = dict(decoding)
     graph = decoding.pop("hotwords", None)  # a ContextGraph: a fresh processor a batch
     timestamps = decoding.pop("timestamps", False)  # word times by CTC forced alignment
+    scored = decoding.pop("token_log_probs", False)  # the decoder's posteriors of the answers
+    log_probs: dict[str, list[float]] = {}
     words: dict[str, list[Word]] = {}
     started = time.perf_counter()
     with tqdm(total=total, desc=desc, unit="utt", disable=not progress) as bar:
@@ -87,7 +91,8 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
                 **decoding, "logits_processor": [*decoding.get("logits_processor", []),
                                                  HotwordBias(graph)]}
             moved = move_batch(batch, device, dtype)
-            encoded = model.encode(moved) if timestamps else None  # shared with the alignment
+            # the encoder pass, shared with the alignment and the scoring
+            encoded = model.encode(moved) if timestamps or scored else None
             generated = model.generate(moved, encoded=encoded, **options)
             hypotheses.update(zip(batch["keys"], generated.texts, strict=True))
             references.update(zip(batch["keys"], batch["targets"], strict=True))
@@ -95,13 +100,16 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
             durations.update(zip(batch["keys"], batch["audio_durations"], strict=True))
             if timestamps:
                 words.update(word_times(model, moved, generated.texts, encoded))
+            if scored:
+                log_probs.update(zip(batch["keys"], model.answer_log_probs(
+                    moved, generated.token_ids, encoded), strict=True))
             seconds += batch["audio_seconds"]
             bar.update(len(batch["keys"]))
     if duplicates:
         log.warning("%s: %d uttids came more than once (the last hypothesis is kept): %s", desc,
                     len(duplicates), " ".join(sorted(set(duplicates))[:10]))
     return Decoded(hypotheses, references, seconds, time.perf_counter() - started, duplicates,
-                   tokens, durations, words)
+                   tokens, durations, words, token_log_probs=log_probs)
 
 
 def word_times(model: SpeechLLM, batch: dict[str, Any], texts: list[str],
@@ -111,7 +119,7 @@ def word_times(model: SpeechLLM, batch: dict[str, Any], texts: list[str],
     found = model.ctc_log_probs(batch, encoded)
     if found is None:
         raise ValueError("word times need the encoder's CTC head, which this model has not: "
-                         "train one (encoder.ctc_weight > 0)")
+                         "train one (experiment=ctc_head) and load it (model.ctc_head=)")
     log_probs, lengths = found
     log_probs = log_probs.cpu()
     blank = log_probs.shape[-1] - 1

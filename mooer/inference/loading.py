@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mooer.checkpoints import (
     average_state_dicts,
+    load_ctc_head,
     load_trainable,
     load_weights,
     merge_lora,
@@ -33,16 +34,24 @@ def apply_run_dir(cfg: DictConfig) -> DictConfig:
             raise CheckpointError(f"average={cfg.average} averages a run's checkpoints: give "
                                   "run_dir= too")
         return cfg
+    cfg = cfg.copy()
+    for key, node in run_model_config(run_dir).items():
+        cfg[key] = node
+    if not cfg.get("checkpoint"):
+        cfg.checkpoint = str(Path(run_dir) / "checkpoints" / "last.ckpt")
+    return cfg
+
+
+def run_model_config(run_dir: str | Path, groups: tuple[str, ...] = ("encoder", "projector",
+                                                                      "llm", "task")) -> dict:
+    """A training run's config `groups`, resolved where they were written: relative file paths
+    made absolute from the directory the run was started in."""
     trained = run_config(run_dir)
     hydra_file = Path(run_dir) / ".hydra" / "hydra.yaml"
     train_cwd = (Path(OmegaConf.load(hydra_file).hydra.runtime.cwd) if hydra_file.is_file()
                  else Path.cwd())
-    cfg = cfg.copy()
-    for key in ("encoder", "projector", "llm", "task"):  # resolved where they were written
-        cfg[key] = _anchored(OmegaConf.to_container(trained[key], resolve=True), train_cwd)
-    if not cfg.get("checkpoint"):
-        cfg.checkpoint = str(Path(run_dir) / "checkpoints" / "last.ckpt")
-    return cfg
+    return {key: _anchored(OmegaConf.to_container(trained[key], resolve=True), train_cwd)
+            for key in groups}
 
 
 PATH_KEYS = frozenset({"path", "tokenizer_path", "cmvn_path", "checkpoint"})
@@ -77,6 +86,8 @@ def load_for_decoding(cfg: DictConfig, device: torch.device, precision: str,
     else:
         load_weights(model, cfg.get("checkpoint"), model_cfg.get("adapter_path"),
                      model_cfg.get("lora_dir"))
+    if model_cfg.get("ctc_head"):
+        load_ctc_head(model, model_cfg.ctc_head)
     merge_lora(model)
     dtype = torch_dtype(precision)
     if device.type == "cpu" and dtype != torch.float32:

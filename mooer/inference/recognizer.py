@@ -156,6 +156,8 @@ class Recognizer:
             decoded.tokens[key] = again.tokens[key]
             if key in again.words:
                 decoded.words[key] = again.words[key]
+            if key in again.token_log_probs:
+                decoded.token_log_probs[key] = again.token_log_probs[key]
         decoded.retried = sorted(bad)
         decoded.flagged = flags(decoded, bad)
         for key, reason in decoded.flagged.items():

@@ -68,6 +68,7 @@ from mooer.inference.openai_api import ROUTES, ApiError, error_body, parse_optio
 from mooer.inference.recognizer import MIN_AUDIO_SECONDS, Recognizer
 from mooer.inference.segment import MIN_SILENCE_MS
 from mooer.inference.transcribe import add_model_arguments, add_segment_arguments, model_config
+from mooer.models.weights import CheckpointError
 
 log = logging.getLogger("mooer.serve")
 
@@ -185,7 +186,7 @@ class Transcriber:
         try:
             recognizer = Recognizer.from_config(cfg, args.device, args.precision, args.batch_size,
                                                 {"max_new_tokens": args.max_new_tokens})
-        except ValueError as err:
+        except (CheckpointError, ValueError) as err:
             raise SystemExit(f"error: {err}") from None
         if not recognizer.tasks:
             raise SystemExit("error: the prompt format has no instruction for asr or ast")
@@ -274,7 +275,7 @@ class Transcriber:
             raise InputError(f"num_beams must be between 1 and 16, got {num_beams}")
         if timestamps and not self.recognizer.model.has_ctc_head:
             raise InputError("word timestamps need the encoder's CTC head, which this server's "
-                             "model has not (train with encoder.ctc_weight > 0)",
+                             "model has not (start it with --ctc_head: see experiment=ctc_head)",
                              param="timestamp_granularities")
         duration = check_audio(path, self.limits, name)
         with self._count:

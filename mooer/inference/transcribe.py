@@ -50,6 +50,7 @@ from mooer.inference.loading import apply_run_dir
 from mooer.inference.longform import Prepared, prepare
 from mooer.inference.recognizer import MIN_AUDIO_SECONDS, Recognizer, prompt_for
 from mooer.inference.segment import MIN_SILENCE_MS, check_max_segment_s
+from mooer.models.weights import CheckpointError
 
 
 def _inputs(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[str]]:
@@ -178,6 +179,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter_path", help="adapter_project.pt")
     parser.add_argument("--lora_dir", help="LoRA directory (adapter_config.json + weights)")
     parser.add_argument("--checkpoint", help="a MooER-layout dir or one of our checkpoints")
+    parser.add_argument("--ctc_head", help="a CTC head trained apart (the checkpoint of a run of "
+                        "experiment=ctc_head): word times for a model trained without one")
     parser.add_argument("--run_dir", help="a training run dir (its config and last checkpoint)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "fp16", "bf16"])
@@ -191,7 +194,8 @@ def model_config(args: argparse.Namespace) -> DictConfig:
     for flag, key in (("encoder_path", "encoder.model.checkpoint"),
                       ("cmvn_path", "encoder.frontend.cmvn_path"), ("llm_path", "llm.path"),
                       ("adapter_path", "model.adapter_path"), ("lora_dir", "model.lora_dir"),
-                      ("checkpoint", "checkpoint"), ("run_dir", "run_dir")):
+                      ("checkpoint", "checkpoint"), ("run_dir", "run_dir"),
+                      ("ctc_head", "model.ctc_head")):
         if getattr(args, flag):
             overrides.append(f"{key}={getattr(args, flag)}")
     return apply_run_dir(compose_config("evaluate", overrides)[0])
@@ -234,16 +238,22 @@ def main(argv: list[str] | None = None) -> int:
         if not prepared.spans and not rank.many:
             print("error: nothing to transcribe", file=sys.stderr)
             return 2
-        recognizer = Recognizer.from_config(
-            cfg, args.device, args.precision, args.batch_size,
-            {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}, prompt=prompt)
+        try:
+            recognizer = Recognizer.from_config(
+                cfg, args.device, args.precision, args.batch_size,
+                {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens},
+                prompt=prompt)
+        except (CheckpointError, ValueError) as err:  # weights that do not fit, named
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         if hotwords:
             recognizer.hotwords = ContextGraph.build(hotwords, recognizer.model.tokenizer,
                                                      args.hotword_score)
         if args.word_timestamps or args.word_level:
             if not recognizer.model.has_ctc_head:
                 print("error: --word_timestamps needs the encoder's CTC head, which this model "
-                      "has not (train with encoder.ctc_weight > 0, as the demo does)",
+                      "has not: train one on its frozen encoder (python train.py experiment=ctc_head "
+                      "init_from=...) and give it with --ctc_head",
                       file=sys.stderr)
                 return 2
             recognizer.timestamps = True

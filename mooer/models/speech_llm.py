@@ -81,14 +81,50 @@ class SpeechLLM(nn.Module):
         # an auxiliary CTC head on the encoder teaches it the acoustics early (models trained
         # from scratch); its blank is the last class
         self.ctc_weight = ctc_weight
+        self.ctc_only = False  # train_ctc_head_only: the training step runs the encoder alone
         if ctc_weight > 0:
-            vocab = len(tokenizer) if tokenizer is not None else llm.config.vocab_size
-            self.ctc_head = nn.Linear(encoder.output_size, vocab + 1)
+            self.add_ctc_head()
         self.freeze_encoder = freeze_encoder
         if freeze_encoder:
             self.encoder.requires_grad_(False)
         if freeze_projector:
             self.projector.requires_grad_(False)
+
+    @property
+    def ctc_classes(self) -> int:
+        """The CTC head's outputs: the tokenizer's tokens and a blank (the last class)."""
+        return (len(self.tokenizer) if self.tokenizer is not None
+                else self.llm.config.vocab_size) + 1
+
+    def add_ctc_head(self, state: dict[str, torch.Tensor] | None = None,
+                     source: str = "the CTC head") -> None:
+        """A CTC head on the encoder (replacing any it had): fresh, or with `state`'s `weight`
+        and `bias` (a head trained apart: conf/experiment/ctc_head.yaml). Its blank is the last
+        class; its shape must match this encoder's output and this tokenizer."""
+        head = nn.Linear(self.encoder.output_size, self.ctc_classes)
+        if state is not None:
+            want = {"weight": tuple(head.weight.shape), "bias": tuple(head.bias.shape)}
+            have = {k: tuple(v.shape) for k, v in state.items()}
+            if have != want:
+                raise ValueError(f"{source} holds {have}, but this model's CTC head is {want} "
+                                 f"(encoder output {self.encoder.output_size}, "
+                                 f"{self.ctc_classes - 1} tokens + blank): it was trained on "
+                                 "another encoder or tokenizer")
+            head.load_state_dict(state)
+        first = next(self.encoder.parameters(), None)
+        if first is not None:
+            head.to(device=first.device, dtype=first.dtype)
+        self.ctc_head = head
+
+    def train_ctc_head_only(self) -> None:
+        """Train a fresh CTC head alone on the frozen model (word times for a checkpoint
+        trained without one, MooER's release included): every other weight frozen, and the
+        training step runs the encoder and the CTC loss only, never the LLM."""
+        self.requires_grad_(False)
+        self.add_ctc_head()
+        self.ctc_only = True
+        self.freeze_encoder = True
+        self.encoder.eval()
 
     def train(self, mode: bool = True) -> SpeechLLM:
         super().train(mode)
@@ -160,6 +196,8 @@ class SpeechLLM(nn.Module):
         decoder plus an output head, as Qwen2's and Llama's causal LMs are.
         """
         encoded = self._encode(batch["features"], batch["feature_lengths"])
+        if self.ctc_only:
+            return self._ctc_only_forward(batch, encoded)
         hidden = self.llm.get_decoder()(inputs_embeds=self.embed(batch, encoded), use_cache=False,
                                         **self.attention(batch)).last_hidden_state
         rows, columns = batch["scored_index"]
@@ -177,17 +215,60 @@ class SpeechLLM(nn.Module):
             result["loss"] = loss + self.ctc_weight * result["ctc_loss"]
         return result
 
+    def _ctc_only_forward(self, batch: dict[str, Any], encoded: tuple) -> dict[str, torch.Tensor]:
+        """The training step of `train_ctc_head_only`: the transcript's CTC loss on the encoder
+        states; `accuracy` is the share of utterances whose greedy CTC tokens are the
+        transcript's exactly (read on the host: a head trained alone is a small job)."""
+        states, lengths = encoded
+        targets, target_lengths = batch["transcript_ids"], batch["transcript_lengths"]
+        log_probs = self.ctc_head(states).float().log_softmax(-1)
+        loss = self._ctc_loss(log_probs, lengths, targets, target_lengths)
+        correct = sum(ids == row[:length] for ids, row, length in zip(
+            self.best_path(log_probs, lengths), targets.tolist(), target_lengths.tolist(),
+            strict=True))
+        return {"loss": loss, "ctc_loss": loss,
+                "accuracy": torch.tensor(correct / max(len(target_lengths), 1), device=loss.device),
+                "num_tokens": int(target_lengths.sum())}
+
+    def best_path(self, scores: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+        """Best-path CTC decoding of the head's scores [B, T, classes]: each frame's best
+        class, repeats merged, blanks dropped."""
+        blank = scores.shape[-1] - 1
+        decoded = []
+        for row, length in zip(scores.argmax(-1).tolist(), lengths.tolist(), strict=True):
+            ids, previous = [], blank
+            for token in row[:length]:
+                if token != previous and token != blank:
+                    ids.append(token)
+                previous = token
+            decoded.append(ids)
+        return decoded
+
+    @torch.no_grad()
+    def ctc_greedy_texts(self, batch: dict[str, Any]) -> list[str]:
+        """The CTC head's own transcript of each utterance (best path): what a head trained
+        alone is validated by."""
+        if self.tokenizer is None:
+            raise ValueError("SpeechLLM.ctc_greedy_texts needs a tokenizer")
+        states, lengths = self.encode(batch)
+        return [self.tokenizer.decode(ids, skip_special_tokens=True)
+                for ids in self.best_path(self.ctc_head(states), lengths)]
+
     def ctc_loss(self, states: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
                  target_lengths: torch.Tensor) -> torch.Tensor:
         """CTC of the transcript tokens on the encoder states (mean over utterances)."""
-        log_probs = self.ctc_head(states).float().log_softmax(-1).transpose(0, 1)
-        return nn.functional.ctc_loss(log_probs, targets, lengths, target_lengths,
-                                      blank=self.ctc_head.out_features - 1, zero_infinity=True)
+        return self._ctc_loss(self.ctc_head(states).float().log_softmax(-1), lengths, targets,
+                              target_lengths)
+
+    def _ctc_loss(self, log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
+                  target_lengths: torch.Tensor) -> torch.Tensor:
+        return nn.functional.ctc_loss(log_probs.transpose(0, 1), targets, lengths, target_lengths,
+                                      blank=log_probs.shape[-1] - 1, zero_infinity=True)
 
     @property
     def has_ctc_head(self) -> bool:
         """Whether the encoder has a CTC head (what word times are aligned on)."""
-        return self.ctc_weight > 0 and hasattr(self, "ctc_head")
+        return hasattr(self, "ctc_head")
 
     @torch.no_grad()
     def encode(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,6 +286,36 @@ class SpeechLLM(nn.Module):
             return None
         states, lengths = encoded or self.encode(batch)
         return self.ctc_head(states).float().log_softmax(-1), lengths
+
+    @torch.no_grad()
+    def answer_log_probs(self, batch: dict[str, Any], token_ids: list[list[int]],
+                         encoded: tuple | None = None) -> list[list[float]]:
+        """Each answer token's log-probability under the decoder, given the batch's prompt (its
+        audio) and the answer's tokens before it (teacher forced, one pass, positions counted
+        as `generate` counts them over left padding): the decoder's own confidence in an
+        answer, without the decoding's biases (eos, repetition penalty, hotwords)."""
+        width = batch["prompt_width"]
+        prompt = {**batch, "input_ids": batch["input_ids"][:, :width],
+                  "audio_slot_mask": batch["audio_slot_mask"][:, :width]}
+        embeddings = self.embed(prompt, encoded)
+        longest = max((len(ids) for ids in token_ids), default=0)
+        if not longest:
+            return [[] for _ in token_ids]
+        pad = self.tokenizer.pad_token_id if self.tokenizer is not None else 0
+        answers = torch.full((len(token_ids), longest), pad or 0, dtype=torch.long,
+                             device=embeddings.device)
+        answer_mask = torch.zeros_like(answers)
+        for row, ids in enumerate(token_ids):
+            answers[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            answer_mask[row, :len(ids)] = 1
+        inputs = torch.cat([embeddings, self.llm.get_input_embeddings()(answers)], 1)
+        attention = torch.cat([batch["attention_mask"][:, :width].to(answer_mask.dtype),
+                               answer_mask], 1)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        logits = self.llm(inputs_embeds=inputs, attention_mask=attention, position_ids=positions,
+                          use_cache=False).logits[:, width - 1:width - 1 + longest]
+        chosen = logits.float().log_softmax(-1).gather(-1, answers[..., None])[..., 0]
+        return [chosen[row, :len(ids)].tolist() for row, ids in enumerate(token_ids)]
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], num_beams: int = 4, max_new_tokens: int = 200,

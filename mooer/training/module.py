@@ -271,12 +271,20 @@ class SpeechLLMModule(pl.LightningModule):
         if not self.val_decode_batches:
             return
         if batch_idx < self.val_decode_batches:
-            with torch.compiler.set_stance("force_eager"):
-                generated = self.model.generate(batch, num_beams=1,
+            references = batch["targets"]
+            if self.model.ctc_only:  # a CTC head trained alone: its best path, on transcripts
+                texts = self.model.ctc_greedy_texts(batch)
+                references = [self.model.tokenizer.decode(row[:length], skip_special_tokens=True)
+                              for row, length in zip(batch["transcript_ids"].tolist(),
+                                                     batch["transcript_lengths"].tolist(),
+                                                     strict=True)]
+            else:
+                with torch.compiler.set_stance("force_eager"):
+                    texts = self.model.generate(batch, num_beams=1,
                                                 max_new_tokens=self.val_max_new_tokens,
-                                                eos_bias=0)  # eager: one-token shapes recompile
-            self.val_error_rate.update(dict(zip(batch["keys"], batch["targets"], strict=True)),
-                                       dict(zip(batch["keys"], generated.texts, strict=True)))
+                                                eos_bias=0).texts  # eager: one-token shapes recompile
+            self.val_error_rate.update(dict(zip(batch["keys"], references, strict=True)),
+                                       dict(zip(batch["keys"], texts, strict=True)))
         # Lightning computes it over every rank's counts at the epoch's end, then resets it
         self.log("val/error_rate", self.val_error_rate, prog_bar=True, batch_size=size)
 

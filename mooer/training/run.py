@@ -14,9 +14,10 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from mooer.checkpoints import load_mooer, verify_checkpoint
+from mooer.checkpoints import CTC_HEAD_PREFIX, load_weights, verify_checkpoint
 from mooer.devices import resolve_device
 from mooer.files import writable_dir
+from mooer.inference.loading import run_model_config
 from mooer.models.build import build_speech_llm
 from mooer.models.llm import load_tokenizer
 from mooer.models.weights import CheckpointError
@@ -96,8 +97,37 @@ def train(cfg: DictConfig) -> float | None:
     return _fit(cfg)
 
 
+def apply_init_from(cfg: DictConfig) -> tuple[DictConfig, str | None]:
+    """`init_from`: the config with a training run's model (encoder, projector, llm, task) and,
+    where this config leaves them null, its data lists; and the weights to start from (the
+    run's last.ckpt, or the MooER-layout dir or checkpoint file given)."""
+    init = cfg.get("init_from")
+    if not init:
+        return cfg, None
+    if not Path(init).exists():
+        raise SystemExit(f"error: init_from {init} does not exist")
+    if not (Path(init) / ".hydra" / "config.yaml").is_file():
+        return cfg, str(init)  # a MooER-layout dir or a checkpoint file
+    cfg = cfg.copy()
+    for key, node in run_model_config(init).items():
+        cfg[key] = node
+    data = run_model_config(init, ("data",))["data"]
+    for key in ("train_data_path", "val_data_path"):
+        if not cfg.data.get(key):
+            cfg.data[key] = data.get(key)
+    checkpoint = Path(init) / "checkpoints" / "last.ckpt"
+    if not checkpoint.exists():
+        raise SystemExit(f"error: init_from {init} is a run dir without checkpoints/last.ckpt")
+    return cfg, str(checkpoint)
+
+
 def _fit(cfg: DictConfig) -> float | None:
     check_trainer_numbers(cfg.trainer)
+    cfg, init_checkpoint = apply_init_from(cfg)
+    head_only = bool(cfg.get("ctc_head_only"))
+    if head_only and not cfg.data.get("train_data_path"):
+        raise SystemExit("error: experiment=ctc_head needs data: give data.train_data_path (and "
+                         "data.val_data_path), or init_from=<a training run dir> to use its own")
     output_dir = Path(cfg.paths.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
     try:  # found now, not at the first save (save_interval steps in)
@@ -120,9 +150,18 @@ def _fit(cfg: DictConfig) -> float | None:
     # the data settings are checked before the (slow) model is built
     datamodule = instantiate(cfg.data, frontend=instantiate(cfg.encoder.frontend),
                              tokenizer=tokenizer, prompt=instantiate(cfg.task),
-                             transcripts=cfg.encoder.ctc_weight > 0, _convert_="all")
+                             transcripts=cfg.encoder.ctc_weight > 0 or head_only,
+                             _convert_="all")
     model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer)
-    load_mooer(model, cfg.model.adapter_path, cfg.model.lora_dir)  # warm start, when given
+    try:  # a warm start, when given (a head trained alone starts fresh)
+        load_weights(model, init_checkpoint, cfg.model.adapter_path, cfg.model.lora_dir,
+                     skip=CTC_HEAD_PREFIX if head_only else None)
+    except CheckpointError as err:
+        raise SystemExit(f"error: {err}") from None
+    if head_only:
+        model.train_ctc_head_only()
+        log.info("training a CTC head alone (%d weights) on the frozen model",
+                 sum(p.numel() for p in model.ctc_head.parameters()))
     datamodule.match_model(model)
     module = instantiate(cfg.module, model=model, _convert_="all")
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]

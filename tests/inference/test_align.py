@@ -141,3 +141,46 @@ def test_word_level_subtitles_give_a_cue_a_word():
     assert subtitles(segments, "srt", word_level=True) == (
         "1\n00:00:00,500 --> 00:00:00,700\n你\n\n2\n00:00:00,800 --> 00:00:01,000\n好\n\n"
         "3\n00:00:02,000 --> 00:00:03,000\nGOOD\n")
+
+
+def test_transcribe_adds_a_ctc_head_trained_apart(tiny_release, corpus, capsys, tmp_path):
+    """A release without a CTC head gets word times from a head given with --ctc_head (the
+    checkpoint of a run of experiment=ctc_head): words inside the audio, in order."""
+    import json
+
+    import soundfile as sf
+
+    from mooer.config import compose_config
+    from mooer.data.text import read_table
+    from mooer.inference.transcribe import main as transcribe
+    from mooer.models.build import build_speech_llm
+    from tests.conftest import TINY
+
+    root, tokenizer_dir = tiny_release
+    cfg, _ = compose_config("train", [*TINY, f"llm.tokenizer_path={tokenizer_dir}"])
+    model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm)
+    torch.manual_seed(3)
+    model.train_ctc_head_only()
+    torch.save({"state_dict": {f"model.ctc_head.{k}": v for k, v in model.ctc_head.state_dict().items()}},
+               tmp_path / "last.ckpt")
+    wav = read_table(corpus / "wav.scp")[0][1]
+    assert transcribe(["--wav_path", wav, "--word_timestamps", "--format", "json",
+                       "--max_new_tokens", "8", "--num_beams", "1",
+                       "--checkpoint", str(root / "release"), "--ctc_head",
+                       str(tmp_path / "last.ckpt"), "--device", "cpu", "--", *TINY,
+                       f"llm.tokenizer_path={tokenizer_dir}"]) == 0
+    (result,) = json.loads(capsys.readouterr().out).values()
+    words = [w for segment in result["segments"] for w in segment["words"]]
+    text = result["asr"]
+    assert [w["word"] for w in words] == [w for w, _ in words_of([text])] and words
+    duration = sf.info(wav).duration
+    for previous, word in zip(words, words[1:], strict=False):
+        assert previous["start"] <= word["start"]
+    for word in words:
+        assert 0 <= word["start"] < word["end"] <= duration + 0.06
+        assert 0 <= word["confidence"] <= 1
+    torch.save({"state_dict": {"model.projector.x": torch.zeros(2)}}, tmp_path / "other.ckpt")
+    assert transcribe(["--wav_path", wav, "--word_timestamps", "--checkpoint",
+                       str(root / "release"), "--ctc_head", str(tmp_path / "other.ckpt"),
+                       "--device", "cpu", "--", *TINY, f"llm.tokenizer_path={tokenizer_dir}"]) == 2
+    assert "other.ckpt holds no CTC head" in capsys.readouterr().err

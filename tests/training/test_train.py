@@ -295,3 +295,43 @@ def test_an_unwritable_run_dir_is_found_before_training(tmp_path, data_dir):
             in result.stderr), result.stderr[-2000:]
     assert "give a writable hydra.run.dir" in result.stderr
     assert not list(run_dir.glob("csv/version_*/metrics.csv"))  # nothing trained
+
+
+def test_a_ctc_head_trains_alone_on_a_run_without_one(tmp_path, data_dir):
+    """experiment=ctc_head init_from=<a run without a CTC head>: the run's model, data lists
+    and weights are taken; only the fresh head trains (the checkpoint holds it alone) and its
+    CTC loss falls; decoding then adds it (model.ctc_head) and aligns words on it."""
+    base = tmp_path / "base"
+    run_train(base, data_dir, "trainer.max_steps=8", "trainer.check_val_every_n_epoch=null",
+              "trainer.limit_val_batches=0")
+    head = tmp_path / "head"
+    command = [sys.executable, "train.py", "experiment=ctc_head", f"init_from={base}",
+               "trainer=cpu", "trainer.max_steps=60", "trainer.val_check_interval=30",
+               "data.batch_size=8", "data.num_workers=0", "module.log_interval=10",
+               "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+               f"hydra.run.dir={head}"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "training a CTC head alone" in result.stdout + result.stderr
+    state = torch.load(head / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert set(state) == {"model.ctc_head.weight", "model.ctc_head.bias"}
+    losses = [float(r["train/loss"]) for r in metrics(head) if r.get("train/loss")]
+    # an epoch is 4 batches: the first epoch's mean against the last's
+    assert len(losses) == 60 and sum(losses[-4:]) < 0.7 * sum(losses[:4]), losses
+    assert [r for r in metrics(head) if r.get("val/error_rate")]  # validated by its best path
+
+    cfg, _ = compose_config("evaluate", [f"run_dir={base}", f"paths.data_dir={data_dir}",
+                                         f"model.ctc_head={head / 'checkpoints' / 'last.ckpt'}"])
+    model, _ = load_for_decoding(apply_run_dir(cfg), torch.device("cpu"), "fp32")
+    torch.testing.assert_close(model.ctc_head.weight, state["model.ctc_head.weight"])
+    base_state = torch.load(base / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    encoder_key = next(k for k in base_state if k.startswith("model.encoder."))
+    torch.testing.assert_close(model.state_dict()[encoder_key.removeprefix("model.")],
+                               base_state[encoder_key])  # the base's weights, untouched
+
+    missing = subprocess.run([sys.executable, "train.py", "experiment=ctc_head",
+                              f"init_from={tmp_path / 'nowhere'}", "trainer=cpu",
+                              f"hydra.run.dir={tmp_path / 'x'}"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1 and f"init_from {tmp_path / 'nowhere'} does not exist" in \
+        missing.stderr

@@ -1,0 +1,109 @@
+"""A CTC head trained alone on a frozen model (conf/experiment/ctc_head.yaml) and added to any
+model for word times; the decoder's own token posteriors of an answer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mooer.checkpoints import load_ctc_head
+from mooer.data.datamodule import SpeechDataModule
+from mooer.data.features import ParaformerFrontend
+from mooer.models.weights import CheckpointError
+from tests.conftest import prompt_format
+from tests.models.test_speech_llm import _rows, tiny_model
+
+
+@pytest.fixture(scope="module")
+def ctc_batch(shards, tokenizer):
+    dm = SpeechDataModule(ParaformerFrontend(None), tokenizer, prompt_format("asr"),
+                          val_data_path=str(shards), val_batch_size=4, min_length=0, sort_buffer=0,
+                          transcripts=True)
+    return next(iter(dm.val_dataloader()))
+
+
+def test_a_head_trained_alone_runs_the_encoder_and_ctc_only(tokenizer, ctc_batch):
+    """Only the fresh head trains; the step never runs the LLM; its loss is the transcript's
+    CTC on the encoder states (computed here from the encoder and head apart)."""
+    model = tiny_model(tokenizer, 0)
+    assert not model.has_ctc_head
+    model.train_ctc_head_only()
+    model.train()
+    assert model.trainable_parameter_names() == ["ctc_head.weight", "ctc_head.bias"]
+    assert model.ctc_head.out_features == len(tokenizer) + 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the LLM ran")
+
+    model.llm.forward = refuse
+    model.llm.get_decoder().forward = refuse
+    out = model(ctc_batch)
+    with torch.no_grad():
+        states, lengths = model.encoder(ctc_batch["features"], ctc_batch["feature_lengths"])
+    log_probs = torch.log_softmax(states @ model.ctc_head.weight.T + model.ctc_head.bias, -1)
+    expected = torch.nn.functional.ctc_loss(
+        log_probs.transpose(0, 1), ctc_batch["transcript_ids"], lengths,
+        ctc_batch["transcript_lengths"], blank=len(tokenizer), zero_infinity=True)
+    torch.testing.assert_close(out["loss"], expected)
+    assert out["num_tokens"] == int(ctc_batch["transcript_lengths"].sum())
+    assert float(out["accuracy"]) == 0.0  # a random head spells no transcript
+    out["loss"].backward()
+    assert model.ctc_head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("ctc_"))
+
+
+def test_best_path_merges_repeats_and_drops_blanks(tokenizer):
+    model = tiny_model(tokenizer, 0, "encoder.ctc_weight=0.3")
+    blank = 5
+    frames = [[1, 1, 5, 1, 2, 5, 5, 3, 3], [4, 5, 4, 4, 2, 2, 2, 2, 2]]
+    scores = torch.nn.functional.one_hot(torch.tensor(frames), blank + 1).float()
+    assert model.best_path(scores, torch.tensor([9, 4])) == [[1, 1, 2, 3], [4, 4]]
+
+
+def test_a_head_saved_apart_is_added_to_any_model(tokenizer, ctc_batch, tmp_path):
+    """The head of a run (its checkpoint's `model.ctc_head.*`) or a bare state dict is added;
+    the model's CTC posteriors are then that head's; a wrong shape or a file without a head
+    is refused, naming the file."""
+    trained = tiny_model(tokenizer, 1)
+    trained.train_ctc_head_only()
+    weight, bias = trained.ctc_head.weight.detach().clone(), trained.ctc_head.bias.detach().clone()
+    run_ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"model.ctc_head.weight": weight, "model.ctc_head.bias": bias},
+                "global_step": 7}, run_ckpt)
+    model = tiny_model(tokenizer, 1).eval()
+    load_ctc_head(model, run_ckpt)
+    assert model.has_ctc_head
+    log_probs, lengths = model.ctc_log_probs(ctc_batch)
+    states, _ = model.encoder(ctc_batch["features"], ctc_batch["feature_lengths"])
+    torch.testing.assert_close(log_probs, torch.log_softmax(states @ weight.T + bias, -1))
+    bare = tmp_path / "head.pt"
+    torch.save({"ctc_head.weight": weight * 2, "ctc_head.bias": bias}, bare)
+    load_ctc_head(model, bare)
+    torch.testing.assert_close(model.ctc_head.weight, weight * 2)
+
+    torch.save({"ctc_head.weight": weight[:, :10], "ctc_head.bias": bias}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad\.pt holds .* trained on another encoder"):
+        load_ctc_head(model, tmp_path / "bad.pt")
+    torch.save({"state_dict": {"model.projector.x": bias}}, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match=r"other\.ckpt holds no CTC head"):
+        load_ctc_head(model, tmp_path / "other.ckpt")
+
+
+def test_answer_log_probs_are_the_decoders_own_on_padded_rows(tokenizer, ctc_batch):
+    """Teacher-forced posteriors of answers of different lengths on left-padded rows equal
+    each row's alone, computed token by token on its unpadded prompt."""
+    model = tiny_model(tokenizer, 4).eval()
+    answers = [[11, 12, 13], [20], [30, 31, 32, 33, 34], [40, 41]]
+    batch = ctc_batch
+    found = model.answer_log_probs(batch, answers)
+    assert [len(row) for row in found] == [3, 1, 5, 2]
+    widths = {int(batch["attention_mask"][row, :batch["prompt_width"]].sum()) for row in range(4)}
+    assert len(widths) > 1  # rows are padded differently
+    for row, ids in enumerate(answers):
+        single = _rows(batch, [row])
+        prompt = model.embed(single)[:, :single["prompt_width"]]
+        for step, token in enumerate(ids):
+            tail = model.llm.get_input_embeddings()(torch.tensor([ids[:step]], dtype=torch.long))
+            logits = model.llm(inputs_embeds=torch.cat([prompt, tail], 1)).logits[0, -1]
+            assert found[row][step] == pytest.approx(float(logits.log_softmax(-1)[token]),
+                                                     abs=1e-4)
