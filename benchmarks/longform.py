@@ -8,7 +8,9 @@ The recording is the demo's test utterances (unseen sentences, then unseen voice
 until `--minutes`, with 0.3-1.5 s silences between them. Prints one table: segments, wall time,
 real-time factor (VAD and decoding together), peak memory, and the CER of the joined transcript
 against the joined reference, beside the CER of the same utterances decoded one by one (the
-baseline: what segmentation costs in accuracy).
+baseline: what segmentation costs in accuracy), and beside the joined one-by-one transcripts of
+the recording's utterances in its order, scored against the joined reference as the long one is
+(the same sentences as often as the recording holds them, joined the same way).
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the recording's order of gaps")
     parser.add_argument("--min_silence_ms", type=int, default=None,
                         help="mooer-transcribe's --min_silence_ms (default: its own)")
+    parser.add_argument("--keep", type=Path,
+                        help="write the long transcript's rows, the utterances' order and the "
+                             "one-by-one transcripts here (to read the errors)")
     args = parser.parse_args()
     test = args.data_dir / "demo" / "kaldi" / "test"
     if not (args.run_dir / "checkpoints" / "last.ckpt").is_file() or not test.is_dir():
@@ -98,6 +103,14 @@ def main() -> None:
                     for line in transcribed(["--wav_scp", str(scp), "--format", "text", *model]))
         refs = {k: v for k, v in read_table(test / "text") if k in unique}
         short_cer = score(refs, hyps).error_rate
+        in_order = join_texts([hyps.get(k, "") for k, _ in used])
+        joined_short_cer = score({"hour": reference}, {"hour": in_order}).error_rate
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            (args.keep / "long.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+            (args.keep / "used.txt").write_text("".join(f"{k}\n" for k, _ in used))
+            (args.keep / "one_by_one.txt").write_text(
+                "".join(f"{k}\t{v}\n" for k, v in hyps.items()), encoding="utf-8")
     print(f"\n{seconds / 60:.1f} min recording ({len(used)} utterances of the demo's held-out "
           f"sentences, 0.3-1.5 s gaps), demo model {args.run_dir}, beam {args.num_beams}, "
           f"batch {args.batch_size}, CPU\n")
@@ -108,6 +121,9 @@ def main() -> None:
     print(f"| peak memory (mooer-transcribe process RSS) | {peak:.2f} GiB |")
     print(f"| CER, joined transcript vs joined reference | {long_cer:.2f} % |")
     print(f"| CER, the same {len(unique)} utterances one by one (baseline) | {short_cer:.2f} % |")
+    print(f"| CER, the {len(used)} utterances one by one, joined in the recording's order | "
+          f"{joined_short_cer:.2f} % |")
+    print(f"| joined / one by one joined | {long_cer / max(joined_short_cer, 1e-9):.2f}x |")
 
 
 if __name__ == "__main__":

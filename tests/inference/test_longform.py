@@ -13,7 +13,7 @@ import soundfile as sf
 from mooer.data.audio import read_audio, resample, to_mono
 from mooer.data.text import read_table
 from mooer.inference.formats import Segment, join_texts, render, subtitles
-from mooer.inference.segment import SAMPLE_RATE, segment, split_at_quiet
+from mooer.inference.segment import SAMPLE_RATE, segment, sound_edges, split_at_quiet
 from tests.conftest import TINY
 
 
@@ -65,6 +65,29 @@ def test_vad_segments_hold_the_speech_and_fit_the_limit(recording):
         assert not any(a < middle < b for a, b in seconds), (middle, seconds)
     assert segment(wave[:SAMPLE_RATE * 3], max_segment_s=4.0) == [(0, SAMPLE_RATE * 3)]
     assert segment(np.zeros(SAMPLE_RATE * 10, np.float32), max_segment_s=4.0) == []
+    # the segments begin where the utterances' sound does (silero-vad's edges come up to 80 ms
+    # late), not in the silence before: within a 5 ms frame before, 20 ms after (an onset
+    # quieter than EDGE_MIN_DB stays out)
+    late = []
+    for start, _ in spans:
+        nearest = min(pieces, key=lambda piece: abs(piece[0] / SAMPLE_RATE - start))
+        late.append(nearest[0] / SAMPLE_RATE - start)
+    assert -0.005 <= min(late) and max(late) <= 0.02, late
+
+
+def test_segment_edges_move_out_to_where_the_sound_begins_and_ends():
+    """Over the 5 ms frames louder than the noise floor next to an edge, at most EDGE_LOOK_MS,
+    never into a neighbouring span; a span in silence keeps its edges."""
+    rng = np.random.default_rng(0)
+    wave = (rng.standard_normal(SAMPLE_RATE * 2) * 1e-4).astype(np.float32)  # -80 dBFS noise
+    wave[4000:8000] += 0.1 * np.sin(np.arange(4000) * 0.3).astype(np.float32)
+    wave[9000:20000] += 0.1 * np.sin(np.arange(11000) * 0.2).astype(np.float32)
+    assert sound_edges(wave, [(4600, 7500)]) == [(4000, 8000)]
+    assert sound_edges(wave, [(1000, 2000)]) == [(1000, 2000)]
+    # the tone from 9000 reaches back 3,400 samples from 12,400: only 200 ms (3,200) are taken
+    assert sound_edges(wave, [(12400, 19000)]) == [(9200, 20000)]
+    # two spans: the first's end stops where the second begins
+    assert sound_edges(wave, [(4600, 5000), (5200, 7000)]) == [(4000, 5200), (5200, 8000)]
 
 
 def test_join_and_every_format():
