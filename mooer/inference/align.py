@@ -49,48 +49,68 @@ def viterbi(log_probs: torch.Tensor, tokens: Sequence[int], blank: int
             ) -> list[tuple[int, int]] | None:
     """The most likely CTC path of `tokens` through `log_probs` [T, V]: each token's (first,
     last) frame; None when the frames are too few for the tokens."""
-    frames, count = log_probs.shape[0], len(tokens)
-    if count == 0:
-        return []
-    states = [blank]
-    for token in tokens:
-        states += [token, blank]
-    size = len(states)  # 2N + 1
-    repeats = sum(1 for a, b in zip(tokens, tokens[1:], strict=False) if a == b)
-    if frames < count + repeats:
-        return None
+    return viterbi_batch(log_probs[None], [log_probs.shape[0]], [tokens], blank)[0]
+
+
+def viterbi_batch(log_probs: torch.Tensor, lengths: Sequence[int],
+                  token_lists: Sequence[Sequence[int]], blank: int
+                  ) -> list[list[tuple[int, int]] | None]:
+    """`viterbi` of each utterance of a batch at once: `log_probs` [B, T, V] (utterance b's
+    first `lengths[b]` frames), `token_lists[b]` its tokens. One pass over the frames for the
+    whole batch (the states of every utterance side by side), then each path traced back."""
+    count = len(token_lists)
+    sizes = np.array([2 * len(tokens) + 1 for tokens in token_lists])  # blank, t1, blank, ...
+    width = int(sizes.max()) if count else 1
+    states = np.full((count, width), blank, dtype=np.int64)
+    skip = np.zeros((count, width), dtype=bool)  # a skip over a blank: unless tokens are equal
+    possible = []
+    for b, tokens in enumerate(token_lists):
+        states[b, 1:sizes[b]:2] = tokens
+        skip[b, 3:sizes[b]:2] = [x != y for x, y in zip(tokens[1:], tokens, strict=False)]
+        repeats = sum(1 for x, y in zip(tokens, tokens[1:], strict=False) if x == y)
+        possible.append(bool(tokens) and lengths[b] >= len(tokens) + repeats)
+    frames = max([int(n) for n in lengths] or [0])
     # numpy: the arrays are small, and a torch op's overhead would dominate each frame
-    emit = log_probs.numpy()[:, states]  # [T, S]
-    # a skip over a blank to the next token is allowed unless the tokens are equal
-    skip = np.zeros(size, dtype=bool)
-    for s in range(3, size, 2):
-        skip[s] = states[s] != states[s - 2]
-    score = np.full(size, -np.inf)
-    score[0], score[1] = emit[0, 0], emit[0, 1]
-    back = np.zeros((frames, size), dtype=np.int64)
-    options = np.full((3, size), -np.inf)
+    emit = np.take_along_axis(log_probs[:, :frames].numpy(), states[:, None, :], axis=2)
+    padding = (np.arange(width)[None, :] >= sizes[:, None])[:, None, :]
+    emit[np.broadcast_to(padding, emit.shape)] = -np.inf  # [B, T, S]: padding unreachable
+    score = np.full((count, width), -np.inf)
+    score[:, :2] = emit[:, 0, :2]
+    back = np.zeros((frames, count, width), dtype=np.int8)
+    options = np.full((3, count, width), -np.inf)
+    rows, columns = np.arange(count)[:, None], np.arange(width)[None, :]
+    live = np.asarray(lengths)[:, None]
     for t in range(1, frames):
         options[0] = score
-        options[1, 1:] = score[:-1]
-        options[2, 2:] = np.where(skip[2:], score[:-2], -np.inf)
+        options[1, :, 1:] = score[:, :-1]
+        options[2, :, 2:] = np.where(skip[:, 2:], score[:, :-2], -np.inf)
         choice = options.argmax(0)
-        back[t] = choice
-        score = options[choice, np.arange(size)] + emit[t]
-    end = size - 1 if score[size - 1] >= score[size - 2] else size - 2
-    if not math.isfinite(float(score[end])):
-        return None
-    path = [end]
-    for t in range(frames - 1, 0, -1):
-        path.append(path[-1] - int(back[t, path[-1]]))
-    path.reverse()
-    spans: list[list[int]] = [[-1, -1] for _ in tokens]
-    for t, s in enumerate(path):
-        if s % 2 == 1:
-            span = spans[s // 2]
-            if span[0] < 0:
-                span[0] = t
-            span[1] = t
-    return [(a, b) for a, b in spans]
+        active = t < live  # an utterance's path stops at its last frame
+        back[t] = np.where(active, choice, 0)
+        score = np.where(active, options[choice, rows, columns] + emit[:, t], score)
+    found: list[list[tuple[int, int]] | None] = []
+    for b, tokens in enumerate(token_lists):
+        if not tokens:
+            found.append([])
+            continue
+        last = sizes[b] - 1
+        end = last if score[b, last] >= score[b, last - 1] else last - 1
+        if not possible[b] or not math.isfinite(float(score[b, end])):
+            found.append(None)
+            continue
+        path = [int(end)]
+        for t in range(int(lengths[b]) - 1, 0, -1):
+            path.append(path[-1] - int(back[t, b, path[-1]]))
+        path.reverse()
+        spans: list[list[int]] = [[-1, -1] for _ in tokens]
+        for t, state in enumerate(path):
+            if state % 2 == 1:
+                span = spans[state // 2]
+                if span[0] < 0:
+                    span[0] = t
+                span[1] = t
+        found.append([(a, c) for a, c in spans])
+    return found
 
 
 def words_of(token_texts: Sequence[str]) -> list[tuple[str, list[int]]]:
@@ -119,10 +139,11 @@ def token_pieces(token_ids: Sequence[int], tokenizer) -> list[str]:
 
 
 def align_words(log_probs: torch.Tensor, token_ids: Sequence[int], tokenizer, blank: int,
-                frame_s: float) -> list[Word] | None:
+                frame_s: float, spans: list[tuple[int, int]] | None = None) -> list[Word] | None:
     """Word times and confidence of a transcript (`token_ids`, as the CTC head's tokenizer
-    spells it) on one utterance's CTC log-posteriors [T, V]; None if it cannot be aligned."""
-    spans = viterbi(log_probs, token_ids, blank)
+    spells it) on one utterance's CTC log-posteriors [T, V]; None if it cannot be aligned.
+    `spans`: its tokens' Viterbi frames, when already found (`viterbi_batch`)."""
+    spans = viterbi(log_probs, token_ids, blank) if spans is None else spans
     if spans is None:
         return None
     pieces = token_pieces(token_ids, tokenizer)

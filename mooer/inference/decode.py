@@ -16,7 +16,7 @@ from mooer.data.features import Frontend
 from mooer.data.loader import EpochDataLoader, PipelineOptions, ShardDataset, model_slots
 from mooer.data.prompts import PromptBuilder, PromptFormat
 from mooer.data.text import WORD_JOINER
-from mooer.inference.align import Word, align_words
+from mooer.inference.align import Word, align_words, viterbi_batch
 from mooer.inference.hotwords import HotwordBias
 from mooer.models.speech_llm import SpeechLLM
 
@@ -89,7 +89,7 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
                 seen.add(key)
             options = decoding if not graph else {
                 **decoding, "logits_processor": [*decoding.get("logits_processor", []),
-                                                 HotwordBias(graph)]}
+                                                 HotwordBias(graph, graph.margin)]}
             moved = move_batch(batch, device, dtype)
             # the encoder pass, shared with the alignment and the scoring
             encoded = model.encode(moved) if timestamps or scored else None
@@ -123,11 +123,14 @@ def word_times(model: SpeechLLM, batch: dict[str, Any], texts: list[str],
     log_probs, lengths = found
     log_probs = log_probs.cpu()
     blank = log_probs.shape[-1] - 1
+    tokens = [model.tokenizer(text.replace(WORD_JOINER, " "))["input_ids"] if text else []
+              for text in texts]
+    frames = [int(n) for n in lengths]
+    paths = viterbi_batch(log_probs, frames, tokens, blank)  # the batch's alignments at once
     result = {}
-    for row, (key, text) in enumerate(zip(batch["keys"], texts, strict=True)):
-        frames = int(lengths[row])
-        ids = model.tokenizer(text.replace(WORD_JOINER, " "))["input_ids"] if text else []
-        aligned = align_words(log_probs[row, :frames], ids, model.tokenizer, blank,
-                              batch["audio_durations"][row] / max(frames, 1))
-        result[key] = aligned or []
+    for row, key in enumerate(batch["keys"]):
+        spans = paths[row]
+        result[key] = [] if spans is None else align_words(
+            log_probs[row, :frames[row]], tokens[row], model.tokenizer, blank,
+            batch["audio_durations"][row] / max(frames[row], 1), spans) or []
     return result

@@ -184,3 +184,48 @@ def test_transcribe_adds_a_ctc_head_trained_apart(tiny_release, corpus, capsys, 
                        str(root / "release"), "--ctc_head", str(tmp_path / "other.ckpt"),
                        "--device", "cpu", "--", *TINY, f"llm.tokenizer_path={tokenizer_dir}"]) == 2
     assert "other.ckpt holds no CTC head" in capsys.readouterr().err
+
+
+def _best_path_by_enumeration(log_probs: torch.Tensor, tokens: list[int], blank: int):
+    """The best CTC path of `tokens`, by trying every frame labelling (tiny sizes only)."""
+    import itertools
+
+    labels = sorted({blank, *tokens})
+    best, best_path = -math.inf, None
+    for path in itertools.product(labels, repeat=log_probs.shape[0]):
+        collapsed = [c for i, c in enumerate(path) if c != blank and (i == 0 or c != path[i - 1])]
+        if collapsed != tokens:
+            continue
+        value = sum(float(log_probs[t, c]) for t, c in enumerate(path))
+        if value > best:
+            best, best_path = value, path
+    if best_path is None:
+        return None
+    spans, index = [], -1
+    for t, c in enumerate(best_path):
+        if c != blank and (t == 0 or c != best_path[t - 1]):
+            index += 1
+            spans.append([t, t])
+        elif c != blank:
+            spans[index][1] = t
+    return [tuple(s) for s in spans]
+
+
+def test_batched_viterbi_finds_each_utterances_best_path():
+    """A batch of utterances of different lengths and token counts (repeats, none, too many
+    for the frames): each path is the best of all labellings, found by enumeration."""
+    from mooer.inference.align import viterbi_batch
+
+    generator = torch.Generator().manual_seed(0)
+    blank = 4
+    utterances = [(7, [1, 2]), (5, [3, 3]), (8, [1, 2, 1]), (6, []), (3, [2, 2, 2]),
+                  (7, [0]), (4, [1, 3])]
+    longest = max(n for n, _ in utterances)
+    log_probs = torch.randn(len(utterances), longest, 5, generator=generator).log_softmax(-1)
+    found = viterbi_batch(log_probs, [n for n, _ in utterances], [t for _, t in utterances],
+                          blank)
+    for row, (frames, tokens) in enumerate(utterances):
+        expected = [] if not tokens else _best_path_by_enumeration(log_probs[row, :frames],
+                                                                   tokens, blank)
+        assert found[row] == expected, (row, found[row], expected)
+    assert found[4] is None  # 2 2 2 needs 5 frames

@@ -72,7 +72,7 @@ def test_vad_segments_hold_the_speech_and_fit_the_limit(recording):
     for start, _ in spans:
         nearest = min(pieces, key=lambda piece: abs(piece[0] / SAMPLE_RATE - start))
         late.append(nearest[0] / SAMPLE_RATE - start)
-    assert -0.005 <= min(late) and max(late) <= 0.02, late
+    assert min(late) >= -0.005 and max(late) <= 0.02, late
 
 
 def test_segment_edges_move_out_to_where_the_sound_begins_and_ends():
