@@ -87,16 +87,20 @@ def main() -> None:
                         help="also a list this long (made-up two-character Mandarin words and "
                              "the training vocabulary's rare words), for speed; 0: not")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", default="test", choices=["test", "unseen_voices", "dev"],
+                        help="the demo's Kaldi set decoded (test: the held-out sentences; "
+                             "unseen_voices: voices training never heard, to check a setting "
+                             "chosen on test)")
     args = parser.parse_args()
     kaldi = args.data_dir / "demo" / "kaldi"
     if not (args.run_dir / "checkpoints" / "last.ckpt").is_file() or not kaldi.is_dir():
         sys.exit(f"no trained demo in {args.run_dir} / {kaldi}: run `make demo` first")
     counts = vocabulary([t for _, t in read_table(kaldi / "train" / "text")])
-    tests = dict(read_table(kaldi / "test" / "text"))
+    tests = dict(read_table(kaldi / args.set / "text"))
     if args.limit:  # a seeded sample, in the file's order
         chosen = set(random.Random(args.seed).sample(sorted(tests), args.limit))
         tests = {k: v for k, v in tests.items() if k in chosen}
-    audio = dict(read_table(kaldi / "test" / "wav.scp"))
+    audio = dict(read_table(kaldi / args.set / "wav.scp"))
     true, other = lists(tests, counts, args.rare, args.distractors, args.seed)
     cfg = apply_run_dir(compose_config("evaluate", [f"run_dir={args.run_dir}",
                                                     f"paths.data_dir={args.data_dir}"])[0])
@@ -142,7 +146,7 @@ def main() -> None:
             in zip(conditions, hypotheses, seconds, strict=True)]
     plain, plain_s = hypotheses[0], seconds[0]
     with_words = sum(1 for k in tests if true[k])
-    print(f"\n{len(tests)} held-out utterances ({with_words} with a rare English word; "
+    print(f"\n{len(tests)} utterances of {args.set} ({with_words} with a rare English word; "
           f"{sum(len(v) for v in true.values())} rare words), beam {args.num_beams}, one at a "
           f"time, {args.run_dir}, CPU {torch.get_num_threads()} threads\n")
     print("| list | score | B-WER | U-WER | MER | inserted | decoding s | vs no list |\n"

@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=200)
     parser.add_argument("--seed", type=int, default=777)
     parser.add_argument("--num_beams", type=int, default=4)
+    parser.add_argument("--worst", type=int, default=0,
+                        help="also list the N words with the largest start errors")
     parser.add_argument("--ctc_head", type=Path,
                         help="a CTC head trained apart (experiment=ctc_head's checkpoint)")
     args = parser.parse_args()
@@ -93,6 +95,7 @@ def main() -> None:
         scored = recognizer.decode(work, "asr", timestamps=True, token_log_probs=True,
                                    progress=False)
     starts, ends, exact = [], [], 0
+    worst: list[tuple[float, str, str, float, float]] = []  # start error, utterance, word, times
     # confidence of each hypothesis word: (CTC, decoder), by whether it is right
     right: list[tuple[float, float]] = []
     wrong: list[tuple[float, float]] = []
@@ -123,6 +126,8 @@ def main() -> None:
             if offset in event_at:
                 starts.append(word.start - event_at[offset])
                 ends.append(word.end - following[offset])
+                worst.append((abs(starts[-1]), spec.uttid, word.text, word.start,
+                              event_at[offset]))
     start_abs, end_abs = np.abs(starts), np.abs(ends)
     print(f"\n{args.num} fresh utterances (espeak-ng, demo voices, seed {args.seed}), "
           f"{args.run_dir}, beam {args.num_beams}; {exact} transcribed exactly, "
@@ -138,11 +143,17 @@ def main() -> None:
         print(f"| confidence AUROC, wrong vs right words: {name} | "
               f"{auroc([pick(c) for c in right], [pick(c) for c in wrong]):.3f} "
               f"({len(wrong)} wrong of {len(right) + len(wrong)}) |")
+    for error, uttid, text, start, true_start in sorted(worst, reverse=True)[:args.worst]:
+        print(f"| start error {1000 * error:.0f} ms | {uttid} {text}: {start:.2f} s, "
+              f"true {true_start:.2f} s |")
     if unmatched:
         print(f"| utterances left out of the AUROC (decoder tokens spell other words) | "
               f"{unmatched} |")
     print(f"| decoding time with word times / without (batch 16) | {decoded.elapsed:.1f} s / "
           f"{plain.elapsed:.1f} s = {decoded.elapsed / plain.elapsed:.2f}x |")
+    print(f"| decoding time with word times and the decoder's posteriors / without | "
+          f"{scored.elapsed:.1f} s / {plain.elapsed:.1f} s = "
+          f"{scored.elapsed / plain.elapsed:.2f}x |")
 
 
 def decoder_confidence(tokenizer, token_ids: list[int], log_probs: list[float]

@@ -89,7 +89,7 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
                 seen.add(key)
             options = decoding if not graph else {
                 **decoding, "logits_processor": [*decoding.get("logits_processor", []),
-                                                 HotwordBias(graph, graph.margin)]}
+                                                 HotwordBias(graph)]}
             moved = move_batch(batch, device, dtype)
             # the encoder pass, shared with the alignment and the scoring
             encoded = model.encode(moved) if timestamps or scored else None

@@ -69,15 +69,24 @@ def _clock(seconds: float, separator: str) -> str:
 
 
 def render(recordings: dict[str, list[Segment]], fmt: str, tasks: Sequence[str],
-           header: bool = True) -> str:
+           header: bool = True, word_level: bool = False) -> str:
     """Every recording's transcript in `fmt`: `tsv` (a segment a row: recording, start, end, one
-    text per task; the header row unless not `header`), `text` (Kaldi text: a recording a line,
-    its segments joined) or `json`. A text the hallucination guard still flags is marked:
-    `[unreliable: why] ` before it in TSV, `flagged` in JSON (Kaldi text stays plain, for
-    scoring)."""
+    text per task; the header row unless not `header`; with `word_level` a word a row:
+    recording, start, end, word, confidence, and a segment without word times stays a row of
+    its transcript), `text` (Kaldi text: a recording a line, its segments joined) or `json`. A
+    text the hallucination guard still flags is marked: `[unreliable: why] ` before it in TSV,
+    `flagged` in JSON (Kaldi text stays plain, for scoring)."""
     if fmt == "text":
         return "".join("\t".join([name, *joined(segments, len(tasks))]) + "\n"
                        for name, segments in recordings.items())
+    if fmt == "tsv" and word_level:
+        rows = ["\t".join(["recording", "start", "end", "word", "confidence"])] if header else []
+        for name, segments in recordings.items():
+            for s in segments:
+                rows += [f"{name}\t{w.start:.3f}\t{w.end:.3f}\t{w.text}\t{w.confidence:.4f}"
+                         for w in s.words] or [
+                    f"{name}\t{s.start:.3f}\t{s.end:.3f}\t{s.marked_texts()[0]}\t"]
+        return "\n".join(rows) + "\n"
     if fmt == "tsv":
         rows = ["\t".join(["recording", "start", "end", *tasks])] if header else []
         rows += ["\t".join([name, f"{s.start:.2f}", f"{s.end:.2f}", *s.marked_texts()])

@@ -105,12 +105,13 @@ class Output:
             for segments in recordings.values():
                 print(subtitles(segments, self.fmt, self.word_level), end="", flush=True)
         elif self.fmt != "json":
-            print(render(recordings, self.fmt, self.tasks, header=first), end="", flush=True)
+            print(render(recordings, self.fmt, self.tasks, header=first,
+                         word_level=self.word_level), end="", flush=True)
 
     def render(self, name: str, segments: list[Segment]) -> str:
         if self.fmt in ("srt", "vtt"):
             return subtitles(segments, self.fmt, self.word_level)
-        return render({name: segments}, self.fmt, self.tasks)
+        return render({name: segments}, self.fmt, self.tasks, word_level=self.word_level)
 
     def close(self) -> None:
         if self.out_dir is not None:
@@ -139,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="word start, end and confidence in --format json (forced "
                              "alignment on the encoder's CTC head; the model needs one)")
     parser.add_argument("--word_level", action="store_true",
-                        help="with --format srt or vtt: a cue a word (implies --word_timestamps)")
+                        help="with --format srt or vtt: a cue a word; with tsv: a row a word "
+                             "(start, end, word, confidence); implies --word_timestamps")
     parser.add_argument("--hotword_score", type=float, default=DEFAULT_SCORE,
                         help="the bonus per hotword token, in log-probability")
     add_segment_arguments(parser)

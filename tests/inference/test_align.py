@@ -131,9 +131,9 @@ def test_transcribe_refuses_word_times_without_a_ctc_head(tiny_release, corpus, 
     assert "--word_timestamps needs the encoder's CTC head" in capsys.readouterr().err
 
 
-def test_word_level_subtitles_give_a_cue_a_word():
+def test_word_level_subtitles_and_tsv_give_a_cue_and_a_row_a_word():
     from mooer.inference.align import Word
-    from mooer.inference.formats import Segment, subtitles
+    from mooer.inference.formats import Segment, render, subtitles
 
     segments = [Segment(0.5, 1.2, ["你好"], [], [Word("你", 0.5, 0.7, 0.9),
                                                  Word("好", 0.8, 1.0, 0.8)]),
@@ -141,6 +141,10 @@ def test_word_level_subtitles_give_a_cue_a_word():
     assert subtitles(segments, "srt", word_level=True) == (
         "1\n00:00:00,500 --> 00:00:00,700\n你\n\n2\n00:00:00,800 --> 00:00:01,000\n好\n\n"
         "3\n00:00:02,000 --> 00:00:03,000\nGOOD\n")
+    assert render({"talk": segments}, "tsv", ["asr"], word_level=True) == (
+        "recording\tstart\tend\tword\tconfidence\n"
+        "talk\t0.500\t0.700\t你\t0.9000\ntalk\t0.800\t1.000\t好\t0.8000\n"
+        "talk\t2.000\t3.000\tGOOD\t\n")
 
 
 def test_transcribe_adds_a_ctc_head_trained_apart(tiny_release, corpus, capsys, tmp_path):
