@@ -86,8 +86,9 @@ def load_for_decoding(cfg: DictConfig, device: torch.device, precision: str,
     else:
         load_weights(model, cfg.get("checkpoint"), model_cfg.get("adapter_path"),
                      model_cfg.get("lora_dir"))
-    if model_cfg.get("ctc_head"):
-        load_ctc_head(model, model_cfg.ctc_head)
+    head = model_cfg.get("ctc_head")
+    if head:
+        load_ctc_head(model, head)
     merge_lora(model)
     dtype = torch_dtype(precision)
     if device.type == "cpu" and dtype != torch.float32:

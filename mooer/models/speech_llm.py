@@ -215,7 +215,7 @@ class SpeechLLM(nn.Module):
             result["loss"] = loss + self.ctc_weight * result["ctc_loss"]
         return result
 
-    def _ctc_only_forward(self, batch: dict[str, Any], encoded: tuple) -> dict[str, torch.Tensor]:
+    def _ctc_only_forward(self, batch: dict[str, Any], encoded: tuple) -> dict[str, Any]:
         """The training step of `train_ctc_head_only`: the transcript's CTC loss on the encoder
         states; `accuracy` is the share of utterances whose greedy CTC tokens are the
         transcript's exactly (read on the host: a head trained alone is a small job)."""
