@@ -327,25 +327,32 @@ class Transcriber:
 
 
 def build_page(transcriber: Transcriber, title: str = "mooer"):
-    """The Gradio page: audio in (microphone or upload), task and beam size; transcript,
-    translation, segments and SRT out. Errors show as a message on the page."""
+    """The Gradio page: audio in (microphone or upload), task, beam size, hotwords and word
+    times (on a model with a CTC head); transcript, translation, segments, words and SRT out.
+    Errors show as a message on the page."""
     import gradio as gr
 
     choices = [(TASK_CHOICES[t], t) for t in transcriber.choices()]
     subtitles_dir = Path(tempfile.mkdtemp(prefix="mooer-serve-srt-"))
     atexit.register(shutil.rmtree, subtitles_dir, ignore_errors=True)
 
-    def run(audio_path, task, num_beams, hotword_text):
+    has_head = transcriber.recognizer.model.has_ctc_head
+
+    def run(audio_path, task, num_beams, hotword_text, word_times=False):
         if not audio_path:
             raise gr.Error("Record or upload audio first.")
+        timestamps = bool(word_times) and has_head and task != "ast"
         try:
             result = transcriber.transcribe(audio_path, task, num_beams,
                                             name=Path(audio_path).name,
-                                            hotwords=transcriber.hotwords(hotword_text))
+                                            hotwords=transcriber.hotwords(hotword_text),
+                                            timestamps=timestamps)
         except (InputError, Busy) as err:
             raise gr.Error(str(err)) from err
         rows = [[s["start"], s["end"], s.get("transcript", ""), s.get("translation", "")]
                 for s in result["segments"]]
+        words = [[w["start"], w["end"], w["word"], w["confidence"]]
+                 for s in result["segments"] for w in s.get("words", [])]
         for old in subtitles_dir.iterdir():  # Gradio has long copied those
             if time.time() - old.stat().st_mtime > 3600:
                 shutil.rmtree(old, ignore_errors=True)
@@ -354,7 +361,7 @@ def build_page(transcriber: Transcriber, title: str = "mooer"):
         srt.write_text(result["srt"], encoding="utf-8")  # Gradio copies it into its cache
         status = (f"{result['duration']:.1f} s of audio, {len(rows)} segment(s), decoded in "
                   f"{result['seconds']:.1f} s")
-        return result["transcript"], result["translation"], rows, str(srt), status
+        return result["transcript"], result["translation"], rows, words, str(srt), status
 
     # uploads and answers in Gradio's cache are deleted an hour after they were made
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(600, 3600)) as page:
@@ -369,6 +376,11 @@ def build_page(transcriber: Transcriber, title: str = "mooer"):
                 beams = gr.Slider(1, 8, value=4, step=1, label="Beam size", elem_id="beams")
                 hotword_box = gr.Textbox(label="Hotwords (names, terms: one a line; optional "
                                                "tab and weight)", lines=2, elem_id="hotwords")
+                word_box = gr.Checkbox(
+                    label=("Word times and confidence (of the transcript)" if has_head else
+                           "Word times: this model has no CTC head (start the server with "
+                           "--ctc_head)"), value=False, interactive=has_head,
+                    elem_id="word_times")
                 button = gr.Button("Transcribe", variant="primary", elem_id="run")
             with gr.Column():
                 transcript = gr.Textbox(label="Transcript", lines=3, elem_id="transcript")
@@ -376,8 +388,11 @@ def build_page(transcriber: Transcriber, title: str = "mooer"):
                 status = gr.Markdown(elem_id="status")
         table = gr.Dataframe(headers=["start (s)", "end (s)", "transcript", "translation"],
                              label="Segments", elem_id="segments", interactive=False)
+        words = gr.Dataframe(headers=["start (s)", "end (s)", "word", "confidence"],
+                             label="Words", elem_id="words", interactive=False)
         srt = gr.File(label="Subtitles (SRT)", elem_id="srt")
-        button.click(run, [audio, task, beams, hotword_box], [transcript, translation, table, srt, status],
+        button.click(run, [audio, task, beams, hotword_box, word_box],
+                     [transcript, translation, table, words, srt, status],
                      api_name="transcribe", concurrency_limit=transcriber.max_batch)
     return page
 

@@ -35,3 +35,28 @@ def patient_server(tiny_release, tmp_path_factory):
     yield url
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def head_server(tiny_release, tmp_path_factory):
+    """A server on the tiny release with a CTC head given apart (`--ctc_head`, a random head):
+    word times on the page and the APIs. Its URL and the head's file."""
+    import torch
+
+    from mooer.config import compose_config
+    from mooer.models.build import build_speech_llm
+    from tests.conftest import TINY
+
+    root, tokenizer_dir = tiny_release
+    cfg, _ = compose_config("train", [*TINY, f"llm.tokenizer_path={tokenizer_dir}"])
+    model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm)
+    torch.manual_seed(5)
+    model.train_ctc_head_only()
+    head = tmp_path_factory.mktemp("head") / "last.ckpt"
+    torch.save({"state_dict": {f"model.ctc_head.{k}": v
+                               for k, v in model.ctc_head.state_dict().items()}}, head)
+    log_path = tmp_path_factory.mktemp("head_server") / "serve.log"
+    process, url, _ = start_server(tiny_release, log_path, "--ctc_head", str(head))
+    yield url, head
+    process.terminate()
+    process.wait(timeout=30)

@@ -206,3 +206,29 @@ def test_a_prompt_biases_transcriptions_towards_its_words(server, client, corpus
     with open(wav, "rb") as f, pytest.raises(openai.BadRequestError) as caught:
         client.audio.translations.create(model="m", file=f, prompt="二十七")
     assert (caught.value.param, caught.value.code) == ("prompt", "unsupported_value")
+
+
+def test_word_timestamps_through_the_openai_client(head_server, corpus):
+    """timestamp_granularities=["word"] with verbose_json on a server with a CTC head: the
+    transcript's words, each with its start, end and probability, in order, inside the audio."""
+    import openai
+    import soundfile as sf
+
+    from mooer.inference.align import words_of
+
+    url, _ = head_server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
+    wav = read_table(corpus / "wav.scp")[2][1]  # its answer has words
+    with open(wav, "rb") as f:
+        answer = client.audio.transcriptions.create(
+            model="m", file=f, response_format="verbose_json",
+            timestamp_granularities=["word", "segment"])
+    words = answer.words
+    assert words, answer.model_dump()
+    assert [w.word for w in words] == [w for w, _ in words_of([answer.text])]
+    duration = sf.info(wav).duration
+    for previous, word in zip(words, words[1:], strict=False):
+        assert previous.start <= word.start
+    for word in words:
+        assert 0 <= word.start < word.end <= duration + 0.06
+        assert 0 <= word.model_extra["probability"] <= 1

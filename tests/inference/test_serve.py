@@ -398,7 +398,8 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-r
 
 
 def drive_page(url: str, wav: Path | None, screenshot: Path, bad: Path | None = None,
-               timeout_s: float = 120, hotwords: str = "") -> dict[str, str]:
+               timeout_s: float = 120, hotwords: str = "", word_times: bool = False
+               ) -> dict[str, str]:
     """Open the page in headless Chromium, upload `wav` (or, when None, record 2 s from the
     browser's fake microphone, a beep), choose both tasks, type `hotwords`, press Transcribe
     and read the transcript, translation and status off the page; saves a screenshot. Then,
@@ -432,11 +433,16 @@ def drive_page(url: str, wav: Path | None, screenshot: Path, bad: Path | None = 
             page.get_by_label("both").check()
             if hotwords:
                 page.locator("#hotwords textarea").fill(hotwords)
+            texts = {"word_times_enabled": str(
+                page.locator("#word_times input[type=checkbox]").is_enabled())}
+            if word_times:
+                page.locator("#word_times input[type=checkbox]").check()
             page.locator("#run").click()
             page.locator("#status").get_by_text("segment").wait_for(timeout=wait)
-            texts = {"transcript": page.locator("#transcript textarea").input_value(),
-                     "translation": page.locator("#translation textarea").input_value(),
-                     "status": page.locator("#status").inner_text()}
+            texts.update({"transcript": page.locator("#transcript textarea").input_value(),
+                          "translation": page.locator("#translation textarea").input_value(),
+                          "status": page.locator("#status").inner_text(),
+                          "words": page.locator("#words").inner_text()})
             page.screenshot(path=str(screenshot), full_page=True)
             if bad is not None:
                 page.locator("#audio button[aria-label='Clear']").click()
@@ -464,6 +470,31 @@ def test_the_page_in_headless_chromium(server, corpus, tmp_path):
     assert "1 segment(s)" in texts["status"]
     assert screenshot.stat().st_size > 10_000 and screenshot.read_bytes()[:4] == b"\x89PNG"
     assert "array.wav has 8 channels" in texts["error"]  # shown on the page
+    assert texts["word_times_enabled"] == "False"  # no CTC head: the box says why, disabled
+
+
+@pytest.mark.slow
+def test_the_page_gives_word_times_with_a_ctc_head(head_server, corpus, tmp_path):
+    """A server started with --ctc_head: the page's box asks for word times, and the words
+    table holds the transcript's words, each with its times; the API gives the same words."""
+    import httpx
+
+    from mooer.inference.align import words_of
+
+    need_chromium()
+    url, _ = head_server
+    wav = Path(read_table(corpus / "wav.scp")[2][1])
+    texts = drive_page(url, wav, tmp_path / "words.png", word_times=True)
+    assert texts["word_times_enabled"] == "True"
+    answer = httpx.post(f"{url}/api/transcribe", files={"file": wav.open("rb")},
+                        data={"task": "asr", "num_beams": "4", "word_timestamps": "true"},
+                        timeout=120).json()
+    words = [w for s in answer["segments"] for w in s["words"]]
+    assert [w["word"] for w in words] == [w for w, _ in words_of([answer["transcript"]])]
+    assert words and answer["transcript"] == texts["transcript"]
+    for word in words:  # each word's row on the page: its text and its times
+        assert word["word"] in texts["words"]
+        assert f"{word['start']}" in texts["words"] and 0 <= word["start"] < word["end"]
 
 
 @pytest.mark.slow
