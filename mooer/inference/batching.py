@@ -41,12 +41,13 @@ class Pending:
     result: Future = field(default_factory=Future)
     gone: Callable[[], bool] | None = None  # whether its client has left
     arrived: float = field(default_factory=time.monotonic)
-    hotwords: ContextGraph | None = None  # the request's list (the same object for the same list)
+    hotwords: ContextGraph | None = None  # the request's own list (batched with any other)
     timestamps: bool = False  # word times (transcripts; the CTC head's)
 
     @property
-    def ask(self) -> tuple[str, int, ContextGraph | None, bool]:
-        return self.task, self.num_beams, self.hotwords, self.timestamps
+    def ask(self) -> tuple[str, int, bool]:
+        """What segments decoded together share (each keeps its own hotword list)."""
+        return self.task, self.num_beams, self.timestamps
 
 
 class Batcher:
@@ -106,7 +107,7 @@ class Batcher:
                 self._decode(live)
 
     def _decode(self, batch: list[Pending]) -> None:
-        task, num_beams, hotwords, timestamps = batch[0].ask
+        task, num_beams, timestamps = batch[0].ask
         try:
             with tempfile.TemporaryDirectory(prefix="mooer-batch-") as work:
                 keys = [f"seg{next(self._ids):09d}" for _ in batch]
@@ -114,8 +115,10 @@ class Batcher:
                     "".join(f"{key} {item.path}\n" for key, item in zip(keys, batch,
                                                                           strict=True)),
                     encoding="utf-8")
+                lists = {key: item.hotwords for key, item in zip(keys, batch, strict=True)
+                         if item.hotwords is not None}  # each segment's own
                 decoded = self.recognizer.decode(work, task, progress=False,
-                                                 num_beams=num_beams, hotwords=hotwords,
+                                                 num_beams=num_beams, hotwords=lists or None,
                                                  timestamps=timestamps)
             self.batches += 1
             for key, item in zip(keys, batch, strict=True):

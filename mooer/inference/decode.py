@@ -68,14 +68,16 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
            desc: str = "decoding", progress: bool = True) -> Decoded:
     """Generate every utterance of `loader`; a progress bar counts utterances (unless not
     `progress`). `decoding` holds generate's options and, under `hotwords`, a ContextGraph to
-    bias towards (`mooer.inference.hotwords`)."""
+    bias towards (`mooer.inference.hotwords`), or a mapping of uttid to its own graph (an
+    utterance without one is decoded unbiased, in the same batches)."""
     hypotheses: dict[str, str] = {}
     references: dict[str, str] = {}
     tokens: dict[str, list[int]] = {}
     durations: dict[str, float] = {}
     seconds, duplicates, seen = 0.0, [], set()
     decoding = dict(decoding)
-    graph = decoding.pop("hotwords", None)  # a ContextGraph: a fresh processor a batch
+    graph = decoding.pop("hotwords", None)  # a ContextGraph (or one an uttid): a fresh
+    # processor a batch
     timestamps = decoding.pop("timestamps", False)  # word times by CTC forced alignment
     scored = decoding.pop("token_log_probs", False)  # the decoder's posteriors of the answers
     log_probs: dict[str, list[float]] = {}
@@ -87,9 +89,11 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
                 if key in seen:
                     duplicates.append(key)
                 seen.add(key)
-            options = decoding if not graph else {
+            graphs = ([graph.get(key) for key in batch["keys"]] if isinstance(graph, dict)
+                      else [graph] if graph else [])
+            options = decoding if not any(graphs) else {
                 **decoding, "logits_processor": [*decoding.get("logits_processor", []),
-                                                 HotwordBias(graph)]}
+                                                 HotwordBias(graphs)]}
             moved = move_batch(batch, device, dtype)
             # the encoder pass, shared with the alignment and the scoring
             encoded = model.encode(moved) if timestamps or scored else None

@@ -211,8 +211,8 @@ class Transcriber:
                  words: list[tuple[str, float | None]] | None = None) -> ContextGraph | None:
         """The context graph of a request's hotword list (`text`: a word or phrase a line,
         optionally <TAB>weight; or `words` already parsed), None for none; the same list gives
-        the same graph, so that requests sharing a list share batches. InputError names a bad
-        line."""
+        the same graph (built once; requests with different lists share batches all the same).
+        InputError names a bad line."""
         try:
             check_score(score)
             words = words if words is not None else parse_hotwords(text or "", "hotwords")

@@ -100,6 +100,24 @@ def test_the_processor_adds_each_rows_bonus():
     assert scores[1].abs().sum() > 0 and scores[1, 3] == 5.0  # AB done: C starts afresh
 
 
+def test_the_processor_follows_each_utterances_own_list():
+    """One graph per utterance (None: unbiased), two beams each: every row gets what its
+    utterance's graph alone gives after its tokens; the unbiased rows nothing."""
+    tokenizer = CharTokenizer()
+    first = ContextGraph.build([("AB", None)], tokenizer, score=2.0)
+    second = ContextGraph.build([("C", 5.0), ("AX", 1.0)], tokenizer, score=2.0)
+    bias = HotwordBias([first, None, second])
+    rows = torch.tensor([[1], [3], [1], [3], [1], [3]])  # A, C for each utterance's two beams
+    scores = bias(rows, torch.zeros(6, 60))
+    for r, graph in enumerate([first, first, None, None, second, second]):
+        expected = torch.zeros(60)
+        if graph is not None:
+            state = graph.step(ROOT, int(rows[r, 0]))[0]
+            expected = torch.tensor([graph.step(state, t)[1] for t in range(60)])
+        torch.testing.assert_close(scores[r], expected)
+    assert scores[0, 2] == 2.0 and scores[4, 2] == -1.0 and scores[4, 24] == 1.0
+
+
 def test_list_lines_are_checked_naming_the_line():
     assert parse_hotwords("# names\nZHANG  WEI\n\nLI NA\t1.5\n") == [("ZHANG WEI", None),
                                                                     ("LI NA", 1.5)]
@@ -143,6 +161,19 @@ def test_decoding_with_a_list(tiny_release, corpus):
                                    hotwords=ContextGraph.build([(word, 50.0)], tokenizer))
         assert all(word in text for text in biased.hypotheses.values()), biased.hypotheses
         assert not all(word in text for text in plain.values())
+        # each utterance its own list, decoded in the same batches: what each list gives alone
+        keys = sorted(plain)
+        other = "三十"
+        lists = {key: ContextGraph.build([([word, other][i % 2], 50.0)], tokenizer)
+                 for i, key in enumerate(keys) if i % 3 != 2}
+        mixed = recognizer.decode(corpus, "asr", num_beams=beams, progress=False,
+                                  hotwords=lists).hypotheses
+        for key in keys:
+            alone = (recognizer.decode(corpus, "asr", num_beams=beams, progress=False,
+                                       keys=frozenset([key]), hotwords=lists[key]).hypotheses
+                     if key in lists else {key: plain[key]})
+            assert mixed[key] == alone[key], key
+        assert {key for key in keys if word in mixed[key]} >= set(keys[0::6])
 
 
 def test_b_wer_and_u_wer_count_list_words_apart(tmp_path, capsys):

@@ -208,6 +208,33 @@ def test_the_api_takes_a_hotword_list(server, corpus):
     assert refused.json()["error"] == "hotwords, line 2: the weight 'many' of '二十七' is not a number"
 
 
+def test_requests_with_different_hotword_lists_share_a_batch(server, patient_server, corpus):
+    """Two requests at once, each with its own list: decoded in one batch (the patient server
+    waits 3 s for it to fill), each transcript what its list gives alone."""
+    import httpx
+
+    _, expected, *_ = server
+    url = patient_server
+    wavs = [Path(p) for _, p in read_table(corpus / "wav.scp")[:2]]
+    lists = ["二十七\t40", "三十\t40"]
+    want = [expected.transcribe(w, "asr", 1, w.name, hotwords=expected.hotwords(h))["transcript"]
+            for w, h in zip(wavs, lists, strict=True)]
+    assert "二十七" in want[0] and "三十" in want[1] and "三十" not in want[0]
+
+    def ask(pair: tuple[Path, str]) -> httpx.Response:
+        wav, hotwords = pair
+        with open(wav, "rb") as f:
+            return httpx.post(f"{url}/api/transcribe", files={"file": (wav.name, f)},
+                              data={"task": "asr", "num_beams": "1", "hotwords": hotwords},
+                              timeout=300)
+
+    before = httpx.get(f"{url}/api/health").json()["batches"]
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(ask, zip(wavs, lists, strict=True)))
+    assert [a.json()["transcript"] for a in answers] == want
+    assert httpx.get(f"{url}/api/health").json()["batches"] == before + 1
+
+
 def test_past_max_queue_the_answer_is_503_with_retry_after(patient_server, corpus):
     """Four requests at once, two allowed to wait: two answered, two refused at once with 503
     and Retry-After, in the shape of the API they asked (ours, OpenAI's); the server goes on
