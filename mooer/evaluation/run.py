@@ -185,7 +185,7 @@ def decode_long(test_set: TestSet, recognizer: Recognizer, max_segment_s: float,
     log.info("%s: %d recordings decoded in %d segments", test_set.name, len(hypotheses),
              len(run.hypotheses))
     return Decoded(hypotheses, {}, run.audio_seconds, run.elapsed, retried=run.retried,
-                   flagged=run.flagged)
+                   flagged=prepared.by_recording(run.flagged))
 
 
 def decode_set(test_set: TestSet, recognizer: Recognizer, max_segment_s: float, rank: Rank,

@@ -33,6 +33,13 @@ class Prepared:
     no_speech: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)  # "name (why)"
 
+    def by_recording(self, found: dict[str, str]) -> dict[str, str]:
+        """`found` (by segment uttid) keyed by what a reader knows instead: the recording's
+        name and the segment's time span (`meeting 12.25-14.00s`)."""
+        spans = self.spans
+        return {f"{spans[k][0]} {spans[k][1]:.2f}-{spans[k][2]:.2f}s" if k in spans else k: value
+                for k, value in found.items()}
+
     @property
     def skipped(self) -> list[str]:
         """Every recording that will not be decoded, with why."""

@@ -111,6 +111,9 @@ def test_word_times_are_absolute_in_long_recordings_and_written_in_json():
     prepared = Prepared(Path("unused"), {"s1": ("meeting", 0.5, 2.0),
                                          "s2": ("meeting", 12.25, 14.0)}, names=["meeting"])
     words = {"s1": [Word("你", 0.06, 0.18, 0.9)], "s2": [Word("GOOD", 0.24, 0.48, 0.5)]}
+    # what the guard still doubts is named by recording and time, not by segment id
+    assert prepared.by_recording({"s2": "loop", "other": "x"}) == {
+        "meeting 12.25-14.00s": "loop", "other": "x"}
     segments = collect(prepared, [{"s1": "你", "s2": "GOOD"}], [], words)["meeting"]
     assert [(w.text, w.start, w.end) for s in segments for w in s.words] == [
         ("你", 0.56, 0.68), ("GOOD", 12.49, 12.73)]
