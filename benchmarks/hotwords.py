@@ -3,7 +3,7 @@ utterance's true rare words among distractors, and with distractors alone.
 
     python benchmarks/hotwords.py                     # after `make demo` (demo_out/)
     python benchmarks/hotwords.py --run_dir demo_seeds/seed_42/run \\
-        --data_dir demo_seeds/seed_42/data --scores 1 2 3
+        --data_dir demo_seeds/seed_42/data [--scores default 1 2] [--checks default none]
 
 The held-out sentences (`demo/kaldi/test`, beam 4 by default) are decoded one utterance at a
 time (each has its own list; the same for the baseline), each under every condition in turn,
@@ -15,6 +15,10 @@ distractors alone, the list has no true word: what biasing costs where it cannot
 counts errors on each utterance's true rare words, U-WER on every other token (Le et al.,
 2021); "inserted" is the share of utterances whose hypothesis holds a list word that neither
 its reference nor its hypothesis without a list holds (what the list put there).
+
+Each list is decoded checked (the decoders' default on a model with a CTC head: only the words
+the CTC head hears are biased, at 1.5) and unchecked (every word, at 1.0), or as `--checks` and
+`--scores` say.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from tqdm import tqdm
 from mooer.config import compose_config
 from mooer.data.text import read_table
 from mooer.evaluation.scoring import biased_score, score
-from mooer.inference.hotwords import ContextGraph
+from mooer.inference.hotwords import CHECK_THRESHOLD, CHECKED_SCORE, DEFAULT_SCORE, ContextGraph
 from mooer.inference.loading import apply_run_dir
 from mooer.inference.recognizer import Recognizer
 
@@ -76,7 +80,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run_dir", type=Path, default=Path("demo_out/run"))
     parser.add_argument("--data_dir", type=Path, default=Path("demo_out/data"))
-    parser.add_argument("--scores", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--scores", nargs="+", default=["default"],
+                        help="bonuses per token to compare ('default': the decoders' own)")
+    parser.add_argument("--checks", nargs="+", default=["default", "none"],
+                        help="hotword_check thresholds to compare ('default': the decoders' "
+                             "own; 'none': every listed word biased, unchecked)")
     parser.add_argument("--num_beams", type=int, default=4)
     parser.add_argument("--rare", type=int, default=40,
                         help="an English word is rare at most this many times in training")
@@ -109,22 +117,32 @@ def main() -> None:
     tokenizer = recognizer.model.tokenizer
     torch.set_grad_enabled(False)
 
-    conditions: list[tuple[str, str, float, dict[str, list[str]] | None]] = [
-        ("no list", "-", 0.0, None)]
-    for value in args.scores:
-        conditions.append((f"true words + {args.distractors} distractors", f"{value:g}", value,
-                           {k: true[k] + other[k] for k in tests}))
-        conditions.append((f"{args.distractors} distractors only", f"{value:g}", value, other))
+    # (name, score label, (score, check), lists); score None: the default for that check
+    conditions: list[tuple[str, str, tuple[float | None, float | None],
+                           dict[str, list[str]] | None]] = [("no list", "-", (None, None), None)]
+    for check_text in args.checks:
+        check = {"default": CHECK_THRESHOLD, "none": None}.get(check_text)
+        if check_text not in ("default", "none"):
+            check = float(check_text)
+        for score_text in args.scores:
+            value = None if score_text == "default" else float(score_text)
+            shown = value if value is not None else (CHECKED_SCORE if check is not None
+                                                     else DEFAULT_SCORE)
+            label = f"{shown:g}, " + ("unchecked" if check is None else f"checked at {check:g}")
+            conditions.append((f"true words + {args.distractors} distractors", label,
+                               (value, check), {k: true[k] + other[k] for k in tests}))
+            conditions.append((f"{args.distractors} distractors only", label, (value, check),
+                               other))
     if args.large:
         chars = sorted({c for text in tests.values() for c in text if "\u4e00" <= c <= "\u9fff"})
         rng = random.Random(args.seed + 1)
         made_up = {rng.choice(chars) + rng.choice(chars) for _ in range(4 * args.large)}
         large = sorted(made_up - set(counts))[: args.large]
         started = time.perf_counter()
-        ContextGraph.build([(w, None) for w in large], tokenizer, args.scores[0])
+        ContextGraph.build([(w, None) for w in large], tokenizer)
         conditions.append((f"true words + {len(large)} made-up words (graph built in "
-                           f"{time.perf_counter() - started:.2f} s)", f"{args.scores[0]:g}",
-                           args.scores[0], {k: true[k] + large for k in tests}))
+                           f"{time.perf_counter() - started:.2f} s)", conditions[1][1],
+                           conditions[1][2], {k: true[k] + large for k in tests}))
     hypotheses: list[dict[str, str]] = [{} for _ in conditions]
     seconds = [0.0] * len(conditions)
     with tempfile.TemporaryDirectory() as work:
@@ -135,11 +153,12 @@ def main() -> None:
             if index == 0:  # warm-up
                 recognizer.decode(one, "asr", progress=False)
             # each utterance under every condition in turn: a busy machine slows all alike
-            for c, (_, _, value, words_of) in enumerate(conditions):
+            for c, (_, _, (value, check), words_of) in enumerate(conditions):
                 graph = (ContextGraph.build([(w, None) for w in words_of[key]], tokenizer, value)
                          if words_of else None)
                 started = time.perf_counter()
-                decoded = recognizer.decode(one, "asr", progress=False, hotwords=graph)
+                decoded = recognizer.decode(one, "asr", progress=False, hotwords=graph,
+                                            hotword_check=check)
                 seconds[c] += time.perf_counter() - started
                 hypotheses[c].update(decoded.hypotheses)
     rows = [(name, value, hyps, spent, words_of) for (name, value, _, words_of), hyps, spent

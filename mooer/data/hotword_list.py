@@ -9,7 +9,13 @@ import re
 from pathlib import Path
 
 MAX_HOTWORDS = 100_000
-DEFAULT_SCORE = 1.0  # bonus per hotword token, in log-probability (nats)
+# bonus per hotword token, in log-probability (nats), unless the list or the caller gives one:
+# CHECKED_SCORE where the words are first checked against the audio on the CTC head (only those
+# it hears are biased: `mooer.inference.hotwords.ContextGraph.checked`), DEFAULT_SCORE where
+# nothing checks them (benchmarks/hotwords.py measured both)
+DEFAULT_SCORE = 1.0
+CHECKED_SCORE = 1.5
+CHECK_THRESHOLD = -1.0  # how far (nats) the CTC head's best path may be from spelling a word
 
 
 class HotwordError(ValueError):
@@ -48,8 +54,10 @@ def parse_hotwords(text: str, source: str = "hotwords") -> list[tuple[str, float
     return words
 
 
-def check_score(score: float) -> float:
-    """The bonus per hotword token: a number of at least 0."""
+def check_score(score: float | None) -> float | None:
+    """The bonus per hotword token: a number of at least 0 (None: the default)."""
+    if score is None:
+        return None
     if not math.isfinite(score) or score < 0:
         raise HotwordError(f"the hotword score must be a number of at least 0, got {score}")
     return score

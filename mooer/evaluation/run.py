@@ -27,7 +27,7 @@ from mooer.inference.distributed import (
     relaunch,
 )
 from mooer.inference.formats import join_texts
-from mooer.inference.hotwords import DEFAULT_SCORE, ContextGraph
+from mooer.inference.hotwords import ContextGraph
 from mooer.inference.loading import apply_run_dir
 from mooer.inference.longform import has_long_recordings
 from mooer.inference.recognizer import Recognizer, prompt_for
@@ -240,7 +240,8 @@ def evaluate(cfg: DictConfig) -> list[SetResult]:
     try:
         sets = resolve_sets(cfg)
         max_segment_s = check_max_segment_s(cfg.max_segment_s)
-        hotword_score = check_score(float(cfg.get("hotword_score", DEFAULT_SCORE)))
+        score = cfg.get("hotword_score")
+        hotword_score = None if score is None else check_score(float(score))
     except (UnknownTestSet, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     prompt = prompt_for(cfg)

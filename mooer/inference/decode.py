@@ -17,7 +17,7 @@ from mooer.data.loader import EpochDataLoader, PipelineOptions, ShardDataset, mo
 from mooer.data.prompts import PromptBuilder, PromptFormat
 from mooer.data.text import WORD_JOINER
 from mooer.inference.align import Word, align_words, viterbi_batch
-from mooer.inference.hotwords import HotwordBias
+from mooer.inference.hotwords import CHECK_THRESHOLD, ContextGraph, HotwordBias
 from mooer.models.speech_llm import SpeechLLM
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,8 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
     decoding = dict(decoding)
     graph = decoding.pop("hotwords", None)  # a ContextGraph (or one an uttid): a fresh
     # processor a batch
+    # with a CTC head, only the listed words the audio holds are biased (None: all of them)
+    check = decoding.pop("hotword_check", CHECK_THRESHOLD)
     timestamps = decoding.pop("timestamps", False)  # word times by CTC forced alignment
     scored = decoding.pop("token_log_probs", False)  # the decoder's posteriors of the answers
     log_probs: dict[str, list[float]] = {}
@@ -90,13 +92,16 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
                     duplicates.append(key)
                 seen.add(key)
             graphs = ([graph.get(key) for key in batch["keys"]] if isinstance(graph, dict)
-                      else [graph] if graph else [])
+                      else [graph] * len(batch["keys"]) if graph else [])
+            moved = move_batch(batch, device, dtype)
+            checking = any(graphs) and check is not None and model.has_ctc_head
+            # the encoder pass, shared with the alignment, the scoring and the hotword check
+            encoded = model.encode(moved) if timestamps or scored or checking else None
+            if checking and encoded is not None:
+                graphs = heard(model, moved, encoded, graphs, check)
             options = decoding if not any(graphs) else {
                 **decoding, "logits_processor": [*decoding.get("logits_processor", []),
                                                  HotwordBias(graphs)]}
-            moved = move_batch(batch, device, dtype)
-            # the encoder pass, shared with the alignment and the scoring
-            encoded = model.encode(moved) if timestamps or scored else None
             generated = model.generate(moved, encoded=encoded, **options)
             hypotheses.update(zip(batch["keys"], generated.texts, strict=True))
             references.update(zip(batch["keys"], batch["targets"], strict=True))
@@ -114,6 +119,20 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
                     len(duplicates), " ".join(sorted(set(duplicates))[:10]))
     return Decoded(hypotheses, references, seconds, time.perf_counter() - started, duplicates,
                    tokens, durations, words, token_log_probs=log_probs)
+
+
+def heard(model: SpeechLLM, batch: dict[str, Any], encoded: tuple,
+          graphs: list[ContextGraph | None], threshold: float) -> list[ContextGraph | None]:
+    """Each utterance's graph cut to the listed words its audio holds, by the CTC head
+    (`ContextGraph.checked`)."""
+    found = model.ctc_log_probs(batch, encoded)
+    assert found is not None
+    log_probs, lengths = found
+    posteriors = log_probs.cpu().numpy()
+    blank = posteriors.shape[-1] - 1
+    return [None if g is None else g.checked(posteriors[row, :int(lengths[row])], blank,
+                                             threshold)
+            for row, g in enumerate(graphs)]
 
 
 def word_times(model: SpeechLLM, batch: dict[str, Any], texts: list[str],

@@ -20,11 +20,13 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-from mooer.data.hotword_list import DEFAULT_SCORE, check_score
+from mooer.data.hotword_list import CHECK_THRESHOLD, CHECKED_SCORE, DEFAULT_SCORE, check_score
 
-__all__ = ["DEFAULT_SCORE", "ROOT", "ContextGraph", "HotwordBias", "token_variants"]
+__all__ = ["CHECKED_SCORE", "CHECK_THRESHOLD", "DEFAULT_SCORE", "ROOT", "ContextGraph",
+           "HotwordBias", "spot", "token_variants"]
 
 
 def token_variants(word: str, tokenizer) -> list[list[int]]:
@@ -64,21 +66,55 @@ class ContextGraph:
     end: list[bool] = field(default_factory=lambda: [False])
     fail: list[int] = field(default_factory=lambda: [0])
     words: list[str] = field(default_factory=list)
+    # each word's weight (None: the graph's score) and token sequences, and the score asked
+    # (None: the default), to build the sub-graph of the words the audio holds (`checked`)
+    entries: list[tuple[str, float | None, list[list[int]]]] = field(default_factory=list)
+    asked: float | None = None
     _rows: dict[State, Transition] = field(default_factory=dict, repr=False)
     _next: dict[tuple[State, int], State] = field(default_factory=dict, repr=False)
+    _kept: dict[tuple[int, ...], ContextGraph] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, words: Iterable[tuple[str, float | None]], tokenizer,
-              score: float = DEFAULT_SCORE) -> ContextGraph:
+              score: float | None = None) -> ContextGraph:
         """The graph of `words` ((word, weight or None)) tokenized by `tokenizer`; a word's
-        tokens each earn its weight, or `score`."""
+        tokens each earn its weight, or `score` (None: DEFAULT_SCORE, and CHECKED_SCORE in
+        the graphs `checked` makes)."""
         check_score(score)
-        graph = cls()
+        graph = cls(asked=score)
         for word, weight in words:
-            for ids in token_variants(word, tokenizer):
-                graph.add(ids, score if weight is None else weight)
+            variants = token_variants(word, tokenizer)
+            graph.entries.append((word, weight, variants))
             graph.words.append(word)
-        graph.link()
+        graph._fill(DEFAULT_SCORE if score is None else score)
+        return graph
+
+    def _fill(self, score: float) -> None:
+        for _, weight, variants in self.entries:
+            for ids in variants:
+                self.add(ids, score if weight is None else weight)
+        self.link()
+
+    def checked(self, log_probs: np.ndarray, blank: int,
+                threshold: float = CHECK_THRESHOLD) -> ContextGraph | None:
+        """The graph of the words the audio holds: those whose tokens the CTC head's
+        log-posteriors of the utterance [T, V] spell somewhere within `threshold` nats of its
+        best path (`spot`), with CHECKED_SCORE for the default bonus; None when none is.
+        A word the model does not hear is not biased, so a long list costs little where it
+        cannot help (benchmarks/hotwords.py)."""
+        sequences = [ids for _, _, variants in self.entries for ids in variants]
+        owners = [i for i, (_, _, variants) in enumerate(self.entries) for _ in variants]
+        found = spot(log_probs, sequences, blank)
+        kept = tuple(sorted({owners[j] for j in np.nonzero(found >= threshold)[0]}))
+        if not kept:
+            return None
+        graph = self._kept.get(kept)
+        if graph is None:
+            graph = ContextGraph(asked=self.asked)
+            graph.entries = [self.entries[i] for i in kept]
+            graph.words = [entry[0] for entry in graph.entries]
+            graph._fill(CHECKED_SCORE if self.asked is None else self.asked)
+            self._kept[kept] = graph
         return graph
 
     def add(self, ids: Sequence[int], weight: float) -> None:
@@ -172,6 +208,45 @@ class ContextGraph:
                                           dtype=torch.float32))
             self._rows[state] = row
         return row
+
+
+def spot(log_probs: np.ndarray, sequences: Sequence[Sequence[int]], blank: int) -> np.ndarray:
+    """How well CTC log-posteriors [T, V] hold each token sequence anywhere (keyword spotting):
+    the best score of a path that spells it (blanks around and between its tokens, a blank
+    between repeats) over some stretch of frames, less that of the best labels of the same
+    frames. 0: those frames' best labels spell it; below 0: by how many nats they would have
+    to change. Every sequence's states side by side, one pass over the frames."""
+    frames = log_probs.shape[0]
+    found = np.full(len(sequences), -np.inf)
+    if not frames or not sequences:
+        return found
+    relative = log_probs - log_probs.max(1, keepdims=True)  # <= 0; the best label 0
+    states: list[int] = []
+    enter, step, jump, ends = [], [], [], []  # masks over states; each sequence's two ends
+    for ids in sequences:
+        if not ids:
+            raise ValueError("spot: an empty token sequence")
+        chain = [blank]
+        for token in ids:
+            chain += [token, blank]
+        base = len(states)
+        states += chain
+        enter += [True, True] + [False] * (len(chain) - 2)
+        step += [False] + [True] * (len(chain) - 1)
+        jump += [False, False] + [s % 2 == 1 and chain[s] != chain[s - 2]
+                                  for s in range(2, len(chain))]
+        ends.append((base + len(chain) - 2, base + len(chain) - 1))
+    emit = relative[:, states]  # [T, S]
+    can_enter, can_step, can_jump = np.array(enter), np.array(step), np.array(jump)
+    last_token, last_blank = (np.array(column) for column in zip(*ends, strict=True))
+    score = np.full(len(states), -np.inf)
+    for t in range(frames):
+        stepped = np.where(can_step, np.roll(score, 1), -np.inf)
+        jumped = np.where(can_jump, np.roll(score, 2), -np.inf)
+        score = np.maximum(np.maximum(score, stepped),
+                           np.maximum(jumped, np.where(can_enter, 0.0, -np.inf))) + emit[t]
+        found = np.maximum(found, np.maximum(score[last_token], score[last_blank]))
+    return found
 
 
 class HotwordBias:

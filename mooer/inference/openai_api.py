@@ -16,7 +16,8 @@ Form fields, as OpenAI's clients send them:
 - `prompt`: on transcriptions, hotwords (names, terms) separated by newlines or commas, which
   bias the decoder towards them (`mooer.inference.hotwords`); refused on translations
 - `hotwords` (ours, through `extra_body`): a hotword list, a word or phrase a line, optionally
-  `<TAB>weight`; `hotword_score` (ours): the bonus per hotword token (default 1.0)
+  `<TAB>weight`; `hotword_score` (ours): the bonus per hotword token (default 1.5 on a
+  model with a CTC head, which checks the words against the audio first; else 1.0)
 - `timestamp_granularities[]`: `segment`, and `word` (verbose_json's `words`: word, start, end
   and probability, our confidence; the model needs a CTC head: `mooer.inference.align`)
 - `num_beams` (ours, through the client's `extra_body`): beam search, 1 to 16 (default 1)
@@ -33,7 +34,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from mooer.data.hotword_list import (
-    DEFAULT_SCORE,
     HotwordError,
     check_score,
     parse_hotwords,
@@ -71,7 +71,7 @@ class Options:
     language: str | None = None
     num_beams: int = 1
     hotwords: tuple[tuple[str, float | None], ...] = ()
-    hotword_score: float = DEFAULT_SCORE
+    hotword_score: float | None = None  # None: the default (hotword_list)
     word_times: bool = False  # timestamp_granularities[] holds `word`
 
 
@@ -116,9 +116,9 @@ def parse_options(form: Mapping[str, Any], granularities: Sequence[str] = (),
         hotwords = split_prompt(prompt) + parse_hotwords(_one(form, "hotwords") or "", "hotwords")
     except HotwordError as err:
         raise ApiError(str(err), "hotwords") from None
-    raw_score = _one(form, "hotword_score") or str(DEFAULT_SCORE)
+    raw_score = _one(form, "hotword_score")
     try:
-        score = check_score(float(raw_score))
+        score = None if raw_score is None else check_score(float(raw_score))
     except ValueError:  # (HotwordError is one)
         raise ApiError(f"hotword_score must be a number of at least 0, got {raw_score!r}",
                        "hotword_score") from None

@@ -59,7 +59,7 @@ import soundfile as sf
 from omegaconf import DictConfig
 
 from mooer.data.audio import audio_problem
-from mooer.data.hotword_list import DEFAULT_SCORE, HotwordError, check_score, parse_hotwords
+from mooer.data.hotword_list import HotwordError, check_score, parse_hotwords
 from mooer.inference.batching import Abandoned, Batcher
 from mooer.inference.formats import Segment, joined, subtitles
 from mooer.inference.hotwords import ContextGraph
@@ -207,7 +207,7 @@ class Transcriber:
         """Requests queued or decoding now."""
         return self._waiting
 
-    def hotwords(self, text: str | None, score: float = DEFAULT_SCORE,
+    def hotwords(self, text: str | None, score: float | None = None,
                  words: list[tuple[str, float | None]] | None = None) -> ContextGraph | None:
         """The context graph of a request's hotword list (`text`: a word or phrase a line,
         optionally <TAB>weight; or `words` already parsed), None for none; the same list gives
@@ -220,7 +220,7 @@ class Transcriber:
             raise InputError(str(err), param="hotwords") from None
         if not words:
             return None
-        key = (tuple(words), float(score))
+        key = (tuple(words), None if score is None else float(score))
         with self._count:
             graph = self._graphs.pop(key, None)
         if graph is None:
@@ -558,7 +558,7 @@ def build_app(transcriber: Transcriber, title: str = "mooer", api_key: str | Non
     @app.post("/api/transcribe")
     async def transcribe(request: Request, file: UploadFile, task: str = Form("asr"),
                          num_beams: int = Form(4), hotwords: str = Form(""),
-                         hotword_score: float = Form(DEFAULT_SCORE),
+                         hotword_score: float | None = Form(None),
                          word_timestamps: bool = Form(False)):
         try:
             name = upload_name(file.filename)

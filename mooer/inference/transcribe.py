@@ -45,7 +45,7 @@ from mooer.inference.distributed import (
     relaunch,
 )
 from mooer.inference.formats import FORMATS, Segment, render, subtitles
-from mooer.inference.hotwords import DEFAULT_SCORE, ContextGraph
+from mooer.inference.hotwords import CHECK_THRESHOLD, CHECKED_SCORE, DEFAULT_SCORE, ContextGraph
 from mooer.inference.loading import apply_run_dir
 from mooer.inference.longform import Prepared, prepare
 from mooer.inference.recognizer import MIN_AUDIO_SECONDS, Recognizer, prompt_for
@@ -142,8 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--word_level", action="store_true",
                         help="with --format srt or vtt: a cue a word; with tsv: a row a word "
                              "(start, end, word, confidence); implies --word_timestamps")
-    parser.add_argument("--hotword_score", type=float, default=DEFAULT_SCORE,
-                        help="the bonus per hotword token, in log-probability")
+    parser.add_argument("--hotword_score", type=float, default=None,
+                        help="the bonus per hotword token, in log-probability (default: "
+                             f"{CHECKED_SCORE} on a model with a CTC head, which first checks "
+                             f"the words against the audio; {DEFAULT_SCORE} without)")
+    parser.add_argument("--hotword_check", type=float, default=CHECK_THRESHOLD,
+                        help="with a CTC head, only the listed words whose tokens its best path "
+                             "spells within this many nats are biased (a very negative number: "
+                             "all of them)")
     add_segment_arguments(parser)
     parser.add_argument("--devices", type=int, default=1,
                         help="decode on N processes (a GPU each), recordings dealt by duration; "
@@ -243,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             recognizer = Recognizer.from_config(
                 cfg, args.device, args.precision, args.batch_size,
-                {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens},
+                {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens,
+                 "hotword_check": args.hotword_check},
                 prompt=prompt)
         except (CheckpointError, ValueError) as err:  # weights that do not fit, named
             print(f"error: {err}", file=sys.stderr)

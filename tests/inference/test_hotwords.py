@@ -3,6 +3,7 @@ fail links, weights), the logits processor, list parsing, and decoding with a li
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -232,3 +233,95 @@ def test_transcribe_with_a_hotword_list(tiny_release, corpus, tmp_path, capsys):
     assert f"hotword list {tmp_path / 'absent.txt'} not found" in capsys.readouterr().err
     assert transcribe(["--hotword_score", "-1", *options]) == 2
     assert "the hotword score must be a number of at least 0, got -1.0" in capsys.readouterr().err
+
+
+def _spot_by_enumeration(log_probs: torch.Tensor, ids: list[int], blank: int) -> float:
+    """The best score of a labelling of some stretch of frames that collapses to `ids` (CTC),
+    less the stretch's best labels: every stretch and labelling tried (tiny sizes only)."""
+    import itertools
+
+    relative = log_probs - log_probs.max(-1, keepdim=True).values
+    labels = sorted({blank, *ids})
+    best = -math.inf
+    frames = log_probs.shape[0]
+    for start in range(frames):
+        for end in range(start + 1, frames + 1):
+            for path in itertools.product(labels, repeat=end - start):
+                collapsed = [c for i, c in enumerate(path)
+                             if c != blank and (i == 0 or c != path[i - 1])]
+                if collapsed == ids:
+                    best = max(best, sum(float(relative[start + t, c])
+                                         for t, c in enumerate(path)))
+    return best
+
+
+def test_spotting_scores_each_sequence_anywhere_in_the_audio():
+    """Keyword spotting on CTC posteriors: 0 for a sequence the best labels spell, the cost of
+    the cheapest change otherwise; checked against every labelling of every stretch."""
+    from mooer.inference.hotwords import spot
+
+    blank = 4
+    sure, rest = 0.9, 0.1 / 4
+    probs = torch.full((6, 5), rest)
+    for t, token in enumerate([blank, 1, 1, blank, 2, blank]):
+        probs[t, token] = sure
+    found = spot(probs.log().numpy(), [[1], [1, 2], [2, 1], [3], [1, 1]], blank)
+    cost = math.log(rest / sure)  # one frame labelled other than its best
+    assert found[0] == pytest.approx(0.0) and found[1] == pytest.approx(0.0)
+    assert found[3] == pytest.approx(cost)
+    assert found[4] == pytest.approx(cost)  # 1 blank 1: frame 2 becomes a blank
+    generator = torch.Generator().manual_seed(1)
+    random = torch.randn(5, 4, generator=generator).log_softmax(-1)
+    sequences = [[0], [1, 2], [2, 2], [0, 1, 0]]
+    found = spot(random.numpy(), sequences, 3)
+    for ids, value in zip(sequences, found, strict=True):
+        assert value == pytest.approx(_spot_by_enumeration(random, ids, 3), abs=1e-5), ids
+
+
+def test_a_checked_graph_keeps_the_words_the_audio_holds():
+    """Only the words the CTC posteriors spell (within the threshold) stay, at CHECKED_SCORE
+    unless a score was asked; none heard: no graph."""
+    from mooer.inference.hotwords import CHECKED_SCORE
+
+    tokenizer = CharTokenizer()
+    blank = 59
+    probs = torch.full((6, 60), 0.1 / 59)
+    for t, token in enumerate([blank, 1, blank, 2, blank, blank]):  # A B
+        probs[t, token] = 0.9
+    posteriors = probs.log().numpy()
+    graph = ContextGraph.build([("AB", None), ("C", None), ("A", 3.0)], tokenizer)
+    kept = graph.checked(posteriors, blank)
+    assert kept is not None and kept.words == ["AB", "A"]
+    assert walk(kept, [1, 2]) == [3.0, CHECKED_SCORE]  # A (its weight) then B (the default)
+    assert walk(graph, [1, 2]) == [3.0, 1.0]  # unchecked: DEFAULT_SCORE
+    asked = ContextGraph.build([("AB", None)], tokenizer, score=2.0).checked(posteriors, blank)
+    assert asked is not None and walk(asked, [1, 2]) == [2.0, 2.0]
+    assert ContextGraph.build([("C", None)], tokenizer).checked(posteriors, blank) is None
+    assert graph.checked(posteriors, blank) is kept  # the same words: the same graph
+
+
+def test_decoding_checks_the_list_against_the_audio_on_a_ctc_head(tokenizer, shards):
+    """On a model with a CTC head, decoding biases only the listed words the head hears: with
+    a threshold nothing can pass, the output is the plain one; with one everything passes, it
+    is the unchecked one (the same asked score)."""
+    from mooer.data.features import ParaformerFrontend
+    from mooer.inference.decode import decode, decoding_loader
+    from tests.conftest import prompt_format
+    from tests.models.test_speech_llm import tiny_model
+
+    model = tiny_model(tokenizer, 3, "encoder.ctc_weight=0.3").eval()
+    loader = decoding_loader(shards, model, ParaformerFrontend(None), prompt_format("asr"),
+                             "asr", 4)
+    word = "二十七"
+    graph = ContextGraph.build([(word, 50.0)], tokenizer)
+    options = {"num_beams": 1, "max_new_tokens": 6, "eos_bias": 0}
+
+    def run(**extra) -> dict[str, str]:
+        return decode(model, loader, {**options, **extra}, torch.device("cpu"), torch.float32,
+                      progress=False).hypotheses
+
+    plain = run()
+    unchecked = run(hotwords=graph, hotword_check=None)
+    assert all(word in text for text in unchecked.values())
+    assert run(hotwords=graph, hotword_check=1.0) == plain  # above 0: nothing is ever heard
+    assert run(hotwords=graph, hotword_check=-1e9) == unchecked  # everything is
