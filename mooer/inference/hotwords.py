@@ -73,6 +73,7 @@ class ContextGraph:
     _rows: dict[State, Transition] = field(default_factory=dict, repr=False)
     _next: dict[tuple[State, int], State] = field(default_factory=dict, repr=False)
     _kept: dict[tuple[int, ...], ContextGraph] = field(default_factory=dict, repr=False)
+    _flat: tuple | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, words: Iterable[tuple[str, float | None]], tokenizer,
@@ -102,10 +103,23 @@ class ContextGraph:
         best path (`spot`), with CHECKED_SCORE for the default bonus; None when none is.
         A word the model does not hear is not biased, so a long list costs little where it
         cannot help (benchmarks/hotwords.py)."""
-        sequences = [ids for _, _, variants in self.entries for ids in variants]
-        owners = [i for i, (_, _, variants) in enumerate(self.entries) for _ in variants]
-        found = spot(log_probs, sequences, blank)
-        kept = tuple(sorted({owners[j] for j in np.nonzero(found >= threshold)[0]}))
+        if self._flat is None:  # every variant's tokens in one array, once a graph
+            sequences = [ids for _, _, variants in self.entries for ids in variants]
+            owners = np.array([i for i, (_, _, variants) in enumerate(self.entries)
+                               for _ in variants], dtype=np.int64)
+            starts = np.cumsum([0] + [len(ids) for ids in sequences[:-1]], dtype=np.int64)
+            flat = np.array([t for ids in sequences for t in ids], dtype=np.int64)
+            self._flat = (sequences, owners, starts, flat)
+        sequences, owners, starts, flat = self._flat
+        if not sequences:
+            return None
+        # a path's score is a sum of frames' scores under their best (each <= 0): a sequence
+        # one of whose tokens is never within the threshold of a frame's best cannot pass, and
+        # is not searched (a long list is mostly such words)
+        peaks = (log_probs - log_probs.max(1, keepdims=True)).max(0)
+        possible = np.nonzero(np.minimum.reduceat(peaks[flat], starts) >= threshold)[0]
+        found = spot(log_probs, [sequences[j] for j in possible], blank)
+        kept = tuple(sorted({int(owners[j]) for j in possible[found >= threshold]}))
         if not kept:
             return None
         graph = self._kept.get(kept)
