@@ -118,6 +118,14 @@ def apply_init_from(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     checkpoint = Path(init) / "checkpoints" / "last.ckpt"
     if not checkpoint.exists():
         raise SystemExit(f"error: init_from {init} is a run dir without checkpoints/last.ckpt")
+    if checkpoint.is_dir():  # DeepSpeed's shards: its newest MooER-layout export holds the weights
+        exports = sorted(checkpoint.parent.glob("*_step_*_merged"),
+                         key=lambda d: int(d.name.rsplit("_step_", 1)[1].split("_")[0]))
+        if not exports:
+            raise SystemExit(f"error: init_from {init}: its last.ckpt is DeepSpeed's sharded "
+                             "directory and the run wrote no *_merged export (save_merge=true): "
+                             "give init_from=<a MooER-layout dir> of its weights")
+        return cfg, str(exports[-1])
     return cfg, str(checkpoint)
 
 

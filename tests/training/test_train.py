@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from mooer.inference.loading import apply_run_dir, load_for_decoding
 from mooer.models.build import build_speech_llm
 from mooer.models.llm import load_tokenizer
 from mooer.models.weights import CheckpointError
+from mooer.training.run import apply_init_from
 from tests.conftest import REPO, make_tiny_data
 
 pytestmark = pytest.mark.slow
@@ -328,6 +330,18 @@ def test_a_ctc_head_trains_alone_on_a_run_without_one(tmp_path, data_dir):
     encoder_key = next(k for k in base_state if k.startswith("model.encoder."))
     torch.testing.assert_close(model.state_dict()[encoder_key.removeprefix("model.")],
                                base_state[encoder_key])  # the base's weights, untouched
+
+    # a DeepSpeed run (last.ckpt a directory of shards): its newest MooER-layout export
+    zero = tmp_path / "zero"
+    shutil.copytree(base / ".hydra", zero / ".hydra")
+    (zero / "checkpoints" / "last.ckpt").mkdir(parents=True)
+    train_cfg, _ = compose_config("train", ["experiment=ctc_head", f"init_from={zero}"])
+    with pytest.raises(SystemExit, match="wrote no \\*_merged export"):
+        apply_init_from(train_cfg)
+    for step in (9, 12):
+        (zero / "checkpoints" / f"asr_epoch_1_step_{step}_merged").mkdir()
+    _, start = apply_init_from(train_cfg)
+    assert start == str(zero / "checkpoints" / "asr_epoch_1_step_12_merged")
 
     missing = subprocess.run([sys.executable, "train.py", "experiment=ctc_head",
                               f"init_from={tmp_path / 'nowhere'}", "trainer=cpu",
