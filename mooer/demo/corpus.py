@@ -21,7 +21,7 @@ from tqdm import tqdm
 from mooer.data.audio import resample, wav_bytes
 from mooer.data.parallel import parallel_map
 from mooer.demo.espeak import Espeak, EspeakError
-from mooer.demo.grammar import KINDS, sample_sentence
+from mooer.demo.grammar import EXTRA_KINDS, KINDS, sample_sentence
 
 SAMPLE_RATE = 16000
 ZH_VOICES = ("cmn", "cmn+f1", "cmn+f2", "cmn+f3", "cmn+f4", "cmn+f5", "cmn+m1", "cmn+m2",
@@ -119,15 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--english_ratio", type=float, default=0.3,
                         help="share of utterances spoken in English (the rest in Mandarin)")
     parser.add_argument("--kinds", default=",".join(KINDS),
-                        help="comma-separated sentence kinds: " + ", ".join(KINDS))
+                        help="comma-separated sentence kinds: " + ", ".join(KINDS + EXTRA_KINDS)
+                        + " (name: sentences with rare proper names, for hotwords)")
     parser.add_argument("--num_workers", type=int, default=min(4, multiprocessing.cpu_count()),
                         help="synthesis processes")
     args = parser.parse_args(argv)
     if args.num <= 0:
         parser.error("--num must be positive")
     kinds = tuple(args.kinds.split(","))
-    if set(kinds) - set(KINDS):
-        parser.error(f"--kinds: unknown {sorted(set(kinds) - set(KINDS))}; choose from {', '.join(KINDS)}")
+    unknown = sorted(set(kinds) - set(KINDS) - set(EXTRA_KINDS))
+    if unknown:
+        parser.error(f"--kinds: unknown {unknown}; choose from {', '.join(KINDS + EXTRA_KINDS)}")
     specs = draw_specs(args.num, args.seed, args.english_ratio, kinds=kinds)
     try:
         durations = write_corpus(args.out, specs, args.num_workers)

@@ -97,6 +97,16 @@ def train(cfg: DictConfig) -> float | None:
     return _fit(cfg)
 
 
+def record_config(cfg: DictConfig, output_dir: Path) -> None:
+    """Rewrite the run's `.hydra/config.yaml` (what evaluate.py and mooer-transcribe read back
+    from a run dir) with `cfg` (rank 0 only; the others read the same)."""
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)) or 0) != 0:
+        return
+    saved = output_dir / ".hydra" / "config.yaml"
+    if saved.parent.is_dir():
+        OmegaConf.save(cfg, saved)
+
+
 def apply_init_from(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     """`init_from`: the config with a training run's model (encoder, projector, llm, task) and,
     where this config leaves them null, its data lists; and the weights to start from (the
@@ -131,7 +141,9 @@ def apply_init_from(cfg: DictConfig) -> tuple[DictConfig, str | None]:
 
 def _fit(cfg: DictConfig) -> float | None:
     check_trainer_numbers(cfg.trainer)
-    cfg, init_checkpoint = apply_init_from(cfg)
+    taken, (cfg, init_checkpoint) = cfg, apply_init_from(cfg)
+    if cfg is not taken:  # the run dir records the model it trains: init_from's, not the groups'
+        record_config(cfg, Path(cfg.paths.output_dir))
     head_only = bool(cfg.get("ctc_head_only"))
     if head_only and not cfg.data.get("train_data_path"):
         raise SystemExit("error: experiment=ctc_head needs data: give data.train_data_path (and "

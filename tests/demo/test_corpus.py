@@ -83,3 +83,22 @@ def test_missing_library_says_how_to_fix(monkeypatch, tmp_path, capsys):
     assert main(["--out", str(tmp_path / "c"), "--num", "2", "--num_workers", "1"]) == 2
     err = capsys.readouterr().err
     assert "could not load libespeak-ng" in err and "pip install espeakng-loader" in err
+
+
+def test_name_sentences_hold_one_proper_name_and_the_default_corpus_none():
+    """`--kinds name`: each sentence holds one of the grammar's names, in its text and its
+    translation; the default kinds (the demo corpus) never draw one."""
+    import random
+
+    from mooer.demo.grammar import NAMES, sample_sentence
+
+    rng = random.Random(0)
+    named = [sample_sentence(rng, ("name",)) for _ in range(200)]
+    for sentence in named:
+        held = [n for n in NAMES if n in sentence.en.split()]
+        assert len(held) == 1 and held[0] in sentence.zh, sentence
+    assert {n for s in named for n in NAMES if n in s.en.split()} == set(NAMES)
+    default = draw_specs(500, seed=3)
+    assert not any(n in spec.translation.split() for spec in default for n in NAMES)
+    with pytest.raises(ValueError, match="unknown sentence kinds"):
+        sample_sentence(rng, ("names",))

@@ -321,6 +321,12 @@ def test_a_ctc_head_trains_alone_on_a_run_without_one(tmp_path, data_dir):
     # an epoch is 4 batches: the first epoch's mean against the last's
     assert len(losses) == 60 and sum(losses[-4:]) < 0.7 * sum(losses[:4]), losses
     assert [r for r in metrics(head) if r.get("val/error_rate")]  # validated by its best path
+    # the run dir records the model it trained (init_from's), not the default groups'
+    from mooer.config import run_config
+
+    recorded, trained = run_config(head), run_config(base)
+    assert recorded.encoder.model.output_size == trained.encoder.model.output_size == 64
+    assert recorded.llm.architecture.vocab_size == trained.llm.architecture.vocab_size
 
     cfg, _ = compose_config("evaluate", [f"run_dir={base}", f"paths.data_dir={data_dir}",
                                          f"model.ctc_head={head / 'checkpoints' / 'last.ckpt'}"])
