@@ -95,10 +95,11 @@ def main() -> None:
                         help="also a list this long (made-up two-character Mandarin words and "
                              "the training vocabulary's rare words), for speed; 0: not")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", default="test", choices=["test", "unseen_voices", "dev"],
-                        help="the demo's Kaldi set decoded (test: the held-out sentences; "
-                             "unseen_voices: voices training never heard, to check a setting "
-                             "chosen on test)")
+    parser.add_argument("--set", default="test",
+                        help="the Kaldi set under <data_dir>/demo/kaldi decoded (test: the "
+                             "held-out sentences; unseen_voices: voices training never heard; "
+                             "names_test: sentences with rare proper names, made with "
+                             "`python -m mooer.demo.corpus --kinds name`)")
     args = parser.parse_args()
     kaldi = args.data_dir / "demo" / "kaldi"
     if not (args.run_dir / "checkpoints" / "last.ckpt").is_file() or not kaldi.is_dir():
@@ -134,7 +135,8 @@ def main() -> None:
             conditions.append((f"{args.distractors} distractors only", label, (value, check),
                                other))
     if args.large:
-        chars = sorted({c for text in tests.values() for c in text if "\u4e00" <= c <= "\u9fff"})
+        chars = sorted({c for text in tests.values() for c in text if "\u4e00" <= c <= "\u9fff"}
+                       or {c for word in counts for c in word if "\u4e00" <= c <= "\u9fff"})
         rng = random.Random(args.seed + 1)
         made_up = {rng.choice(chars) + rng.choice(chars) for _ in range(4 * args.large)}
         large = sorted(made_up - set(counts))[: args.large]
