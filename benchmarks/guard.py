@@ -14,21 +14,18 @@ a refusal. Clean: the held-out set's MER with the guard and without.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from demo_model import add_demo_arguments, demo_kaldi, demo_recognizer
 
-from mooer.config import compose_config
 from mooer.data.audio import resample
 from mooer.data.text import read_table
 from mooer.evaluation.scoring import score
 from mooer.inference.guard import Guard
-from mooer.inference.loading import apply_run_dir
-from mooer.inference.recognizer import Recognizer
 
 RATE = 16000
 
@@ -68,18 +65,12 @@ def stress_set(test: Path, out: Path, seed: int, per_kind: int) -> dict[str, str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run_dir", type=Path, default=Path("demo_out/run"))
-    parser.add_argument("--data_dir", type=Path, default=Path("demo_out/data"))
+    add_demo_arguments(parser)
     parser.add_argument("--per_kind", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    test = args.data_dir / "demo" / "kaldi" / "test"
-    if not (args.run_dir / "checkpoints" / "last.ckpt").is_file() or not test.is_dir():
-        sys.exit(f"no trained demo in {args.run_dir} / {test}: run `make demo` first")
-    cfg = apply_run_dir(compose_config("evaluate", [f"run_dir={args.run_dir}",
-                                                    f"paths.data_dir={args.data_dir}"])[0])
-    recognizer = Recognizer.from_config(cfg, "cpu", "fp32", 16,
-                                        {"num_beams": 4, "max_new_tokens": 200})
+    test = demo_kaldi(args, "test")
+    recognizer = demo_recognizer(args, 16, {"num_beams": 4, "max_new_tokens": 200})
     rules, instruction = Guard(), [recognizer.prompt.instructions["asr"]]
     rows = []
     with tempfile.TemporaryDirectory() as work:

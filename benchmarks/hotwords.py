@@ -26,21 +26,18 @@ from __future__ import annotations
 import argparse
 import random
 import re
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import torch
+from demo_model import add_demo_arguments, demo_kaldi, demo_recognizer
 from tqdm import tqdm
 
-from mooer.config import compose_config
 from mooer.data.text import read_table
 from mooer.evaluation.scoring import biased_score, score
 from mooer.inference.hotwords import CHECK_THRESHOLD, CHECKED_SCORE, DEFAULT_SCORE, ContextGraph
-from mooer.inference.loading import apply_run_dir
-from mooer.inference.recognizer import Recognizer
 
 WORD = re.compile(r"[a-z']+")
 
@@ -78,8 +75,7 @@ def lists(tests: dict[str, str], counts: Counter, rare: int, distractors: int, s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run_dir", type=Path, default=Path("demo_out/run"))
-    parser.add_argument("--data_dir", type=Path, default=Path("demo_out/data"))
+    add_demo_arguments(parser)
     parser.add_argument("--scores", nargs="+", default=["default"],
                         help="bonuses per token to compare ('default': the decoders' own)")
     parser.add_argument("--checks", nargs="+", default=["default", "none"],
@@ -101,9 +97,7 @@ def main() -> None:
                              "names_test: sentences with rare proper names, made with "
                              "`python -m mooer.demo.corpus --kinds name`)")
     args = parser.parse_args()
-    kaldi = args.data_dir / "demo" / "kaldi"
-    if not (args.run_dir / "checkpoints" / "last.ckpt").is_file() or not kaldi.is_dir():
-        sys.exit(f"no trained demo in {args.run_dir} / {kaldi}: run `make demo` first")
+    kaldi = demo_kaldi(args)
     counts = vocabulary([t for _, t in read_table(kaldi / "train" / "text")])
     tests = dict(read_table(kaldi / args.set / "text"))
     if args.limit:  # a seeded sample, in the file's order
@@ -111,10 +105,7 @@ def main() -> None:
         tests = {k: v for k, v in tests.items() if k in chosen}
     audio = dict(read_table(kaldi / args.set / "wav.scp"))
     true, other = lists(tests, counts, args.rare, args.distractors, args.seed)
-    cfg = apply_run_dir(compose_config("evaluate", [f"run_dir={args.run_dir}",
-                                                    f"paths.data_dir={args.data_dir}"])[0])
-    recognizer = Recognizer.from_config(cfg, "cpu", "fp32", 1,
-                                        {"num_beams": args.num_beams, "max_new_tokens": 48})
+    recognizer = demo_recognizer(args, 1, {"num_beams": args.num_beams, "max_new_tokens": 48})
     tokenizer = recognizer.model.tokenizer
     torch.set_grad_enabled(False)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from demo_model import add_demo_arguments, demo_kaldi
 
 from mooer.data.audio import read_audio, resample, to_mono
 from mooer.data.text import read_table
@@ -66,8 +67,7 @@ def transcribed(argv: list[str]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run_dir", type=Path, default=Path("demo_out/run"))
-    parser.add_argument("--data_dir", type=Path, default=Path("demo_out/data"))
+    add_demo_arguments(parser)
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--num_beams", type=int, default=1)
@@ -78,9 +78,7 @@ def main() -> None:
                         help="write the long transcript's rows, the utterances' order and the "
                              "one-by-one transcripts here (to read the errors)")
     args = parser.parse_args()
-    test = args.data_dir / "demo" / "kaldi" / "test"
-    if not (args.run_dir / "checkpoints" / "last.ckpt").is_file() or not test.is_dir():
-        sys.exit(f"no trained demo in {args.run_dir} / {test}: run `make demo` first")
+    test = demo_kaldi(args, "test")
     model = ["--run_dir", str(args.run_dir), "--device", "cpu", "--precision", "fp32",
              "--num_beams", str(args.num_beams), "--batch_size", str(args.batch_size),
              "--max_new_tokens", "48", "--", f"paths.data_dir={args.data_dir}"]

@@ -31,15 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from demo_model import add_demo_arguments, demo_recognizer, require_run
 
-from mooer.config import compose_config
 from mooer.data.audio import resample
 from mooer.demo.corpus import SAMPLE_RATE, draw_specs
 from mooer.demo.espeak import Espeak
 from mooer.evaluation.scoring import align
 from mooer.inference.align import WORD, token_pieces, words_of
-from mooer.inference.loading import apply_run_dir
-from mooer.inference.recognizer import Recognizer
 
 
 def auroc(right: list[float], wrong: list[float]) -> float:
@@ -52,8 +50,7 @@ def auroc(right: list[float], wrong: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run_dir", type=Path, default=Path("demo_out/run"))
-    parser.add_argument("--data_dir", type=Path, default=Path("demo_out/data"))
+    add_demo_arguments(parser)
     parser.add_argument("--num", type=int, default=200)
     parser.add_argument("--seed", type=int, default=777)
     parser.add_argument("--num_beams", type=int, default=4)
@@ -62,14 +59,9 @@ def main() -> None:
     parser.add_argument("--ctc_head", type=Path,
                         help="a CTC head trained apart (experiment=ctc_head's checkpoint)")
     args = parser.parse_args()
-    if not (args.run_dir / "checkpoints" / "last.ckpt").is_file():
-        sys.exit(f"no trained demo in {args.run_dir}: run `make demo` first")
-    overrides = [f"run_dir={args.run_dir}", f"paths.data_dir={args.data_dir}"]
-    if args.ctc_head:
-        overrides.append(f"model.ctc_head={args.ctc_head}")
-    cfg = apply_run_dir(compose_config("evaluate", overrides)[0])
-    recognizer = Recognizer.from_config(cfg, "cpu", "fp32", 16,
-                                        {"num_beams": args.num_beams, "max_new_tokens": 48})
+    require_run(args)
+    recognizer = demo_recognizer(args, 16, {"num_beams": args.num_beams, "max_new_tokens": 48},
+                                 *([f"model.ctc_head={args.ctc_head}"] if args.ctc_head else []))
     if not recognizer.model.has_ctc_head:
         sys.exit("this model has no CTC head: word times need one")
     engine = Espeak.get()
