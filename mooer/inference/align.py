@@ -45,6 +45,17 @@ class Word:
                 "confidence": round(self.confidence, 4)}
 
 
+def ctc_chain(tokens: Sequence[int], blank: int) -> tuple[list[int], list[bool]]:
+    """The CTC states of `tokens` (blank, t1, blank, ..., tn, blank) and, for each, whether a
+    path may reach it skipping the blank before it (a token unlike the one two states back:
+    repeats need a blank between them)."""
+    chain = [blank]
+    for token in tokens:
+        chain += [token, blank]
+    return chain, [s % 2 == 1 and s >= 3 and chain[s] != chain[s - 2]
+                   for s in range(len(chain))]
+
+
 def viterbi(log_probs: torch.Tensor, tokens: Sequence[int], blank: int
             ) -> list[tuple[int, int]] | None:
     """The most likely CTC path of `tokens` through `log_probs` [T, V]: each token's (first,
@@ -65,8 +76,8 @@ def viterbi_batch(log_probs: torch.Tensor, lengths: Sequence[int],
     skip = np.zeros((count, width), dtype=bool)  # a skip over a blank: unless tokens are equal
     possible = []
     for b, tokens in enumerate(token_lists):
-        states[b, 1:sizes[b]:2] = tokens
-        skip[b, 3:sizes[b]:2] = [x != y for x, y in zip(tokens[1:], tokens, strict=False)]
+        chain, skips = ctc_chain(tokens, blank)
+        states[b, :len(chain)], skip[b, :len(chain)] = chain, skips
         repeats = sum(1 for x, y in zip(tokens, tokens[1:], strict=False) if x == y)
         possible.append(bool(tokens) and lengths[b] >= len(tokens) + repeats)
     frames = max([int(n) for n in lengths] or [0])

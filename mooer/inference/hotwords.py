@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from mooer.data.hotword_list import CHECK_THRESHOLD, CHECKED_SCORE, DEFAULT_SCORE, check_score
+from mooer.inference.align import ctc_chain
 
 __all__ = ["CHECKED_SCORE", "CHECK_THRESHOLD", "DEFAULT_SCORE", "ROOT", "ContextGraph",
            "HotwordBias", "spot", "token_variants"]
@@ -240,15 +241,12 @@ def spot(log_probs: np.ndarray, sequences: Sequence[Sequence[int]], blank: int) 
     for ids in sequences:
         if not ids:
             raise ValueError("spot: an empty token sequence")
-        chain = [blank]
-        for token in ids:
-            chain += [token, blank]
+        chain, skips = ctc_chain(ids, blank)
         base = len(states)
         states += chain
         enter += [True, True] + [False] * (len(chain) - 2)
         step += [False] + [True] * (len(chain) - 1)
-        jump += [False, False] + [s % 2 == 1 and chain[s] != chain[s - 2]
-                                  for s in range(2, len(chain))]
+        jump += skips
         ends.append((base + len(chain) - 2, base + len(chain) - 1))
     emit = relative[:, states]  # [T, S]
     can_enter, can_step, can_jump = np.array(enter), np.array(step), np.array(jump)
