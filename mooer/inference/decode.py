@@ -95,10 +95,12 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
                       else [graph] * len(batch["keys"]) if graph else [])
             moved = move_batch(batch, device, dtype)
             checking = any(graphs) and check is not None and model.has_ctc_head
-            # the encoder pass, shared with the alignment, the scoring and the hotword check
+            # the encoder pass, shared with the alignment, the scoring and the hotword check,
+            # and the CTC head's posteriors, shared by the alignment and the check
             encoded = model.encode(moved) if timestamps or scored or checking else None
-            if checking and encoded is not None:
-                graphs = heard(model, moved, encoded, graphs, check)
+            ctc = model.ctc_log_probs(moved, encoded) if timestamps or checking else None
+            if checking and ctc is not None:
+                graphs = heard(ctc, graphs, check)
             options = decoding if not any(graphs) else {
                 **decoding, "logits_processor": [*decoding.get("logits_processor", []),
                                                  HotwordBias(graphs)]}
@@ -108,7 +110,7 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
             tokens.update(zip(batch["keys"], generated.token_ids, strict=True))
             durations.update(zip(batch["keys"], batch["audio_durations"], strict=True))
             if timestamps:
-                words.update(word_times(model, moved, generated.texts, encoded))
+                words.update(word_times(model, moved, generated.texts, ctc))
             if scored:
                 log_probs.update(zip(batch["keys"], model.answer_log_probs(
                     moved, generated.token_ids, encoded), strict=True))
@@ -121,13 +123,11 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
                    tokens, durations, words, token_log_probs=log_probs)
 
 
-def heard(model: SpeechLLM, batch: dict[str, Any], encoded: tuple,
-          graphs: list[ContextGraph | None], threshold: float) -> list[ContextGraph | None]:
-    """Each utterance's graph cut to the listed words its audio holds, by the CTC head
-    (`ContextGraph.checked`)."""
-    found = model.ctc_log_probs(batch, encoded)
-    assert found is not None
-    log_probs, lengths = found
+def heard(ctc: tuple[torch.Tensor, torch.Tensor], graphs: list[ContextGraph | None],
+          threshold: float) -> list[ContextGraph | None]:
+    """Each utterance's graph cut to the listed words its audio holds, by the CTC head's
+    log-posteriors and frames of the batch (`ContextGraph.checked`)."""
+    log_probs, lengths = ctc
     posteriors = log_probs.cpu().numpy()
     blank = posteriors.shape[-1] - 1
     return [None if g is None else g.checked(posteriors[row, :int(lengths[row])], blank,
@@ -136,14 +136,15 @@ def heard(model: SpeechLLM, batch: dict[str, Any], encoded: tuple,
 
 
 def word_times(model: SpeechLLM, batch: dict[str, Any], texts: list[str],
-               encoded: tuple | None = None) -> dict[str, list[Word]]:
+               ctc: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, list[Word]]:
     """Each utterance's words with times and confidence, by forced alignment of its text on the
-    CTC head (`mooer.inference.align`); an utterance that cannot be aligned gets none."""
-    found = model.ctc_log_probs(batch, encoded)
-    if found is None:
+    CTC head's log-posteriors and frames of the batch (`ctc`: `SpeechLLM.ctc_log_probs`; None
+    for a model without a head) (`mooer.inference.align`); an utterance that cannot be aligned
+    gets none."""
+    if ctc is None:
         raise ValueError("word times need the encoder's CTC head, which this model has not: "
                          "train one (experiment=ctc_head) and load it (model.ctc_head=)")
-    log_probs, lengths = found
+    log_probs, lengths = ctc
     log_probs = log_probs.cpu()
     blank = log_probs.shape[-1] - 1
     tokens = [model.tokenizer(text.replace(WORD_JOINER, " "))["input_ids"] if text else []
