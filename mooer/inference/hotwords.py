@@ -66,8 +66,7 @@ class ContextGraph:
     score: list[float] = field(default_factory=lambda: [0.0])
     end: list[bool] = field(default_factory=lambda: [False])
     fail: list[int] = field(default_factory=lambda: [0])
-    words: list[str] = field(default_factory=list)
-    # each word's weight (None: the graph's score) and token sequences, and the score asked
+    # each word, its weight (None: the graph's score) and token sequences, and the score asked
     # (None: the default), to build the sub-graph of the words the audio holds (`checked`)
     entries: list[tuple[str, float | None, list[list[int]]]] = field(default_factory=list)
     asked: float | None = None
@@ -87,7 +86,6 @@ class ContextGraph:
         for word, weight in words:
             variants = token_variants(word, tokenizer)
             graph.entries.append((word, weight, variants))
-            graph.words.append(word)
         graph._fill(DEFAULT_SCORE if score is None else score)
         return graph
 
@@ -127,7 +125,6 @@ class ContextGraph:
         if graph is None:
             graph = ContextGraph(asked=self.asked)
             graph.entries = [self.entries[i] for i in kept]
-            graph.words = [entry[0] for entry in graph.entries]
             graph._fill(CHECKED_SCORE if self.asked is None else self.asked)
             self._kept[kept] = graph
         return graph
@@ -174,8 +171,13 @@ class ContextGraph:
         self._rows.clear()
         self._next.clear()
 
+    @property
+    def words(self) -> list[str]:
+        """The listed words, in order."""
+        return [word for word, _, _ in self.entries]
+
     def __len__(self) -> int:
-        return len(self.words)
+        return len(self.entries)
 
     def step(self, state: State, token: int) -> tuple[State, float]:
         """The state after `token` and the bonus it earns (negative: a partial match taken
@@ -271,7 +273,6 @@ class HotwordBias:
     def __init__(self, graph: ContextGraph | Sequence[ContextGraph | None]) -> None:
         self.graphs: list[ContextGraph | None] = (
             [graph] if isinstance(graph, ContextGraph) else list(graph))
-        self.graph = self.graphs[0]  # the one graph, when one was given
         self.states: dict[tuple[int, tuple[int, ...]], State] = {}
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
