@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.strategies import DeepSpeedStrategy
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -97,11 +98,10 @@ def train(cfg: DictConfig) -> float | None:
     return _fit(cfg)
 
 
+@rank_zero_only
 def record_config(cfg: DictConfig, output_dir: Path) -> None:
     """Rewrite the run's `.hydra/config.yaml` (what evaluate.py and mooer-transcribe read back
     from a run dir) with `cfg` (rank 0 only; the others read the same)."""
-    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)) or 0) != 0:
-        return
     saved = output_dir / ".hydra" / "config.yaml"
     if saved.parent.is_dir():
         OmegaConf.save(cfg, saved)
@@ -119,9 +119,10 @@ def apply_init_from(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     if not (Path(init) / ".hydra" / "config.yaml").is_file():
         return cfg, str(init)  # a MooER-layout dir or a checkpoint file
     cfg = cfg.copy()
-    for key, node in run_model_config(init).items():
+    trained = run_model_config(init, ("encoder", "projector", "llm", "task", "data"))
+    data = trained.pop("data")
+    for key, node in trained.items():
         cfg[key] = node
-    data = run_model_config(init, ("data",))["data"]
     for key in ("train_data_path", "val_data_path"):
         if not cfg.data.get(key):
             cfg.data[key] = data.get(key)
