@@ -217,16 +217,17 @@ class SpeechLLM(nn.Module):
 
     def _ctc_only_forward(self, batch: dict[str, Any], encoded: tuple) -> dict[str, Any]:
         """The training step of `train_ctc_head_only`: the transcript's CTC loss on the encoder
-        states; `accuracy` is the share of utterances whose greedy CTC tokens are the
-        transcript's exactly (read on the host: a head trained alone is a small job)."""
+        states; `best_path`, each utterance's greedy CTC tokens (what validation reads), and
+        `accuracy`, the share of utterances whose best path is the transcript's tokens exactly
+        (read on the host: a head trained alone is a small job)."""
         states, lengths = encoded
         targets, target_lengths = batch["transcript_ids"], batch["transcript_lengths"]
         log_probs = self.ctc_head(states).float().log_softmax(-1)
         loss = self._ctc_loss(log_probs, lengths, targets, target_lengths)
+        best = self.best_path(log_probs, lengths)
         correct = sum(ids == row[:length] for ids, row, length in zip(
-            self.best_path(log_probs, lengths), targets.tolist(), target_lengths.tolist(),
-            strict=True))
-        return {"loss": loss, "ctc_loss": loss,
+            best, targets.tolist(), target_lengths.tolist(), strict=True))
+        return {"loss": loss, "ctc_loss": loss, "best_path": best,
                 "accuracy": torch.tensor(correct / max(len(target_lengths), 1), device=loss.device),
                 "num_tokens": int(target_lengths.sum())}
 
@@ -243,16 +244,6 @@ class SpeechLLM(nn.Module):
                 previous = token
             decoded.append(ids)
         return decoded
-
-    @torch.no_grad()
-    def ctc_greedy_texts(self, batch: dict[str, Any]) -> list[str]:
-        """The CTC head's own transcript of each utterance (best path): what a head trained
-        alone is validated by."""
-        if self.tokenizer is None:
-            raise ValueError("SpeechLLM.ctc_greedy_texts needs a tokenizer")
-        states, lengths = self.encode(batch)
-        return [self.tokenizer.decode(ids, skip_special_tokens=True)
-                for ids in self.best_path(self.ctc_head(states), lengths)]
 
     def ctc_loss(self, states: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
                  target_lengths: torch.Tensor) -> torch.Tensor:

@@ -273,8 +273,9 @@ class SpeechLLMModule(pl.LightningModule):
         if batch_idx < self.val_decode_batches:
             references = batch["targets"]
             if self.model.ctc_only:  # a CTC head trained alone: its best path, on transcripts
-                texts = self.model.ctc_greedy_texts(batch)
-                references = [self.model.tokenizer.decode(row[:length], skip_special_tokens=True)
+                decode = self.model.tokenizer.decode
+                texts = [decode(ids, skip_special_tokens=True) for ids in out["best_path"]]
+                references = [decode(row[:length], skip_special_tokens=True)
                               for row, length in zip(batch["transcript_ids"].tolist(),
                                                      batch["transcript_lengths"].tolist(),
                                                      strict=True)]
