@@ -18,7 +18,12 @@ its reference nor its hypothesis without a list holds (what the list put there).
 
 Each list is decoded checked (the decoders' default on a model with a CTC head: only the words
 the CTC head hears are biased, at 1.5) and unchecked (every word, at 1.0), or as `--checks` and
-`--scores` say.
+`--scores` say. Lists are shuffled (a list's order tells nothing).
+
+Trained biasing (`--trained_run_dir`, a run trained with `task/context=hotwords`, which lists
+the hotwords in its instruction) is measured in the same table, on the same utterances and
+lists: with no list, with the list in the prompt alone (score 0), and in the prompt as well as
+biased at decoding (the decoders' default).
 """
 
 from __future__ import annotations
@@ -73,6 +78,47 @@ def lists(tests: dict[str, str], counts: Counter, rare: int, distractors: int, s
     return true, other
 
 
+Lists = dict[str, list[str]]
+# (method, list name, score label, (score, check), each utterance's list or None)
+Condition = tuple[str, str, str, tuple[float | None, float | None], Lists | None]
+
+
+def decode_time_conditions(args: argparse.Namespace, true: Lists, other: Lists
+                           ) -> list[Condition]:
+    """No list, then each list at each check and score of `args`."""
+    conditions: list[Condition] = [("decode-time", "no list", "-", (None, None), None)]
+    for check_text in args.checks:
+        check = {"default": CHECK_THRESHOLD, "none": None}.get(check_text)
+        if check_text not in ("default", "none"):
+            check = float(check_text)
+        for score_text in args.scores:
+            value = None if score_text == "default" else float(score_text)
+            shown = value if value is not None else (CHECKED_SCORE if check is not None
+                                                     else DEFAULT_SCORE)
+            label = f"{shown:g}, " + ("unchecked" if check is None else f"checked at {check:g}")
+            conditions.append(("decode-time", f"true words + {args.distractors} distractors",
+                               label, (value, check), {k: true[k] + other[k] for k in true}))
+            conditions.append(("decode-time", f"{args.distractors} distractors only", label,
+                               (value, check), other))
+    return conditions
+
+
+def trained_conditions(args: argparse.Namespace, true: Lists, other: Lists
+                       ) -> list[Condition]:
+    """The trained-biasing model with no list, each list in the prompt alone, and in the
+    prompt and biased at decoding (the default score and check)."""
+    both = {k: true[k] + other[k] for k in true}
+    conditions: list[Condition] = [("trained", "no list", "-", (None, None), None)]
+    for label, option in (("prompt only", (0.0, None)),
+                          (f"prompt + {CHECKED_SCORE:g}, checked at {CHECK_THRESHOLD:g}",
+                           (None, CHECK_THRESHOLD))):
+        conditions.append(("trained", f"true words + {args.distractors} distractors", label,
+                           option, both))
+        conditions.append(("trained", f"{args.distractors} distractors only", label, option,
+                           other))
+    return conditions
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_demo_arguments(parser)
@@ -81,6 +127,9 @@ def main() -> None:
     parser.add_argument("--checks", nargs="+", default=["default", "none"],
                         help="hotword_check thresholds to compare ('default': the decoders' "
                              "own; 'none': every listed word biased, unchecked)")
+    parser.add_argument("--trained_run_dir", type=Path, default=None,
+                        help="also a run trained with task/context=hotwords (trained biasing), "
+                             "in the same table")
     parser.add_argument("--num_beams", type=int, default=4)
     parser.add_argument("--rare", type=int, default=40,
                         help="an English word is rare at most this many times in training")
@@ -105,26 +154,12 @@ def main() -> None:
         tests = {k: v for k, v in tests.items() if k in chosen}
     audio = dict(read_table(kaldi / args.set / "wav.scp"))
     true, other = lists(tests, counts, args.rare, args.distractors, args.seed)
-    recognizer = demo_recognizer(args, 1, {"num_beams": args.num_beams, "max_new_tokens": 48})
-    tokenizer = recognizer.model.tokenizer
+    decoding = {"num_beams": args.num_beams, "max_new_tokens": 48}
+    recognizers = {"decode-time": demo_recognizer(args, 1, decoding)}
+    tokenizer = recognizers["decode-time"].model.tokenizer
     torch.set_grad_enabled(False)
 
-    # (name, score label, (score, check), lists); score None: the default for that check
-    conditions: list[tuple[str, str, tuple[float | None, float | None],
-                           dict[str, list[str]] | None]] = [("no list", "-", (None, None), None)]
-    for check_text in args.checks:
-        check = {"default": CHECK_THRESHOLD, "none": None}.get(check_text)
-        if check_text not in ("default", "none"):
-            check = float(check_text)
-        for score_text in args.scores:
-            value = None if score_text == "default" else float(score_text)
-            shown = value if value is not None else (CHECKED_SCORE if check is not None
-                                                     else DEFAULT_SCORE)
-            label = f"{shown:g}, " + ("unchecked" if check is None else f"checked at {check:g}")
-            conditions.append((f"true words + {args.distractors} distractors", label,
-                               (value, check), {k: true[k] + other[k] for k in tests}))
-            conditions.append((f"{args.distractors} distractors only", label, (value, check),
-                               other))
+    conditions = decode_time_conditions(args, true, other)
     if args.large:
         chars = sorted({c for text in tests.values() for c in text if "\u4e00" <= c <= "\u9fff"}
                        or {c for word in counts for c in word if "\u4e00" <= c <= "\u9fff"})
@@ -133,9 +168,20 @@ def main() -> None:
         large = sorted(made_up - set(counts))[: args.large]
         started = time.perf_counter()
         ContextGraph.build([(w, None) for w in large], tokenizer)
-        conditions.append((f"true words + {len(large)} made-up words (graph built in "
-                           f"{time.perf_counter() - started:.2f} s)", conditions[1][1],
-                           conditions[1][2], {k: true[k] + large for k in tests}))
+        conditions.append(("decode-time", f"true words + {len(large)} made-up words (graph "
+                           f"built in {time.perf_counter() - started:.2f} s)", conditions[1][2],
+                           conditions[1][3], {k: true[k] + large for k in tests}))
+    if args.trained_run_dir:
+        recognizers["trained"] = demo_recognizer(argparse.Namespace(**{
+            **vars(args), "run_dir": args.trained_run_dir}), 1, decoding)
+        if not recognizers["trained"].prompt.context.applies("asr"):
+            raise SystemExit(f"{args.trained_run_dir} was not trained with a hotword list in "
+                             "its instruction (task/context=hotwords)")
+        conditions += trained_conditions(args, true, other)
+
+    def shuffled(key: str, words: list[str]) -> list[str]:
+        """A list's order tells nothing: the same list in the same order in every condition."""
+        return random.Random(f"{args.seed}:{key}").sample(words, len(words))
     hypotheses: list[dict[str, str]] = [{} for _ in conditions]
     seconds = [0.0] * len(conditions)
     with tempfile.TemporaryDirectory() as work:
@@ -144,26 +190,31 @@ def main() -> None:
             one.mkdir()
             (one / "wav.scp").write_text(f"{key} {audio[key]}\n", encoding="utf-8")
             if index == 0:  # warm-up
-                recognizer.decode(one, "asr", progress=False)
+                for recognizer in recognizers.values():
+                    recognizer.decode(one, "asr", progress=False)
             # each utterance under every condition in turn: a busy machine slows all alike
-            for c, (_, _, (value, check), words_of) in enumerate(conditions):
-                graph = (ContextGraph.build([(w, None) for w in words_of[key]], tokenizer, value)
-                         if words_of else None)
+            for c, (method, _, _, (value, check), words_of) in enumerate(conditions):
+                recognizer = recognizers[method]
+                graph = (ContextGraph.build([(w, None) for w in shuffled(key, words_of[key])],
+                                            tokenizer, value) if words_of else None)
                 started = time.perf_counter()
                 decoded = recognizer.decode(one, "asr", progress=False, hotwords=graph,
                                             hotword_check=check)
                 seconds[c] += time.perf_counter() - started
                 hypotheses[c].update(decoded.hypotheses)
-    rows = [(name, value, hyps, spent, words_of) for (name, value, _, words_of), hyps, spent
-            in zip(conditions, hypotheses, seconds, strict=True)]
-    plain, plain_s = hypotheses[0], seconds[0]
+    baseline = {method: next(c for c, condition in enumerate(conditions)
+                             if condition[0] == method and condition[4] is None)
+                for method in recognizers}
     with_words = sum(1 for k in tests if true[k])
     print(f"\n{len(tests)} utterances of {args.set} ({with_words} with a rare English word; "
           f"{sum(len(v) for v in true.values())} rare words), beam {args.num_beams}, one at a "
-          f"time, {args.run_dir}, CPU {torch.get_num_threads()} threads\n")
-    print("| list | score | B-WER | U-WER | MER | inserted | decoding s | vs no list |\n"
-          "|---|---|---|---|---|---|---|---|")
-    for name, value, hyps, seconds, listed in rows:
+          f"time, {args.run_dir}"
+          f"{f' and (trained) {args.trained_run_dir}' if args.trained_run_dir else ''}, "
+          f"CPU {torch.get_num_threads()} threads\n")
+    print("| biasing | list | score | B-WER | U-WER | MER | inserted | decoding s | "
+          "vs no list |\n|---|---|---|---|---|---|---|---|---|")
+    for c, (method, name, label, _, listed) in enumerate(conditions):
+        hyps, plain = hypotheses[c], hypotheses[baseline[method]]
         result = score(tests, hyps)
         biased = biased_score(result, true)
         inserted = 0
@@ -171,11 +222,10 @@ def main() -> None:
             inserted = sum(1 for key, hyp in hyps.items()
                            if any(holds(hyp, w) and not holds(tests[key], w)
                                   and not holds(plain.get(key, ""), w) for w in listed[key]))
-        print(f"| {name} | {value} | {biased.b_wer:.2f} % | {biased.u_wer:.2f} % | "
+        print(f"| {method} | {name} | {label} | {biased.b_wer:.2f} % | {biased.u_wer:.2f} % | "
               f"{result.error_rate:.2f} % | "
               f"{'-' if listed is None else f'{100 * inserted / len(tests):.1f} %'} | "
-              f"{seconds:.1f} | {seconds / plain_s:.2f}x |")
-
+              f"{seconds[c]:.1f} | {seconds[c] / seconds[baseline[method]]:.2f}x |")
 
 if __name__ == "__main__":
     main()

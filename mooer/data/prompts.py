@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mooer.data.context import ContextFormat
 from mooer.data.text import WORD_JOINER
 
 IGNORE_INDEX = -100
@@ -45,15 +46,20 @@ class PromptFormat:
     """What the LLM is asked, as `conf/task` says: the chat `template` (one `{}` for the
     instruction), one instruction per task, and where labels come from (the transcript, or
     MooER's replace_text table joined as `replace_type` says; `instruction` draws one task per
-    utterance, by `weights` or uniformly). `name` is the recipe (asr, ast, asr_ast).
+    utterance, by `weights` or uniformly). `name` is the recipe (asr, ast, asr_ast). `context`
+    (`conf/task/context`) puts a hotword list in the instruction (trained biasing,
+    `mooer.data.context`).
 
     A plain class, not a dataclass: Hydra would turn a dataclass handed to `instantiate` as an
     argument back into a config."""
 
     def __init__(self, name: str, template: str, instructions: Mapping[str, str],
                  replace_text_path: str | None = None, replace_type: str = "replace",
-                 weights: Mapping[str, float] | None = None) -> None:
+                 weights: Mapping[str, float] | None = None,
+                 context: ContextFormat | Mapping | None = None) -> None:
         self.name, self.template, self.instructions = name, template, dict(instructions)
+        self.context = (context if isinstance(context, ContextFormat)
+                        else ContextFormat(**context) if context else ContextFormat())
         self.replace_text_path, self.replace_type = replace_text_path, replace_type
         self.weights = dict(weights) if weights else None
         if template.count("{}") != 1:
@@ -77,14 +83,21 @@ class PromptFormat:
                              f"{', '.join(self.instructions)}): choose a task recipe with one "
                              "(conf/task), or decode the run it was trained in (run_dir=)")
 
-    def text(self, task: str) -> str:
-        """The prompt of `task` as the LLM reads it, after the audio slots."""
+    def text(self, task: str, hotwords: Sequence[str] = ()) -> str:
+        """The prompt of `task` as the LLM reads it, after the audio slots; with `hotwords`
+        listed in it where the task's context says (and nowhere where it says none)."""
         self.require(task)
-        return self.template.format(self.instructions[task])
+        instruction = self.instructions[task]
+        if self.context.applies(task):
+            instruction = self.context.instruction(instruction, hotwords)
+        return self.template.format(instruction)
 
     def texts(self) -> list[str]:
         """Every task's prompt (what a tokenizer trained for this format should know)."""
-        return [self.text(task) for task in self.instructions]
+        texts = [self.text(task) for task in self.instructions]
+        if self.context.text is not None:  # and the words around a hotword list
+            texts.append(self.context.text.format(self.context.separator))
+        return texts
 
 
 @dataclass
@@ -99,11 +112,16 @@ class Prompted:
 
 class PromptBuilder:
     """Tokenizes a PromptFormat's prompts once per task and answers per utterance. `task`
-    overrides the format's own (decoding one task of a multi-task format)."""
+    overrides the format's own (decoding one task of a multi-task format). Where the format
+    lists hotwords in the instruction (`context`), an utterance's list is `hotwords` (one list
+    for all, or a list an uttid: decoding) or, in training, drawn per utterance."""
 
     def __init__(self, tokenizer, prompt: PromptFormat, task: str | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0,
+                 hotwords: Sequence[str] | Mapping[str, Sequence[str]] | None = None) -> None:
         self.tokenizer = tokenizer
+        self.format = prompt
+        self.hotwords = hotwords
         self.task_weights = dict(prompt.weights) if prompt.weights else None
         if self.task_weights and (min(self.task_weights.values()) < 0
                                   or sum(self.task_weights.values()) <= 0):
@@ -145,9 +163,25 @@ class PromptBuilder:
                  inference: bool = False) -> Prompted:
         return self.many([target], [key], epoch, inference)[0]
 
+    def listed(self, key: str, task: str, transcript: str, epoch: int,
+               inference: bool) -> list[str]:
+        """The hotwords `key`'s prompt lists: the list given (decoding), or in training one
+        drawn from (seed, epoch, key); none where the task's prompt has no list."""
+        if not self.format.context.applies(task):
+            return []
+        if self.hotwords is not None:
+            words = (self.hotwords.get(key, ()) if isinstance(self.hotwords, Mapping)
+                     else self.hotwords)
+            return list(words)
+        if inference:
+            return []
+        rng = random.Random(zlib.crc32(f"{self.seed}:{epoch}:{key}:context".encode()))
+        return self.format.context.sampler().draw(transcript, rng)
+
     def many(self, targets: Sequence[str | Mapping[str, str]], keys: Sequence[str],
              epoch: int = 0, inference: bool = False) -> list[Prompted]:
-        """Prompt several utterances; their answers are tokenized in one call."""
+        """Prompt several utterances; their answers (and the prompts that list hotwords) are
+        tokenized in one call."""
         tasks = [self.choose_task(t, k, epoch) for t, k in zip(targets, keys, strict=True)]
         # MooER-normalized labels join Latin words with ▁
         texts = [(t if isinstance(t, str) else t[task]).replace(WORD_JOINER, " ")
@@ -157,5 +191,15 @@ class PromptBuilder:
         else:
             answers = [torch.tensor(ids + [self.eos_id], dtype=torch.long)
                        for ids in self.tokenizer(texts)["input_ids"]]
-        return [Prompted(task, self.prompt_ids[task], answer, text)
-                for task, answer, text in zip(tasks, answers, texts, strict=True)]
+        prompts = [self.prompt_ids[task] for task in tasks]
+        lists = {row: words for row, (key, task, text) in enumerate(zip(keys, tasks, texts,
+                                                                        strict=True))
+                 if (words := self.listed(key, task, text, epoch, inference))}
+        if lists:
+            listed = self.tokenizer([self.format.text(tasks[row], words)
+                                     for row, words in lists.items()])["input_ids"]
+            for row, ids in zip(lists, listed, strict=True):
+                prompts[row] = torch.tensor(ids, dtype=torch.long)
+        return [Prompted(task, prompt, answer, text)
+                for task, prompt, answer, text in zip(tasks, prompts, answers, texts,
+                                                      strict=True)]

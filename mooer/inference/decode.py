@@ -51,11 +51,17 @@ class Decoded:
 
 def decoding_loader(source: str | Path, model: SpeechLLM, frontend: Frontend, prompt: PromptFormat,
                     task: str, batch_size: int, num_workers: int = 0,
-                    keys: frozenset[str] | None = None) -> EpochDataLoader:
+                    keys: frozenset[str] | None = None,
+                    hotwords: ContextGraph | dict[str, ContextGraph] | None = None
+                    ) -> EpochDataLoader:
     """Prompt-only batches of a data.list or Kaldi dir for `model` (its tokenizer and slot
     arithmetic), asking `task` in `prompt`'s words, sorted by length to pad little; only the
-    utterances in `keys` when given (a decoding rank's share)."""
-    builder = PromptBuilder(model.tokenizer, prompt, task=task)
+    utterances in `keys` when given (a decoding rank's share). Where the prompt format lists
+    hotwords (trained biasing), it lists the words of `hotwords` (one graph, or one an uttid)."""
+    listed = (None if hotwords is None or not prompt.context.applies(task)
+              else {key: graph.words for key, graph in hotwords.items()}
+              if isinstance(hotwords, dict) else hotwords.words)
+    builder = PromptBuilder(model.tokenizer, prompt, task=task, hotwords=listed)
     options = PipelineOptions(training=False, inference=True, batch_size=batch_size,
                               sort_buffer=batch_size * 16, min_length=0, max_length=10**9,
                               keys=keys)
@@ -93,6 +99,8 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
                 seen.add(key)
             graphs = ([graph.get(key) for key in batch["keys"]] if isinstance(graph, dict)
                       else [graph] * len(batch["keys"]) if graph else [])
+            # a list at score 0 biases nothing here (a prompt may still list it)
+            graphs = [g if g is not None and g.biases else None for g in graphs]
             moved = move_batch(batch, device, dtype)
             checking = any(graphs) and check is not None and model.has_ctc_head
             # the encoder pass, shared with the alignment, the scoring and the hotword check,

@@ -179,6 +179,12 @@ class ContextGraph:
     def __len__(self) -> int:
         return len(self.entries)
 
+    @property
+    def biases(self) -> bool:
+        """Whether any token earns a bonus (a list at score 0 only names words: for a prompt
+        that lists them, `mooer.data.context`)."""
+        return any(score > 0 for score in self.score)
+
     def step(self, state: State, token: int) -> tuple[State, float]:
         """The state after `token` and the bonus it earns (negative: a partial match taken
         back)."""

@@ -105,11 +105,13 @@ class Recognizer:
         """The tasks the prompt format has an instruction for, of asr and ast."""
         return [task for task in ("asr", "ast") if task in self.prompt.instructions]
 
-    def loader(self, source: str | Path, task: str,
-               keys: frozenset[str] | None = None) -> EpochDataLoader:
-        """Prompt-only batches of a data.list or Kaldi dir, asking `task` (only `keys`)."""
+    def loader(self, source: str | Path, task: str, keys: frozenset[str] | None = None,
+               hotwords: ContextGraph | dict[str, ContextGraph] | None = None
+               ) -> EpochDataLoader:
+        """Prompt-only batches of a data.list or Kaldi dir, asking `task` (only `keys`; with
+        `hotwords` listed in the prompt where the prompt format has a place for them)."""
         return decoding_loader(source, self.model, self.frontend, self.prompt, task,
-                               self.batch_size, keys=keys)
+                               self.batch_size, keys=keys, hotwords=hotwords)
 
     def decode(self, source: str | Path, task: str, total: int | None = None,
                desc: str = "decoding", progress: bool = True,
@@ -123,8 +125,9 @@ class Recognizer:
         if options.pop("timestamps", self.timestamps) and task == "asr":
             options["timestamps"] = True
         decoding = {**self.decoding, **options}
-        decoded = decode(self.model, self.loader(source, task, keys), decoding, self.device,
-                         self.dtype, total=total, desc=desc, progress=progress)
+        decoded = decode(self.model, self.loader(source, task, keys, options.get("hotwords")),
+                         decoding, self.device, self.dtype, total=total, desc=desc,
+                         progress=progress)
         return self.guarded(decoded, source, task, decoding, desc)
 
     def guarded(self, decoded: Decoded, source: str | Path, task: str,
@@ -149,8 +152,9 @@ class Recognizer:
         retry = {**decoding, "num_beams": max(self.guard.retry_beams,
                                               int(decoding.get("num_beams", 1))),
                  "repetition_penalty": self.guard.retry_repetition_penalty}
-        again = decode(self.model, self.loader(source, task, frozenset(bad)), retry, self.device,
-                       self.dtype, progress=False)
+        again = decode(self.model, self.loader(source, task, frozenset(bad),
+                                               decoding.get("hotwords")),
+                       retry, self.device, self.dtype, progress=False)
         for key in again.hypotheses:
             decoded.hypotheses[key] = again.hypotheses[key]
             decoded.tokens[key] = again.tokens[key]

@@ -13,7 +13,7 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mooer.checkpoints import CTC_HEAD_PREFIX, load_weights, verify_checkpoint
 from mooer.devices import resolve_device
@@ -108,8 +108,9 @@ def record_config(cfg: DictConfig, output_dir: Path) -> None:
 
 
 def apply_init_from(cfg: DictConfig) -> tuple[DictConfig, str | None]:
-    """`init_from`: the config with a training run's model (encoder, projector, llm, task) and,
-    where this config leaves them null, its data lists; and the weights to start from (the
+    """`init_from`: the config with a training run's model (encoder, projector, llm, task, but
+    this config's `task.context` where it lists hotwords: trained biasing taught to a trained
+    model) and, where this config leaves them null, its data lists; and the weights to start from (the
     run's last.ckpt, or the MooER-layout dir or checkpoint file given)."""
     init = cfg.get("init_from")
     if not init:
@@ -121,8 +122,12 @@ def apply_init_from(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     cfg = cfg.copy()
     trained = run_model_config(init, ("encoder", "projector", "llm", "task", "data"))
     data = trained.pop("data")
+    context = cfg.task.get("context")  # a hotword list this run teaches the model to read
     for key, node in trained.items():
         cfg[key] = node
+    if context is not None and context.get("text") is not None:
+        with open_dict(cfg.task):  # a run trained before task.context existed has none
+            cfg.task.context = context
     for key in ("train_data_path", "val_data_path"):
         if not cfg.data.get(key):
             cfg.data[key] = data.get(key)
