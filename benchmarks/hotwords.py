@@ -40,6 +40,7 @@ import torch
 from demo_model import add_demo_arguments, demo_kaldi, demo_recognizer
 from tqdm import tqdm
 
+from mooer.data.context import context_words
 from mooer.data.text import read_table
 from mooer.evaluation.scoring import biased_score, score
 from mooer.inference.hotwords import CHECK_THRESHOLD, CHECKED_SCORE, DEFAULT_SCORE, ContextGraph
@@ -48,13 +49,9 @@ WORD = re.compile(r"[a-z']+")
 
 
 def vocabulary(texts: list[str]) -> Counter:
-    """English words and two-character Mandarin words (every adjacent pair) of `texts`."""
-    counts: Counter = Counter()
-    for text in texts:
-        counts.update(WORD.findall(text.lower()))
-        for run in re.findall(r"[\u4e00-\u9fff]+", text):
-            counts.update(run[i:i + 2] for i in range(len(run) - 1))
-    return counts
+    """English words (lower-cased) and two-character Mandarin words (every adjacent pair) of
+    `texts`: the words trained biasing draws its lists from (`mooer.data.context`)."""
+    return Counter(w.lower() for text in texts for w in context_words(text))
 
 
 def holds(text: str, word: str) -> bool:
@@ -130,6 +127,10 @@ def main() -> None:
     parser.add_argument("--trained_run_dir", type=Path, default=None,
                         help="also a run trained with task/context=hotwords (trained biasing), "
                              "in the same table")
+    parser.add_argument("--train_text", type=Path, nargs="*", default=[],
+                        help="more transcripts (Kaldi text) the models trained on, counted with "
+                             "the demo's: their rare words are distractors too (the names a "
+                             "fine-tune heard)")
     parser.add_argument("--num_beams", type=int, default=4)
     parser.add_argument("--rare", type=int, default=40,
                         help="an English word is rare at most this many times in training")
@@ -147,7 +148,8 @@ def main() -> None:
                              "`python -m mooer.demo.corpus --kinds name`)")
     args = parser.parse_args()
     kaldi = demo_kaldi(args)
-    counts = vocabulary([t for _, t in read_table(kaldi / "train" / "text")])
+    counts = vocabulary([t for path in [kaldi / "train" / "text", *args.train_text]
+                         for _, t in read_table(path)])
     tests = dict(read_table(kaldi / args.set / "text"))
     if args.limit:  # a seeded sample, in the file's order
         chosen = set(random.Random(args.seed).sample(sorted(tests), args.limit))

@@ -134,6 +134,30 @@ def load_mooer(model: SpeechLLM, adapter_path: str | Path | None = None,
     return model
 
 
+def init_weights(init: str | Path) -> Path:
+    """The weights `init_from` names: a training run dir's last.ckpt (a DeepSpeed run's newest
+    `*_merged` export, its last.ckpt being a directory of shards), or the MooER-layout dir or
+    checkpoint file itself."""
+    path = Path(init)
+    if not path.exists():
+        raise CheckpointError(f"init_from {init} does not exist")
+    if not (path / ".hydra" / "config.yaml").is_file():
+        return path  # a MooER-layout dir or a checkpoint file
+    checkpoint = path / "checkpoints" / "last.ckpt"
+    if not checkpoint.exists():
+        raise CheckpointError(f"init_from {init} is a run dir without checkpoints/last.ckpt")
+    if checkpoint.is_dir():
+        exports = sorted(checkpoint.parent.glob("*_step_*_merged"),
+                         key=lambda d: int(d.name.rsplit("_step_", 1)[1].split("_")[0]))
+        if not exports:
+            raise CheckpointError(f"init_from {init}: its last.ckpt is DeepSpeed's sharded "
+                                  "directory and the run wrote no *_merged export "
+                                  "(save_merge=true): give init_from=<a MooER-layout dir> of its "
+                                  "weights")
+        return exports[-1]
+    return checkpoint
+
+
 def run_checkpoints(run_dir: str | Path, count: int) -> list[Path]:
     """The newest `count` checkpoints of a training run, oldest first: `last.ckpt` (the end of
     training) and the `step_<N>.ckpt` files saved before it."""

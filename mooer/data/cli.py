@@ -95,6 +95,9 @@ def show(data_list: Path, num: int, tokenizer_path: str | None, prompt: PromptFo
         if builder is not None:
             prompted = builder(sample["target"], sample["key"])
             tok = builder.tokenizer
+            if len(prompted.prefix_ids):
+                lines.append(f"    hotwords ({len(prompted.prefix_ids)} tokens, before the audio "
+                             f"slots): {tok.decode(prompted.prefix_ids)!r}")
             lines.append(f"    prompt (task {prompted.task}, {len(prompted.prompt_ids)} tokens, "
                          f"after the audio slots): {tok.decode(prompted.prompt_ids)!r}")
             pieces = [tok.decode([i]) for i in prompted.answer_ids.tolist()]

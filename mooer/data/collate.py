@@ -1,13 +1,14 @@
 """Collate utterances into a model batch: padded rows (one utterance a row) or packed rows
 (several utterances a row, no padding between them).
 
-Padded:  [pad ... pad][audio slots][prompt][answer + eos][pad ... pad]
-         `----- left-padded to P -----------'`--- right-padded to A ---'
+Padded:  [pad ... pad][prefix][audio slots][prompt][answer + eos][pad ... pad]
+         `----- left-padded to P -------------------'`--- right-padded to A ---'
 so every row's answer starts at column P (`prompt_width`): `input_ids[:, :P]` is the batch's
-generation prompt.
+generation prompt. The prefix (`prefix_ids`: a hotword list, `mooer.data.context`) is most
+often empty.
 
-Packed:  [slots][prompt][answer + eos][slots][prompt][answer + eos] ... [pad ... pad]
-         `------- utterance 1 ---------'`------- utterance 2 ---------'
+Packed:  [prefix][slots][prompt][answer + eos][prefix][slots][prompt][answer + eos] ... [pad]
+         `------- utterance 1 -----------------'`------- utterance 2 ---------------'
 positions restart at each utterance and attention never crosses one (`segment_ids`).
 
 Both layouts carry the same host-built indices, so the model's step reads no number back from
@@ -50,15 +51,20 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+def prompt_length(sample: Sample) -> int:
+    """Tokens before an utterance's answer: prefix + audio slots + prompt."""
+    return len(sample.get("prefix_ids", ())) + sample["num_audio_slots"] + len(sample["prompt_ids"])
+
+
 def sequence_length(sample: Sample) -> int:
-    """Tokens an utterance occupies in the LLM: audio slots + prompt + answer."""
-    return sample["num_audio_slots"] + len(sample["prompt_ids"]) + len(sample["answer_ids"])
+    """Tokens an utterance occupies in the LLM: prefix + audio slots + prompt + answer."""
+    return prompt_length(sample) + len(sample["answer_ids"])
 
 
 def collate(samples: Sequence[Sample], pad_id: int, pad_to_multiple: int = 1) -> dict[str, Any]:
     """Stack tokenized utterances (see `mooer.data.pipeline.tokenize`) into a padded batch, one
     utterance a row; token and frame widths rounded up to `pad_to_multiple`."""
-    prompt_lengths = [s["num_audio_slots"] + len(s["prompt_ids"]) for s in samples]
+    prompt_lengths = [prompt_length(s) for s in samples]
     prompt_width = max(prompt_lengths)
     width = round_up(prompt_width + max(len(s["answer_ids"]) for s in samples), pad_to_multiple)
     placements = [(row, prompt_width - length) for row, length in enumerate(prompt_lengths)]
@@ -90,8 +96,8 @@ def collate_packed(rows: Sequence[Sequence[Sample]], pad_id: int, row_tokens: in
 
 def _layout(samples: Sequence[Sample], placements: Sequence[tuple[int, int]], num_rows: int,
             width: int, pad_id: int, pad_to_multiple: int) -> dict[str, Any]:
-    """Token rows, masks, positions and indices of `samples`, utterance i starting (audio slots
-    first) at column placements[i][1] of row placements[i][0]."""
+    """Token rows, masks, positions and indices of `samples`, utterance i starting (its prefix,
+    then its audio slots) at column placements[i][1] of row placements[i][0]."""
     input_ids = torch.full((num_rows, width), pad_id, dtype=torch.long)
     labels = torch.full((num_rows, width), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((num_rows, width), dtype=torch.long)
@@ -112,11 +118,14 @@ def _layout(samples: Sequence[Sample], placements: Sequence[tuple[int, int]], nu
     segments_in_row = [0] * num_rows
     for utterance, (sample, (row, start)) in enumerate(zip(samples, placements, strict=True)):
         slots, answer = sample["num_audio_slots"], torch.as_tensor(sample["answer_ids"])
-        prompt_start = start + slots
+        prefix = torch.as_tensor(sample.get("prefix_ids", ()), dtype=torch.long)
+        slots_start = start + len(prefix)
+        prompt_start = slots_start + slots
         answer_start = prompt_start + len(sample["prompt_ids"])
         end = answer_start + len(answer)
         segments_in_row[row] += 1
-        audio_slot_mask[row, start:prompt_start] = True
+        input_ids[row, start:slots_start] = prefix
+        audio_slot_mask[row, slots_start:prompt_start] = True
         input_ids[row, prompt_start:answer_start] = torch.as_tensor(sample["prompt_ids"])
         input_ids[row, answer_start:end] = answer
         labels[row, answer_start:end] = answer
@@ -125,7 +134,7 @@ def _layout(samples: Sequence[Sample], placements: Sequence[tuple[int, int]], nu
         position_ids[row, start:end] = torch.arange(end - start)
         features[utterance, :frames[utterance]] = sample["features"]
         slot_rows += [row] * slots
-        slot_cols += range(start, prompt_start)
+        slot_cols += range(slots_start, prompt_start)
         frame_utts += [utterance] * slots
         frame_pos += range(slots)
         # the position before each answer token predicts it

@@ -1,7 +1,9 @@
 """Trained biasing: a hotword list in the instruction (`conf/task/context`).
 
-A task whose `context.text` is set asks the LLM with a list of biasing words after its
-instruction, e.g. "Transcribe speech to text. Hotwords: olivia, seventeenth, 台灯. ". In
+A task whose `context.text` is set shows the LLM a list of biasing words, e.g. "Hotwords:
+olivia, seventeenth, 台灯. ", before the audio (`position: before_audio`: the audio, the
+instruction and the answer stay as near one another as without a list) or after the
+instruction (`in_instruction`). In
 training each utterance's list is drawn (`ContextSampler`): its own rare words (each kept with
 probability `keep`) among up to `distractors` other rare words of the training vocabulary,
 shuffled; with probability `empty` no list at all, so a model trained so still transcribes
@@ -87,22 +89,30 @@ class ContextSampler:
         return listed
 
 
+POSITIONS = ("before_audio", "in_instruction")
+
+
 class ContextFormat:
-    """`conf/task/context`: where a hotword list goes in the instruction (`text`, with one `{}`
-    for the words joined by `separator`; null: nowhere), for which `tasks`, at most `max_words`
-    of it, and how training draws lists (`ContextSampler`: `vocabulary`, `rare`, `keep`,
-    `distractors`, `empty`)."""
+    """`conf/task/context`: how a hotword list is shown to the LLM (`text`, with one `{}` for
+    the words joined by `separator`; null: never), where (`position`: before the audio slots,
+    or after the instruction), for which `tasks`, at most `max_words` of it, and how training
+    draws lists (`ContextSampler`: `vocabulary`, `rare`, `keep`, `distractors`, `empty`)."""
 
     def __init__(self, text: str | None = None, separator: str = ", ",
-                 tasks: Sequence[str] = ("asr",), max_words: int = 200,
-                 vocabulary: str | Sequence[str] | None = None, rare: int = 40,
-                 keep: float = 0.9, distractors: int = 100, empty: float = 0.2) -> None:
+                 position: str = "before_audio", tasks: Sequence[str] = ("asr",),
+                 max_words: int = 200, vocabulary: str | Sequence[str] | None = None,
+                 rare: int = 40, keep: float = 0.9, distractors: int = 100,
+                 empty: float = 0.2) -> None:
         if text is not None and text.count("{}") != 1:
             raise ValueError(f"task.context.text needs exactly one {{}} for the words, got "
                              f"{text!r}")
         if max_words < 1:
             raise ValueError(f"task.context.max_words must be at least 1, got {max_words}")
+        if position not in POSITIONS:
+            raise ValueError(f"task.context.position is one of {', '.join(POSITIONS)}, got "
+                             f"{position!r}")
         self.text, self.separator, self.tasks = text, separator, tuple(tasks)
+        self.position = position
         self.max_words = max_words
         self.vocabulary = ([vocabulary] if isinstance(vocabulary, str)
                            else list(vocabulary or []))
@@ -117,12 +127,11 @@ class ContextFormat:
     def applies(self, task: str) -> bool:
         return self.enabled and task in self.tasks
 
-    def instruction(self, instruction: str, words: Sequence[str]) -> str:
-        """`instruction` with the list of `words` (the first `max_words`); unchanged without
-        words."""
+    def shown(self, words: Sequence[str]) -> str:
+        """The list of `words` (the first `max_words`) as the LLM reads it; '' without words."""
         if not words or self.text is None:
-            return instruction
-        return instruction + self.text.format(self.separator.join(words[:self.max_words]))
+            return ""
+        return self.text.format(self.separator.join(words[:self.max_words]))
 
     def sampler(self) -> ContextSampler:
         """The training draw, its vocabulary read once."""

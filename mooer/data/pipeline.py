@@ -399,7 +399,8 @@ def tokenize(samples: Iterable[Sample], prompt_builder, slots_for: Callable[[int
                 sample["transcript_ids"] = torch.tensor(transcript, dtype=torch.long)
         for sample, p in zip(group, prompted, strict=True):
             sample.update(task=p.task, prompt_ids=p.prompt_ids, answer_ids=p.answer_ids,
-                          target=p.target, num_audio_slots=slots_for(len(sample["features"])))
+                          target=p.target, num_audio_slots=slots_for(len(sample["features"])),
+                          prefix_ids=p.prefix_ids)
             yield sample
 
 

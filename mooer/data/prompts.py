@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -47,7 +47,7 @@ class PromptFormat:
     instruction), one instruction per task, and where labels come from (the transcript, or
     MooER's replace_text table joined as `replace_type` says; `instruction` draws one task per
     utterance, by `weights` or uniformly). `name` is the recipe (asr, ast, asr_ast). `context`
-    (`conf/task/context`) puts a hotword list in the instruction (trained biasing,
+    (`conf/task/context`) shows the LLM a hotword list (trained biasing,
     `mooer.data.context`).
 
     A plain class, not a dataclass: Hydra would turn a dataclass handed to `instantiate` as an
@@ -85,12 +85,19 @@ class PromptFormat:
 
     def text(self, task: str, hotwords: Sequence[str] = ()) -> str:
         """The prompt of `task` as the LLM reads it, after the audio slots; with `hotwords`
-        listed in it where the task's context says (and nowhere where it says none)."""
+        listed after the instruction where the task's context says so."""
         self.require(task)
         instruction = self.instructions[task]
-        if self.context.applies(task):
-            instruction = self.context.instruction(instruction, hotwords)
+        if self.context.applies(task) and self.context.position == "in_instruction":
+            instruction += self.context.shown(hotwords)
         return self.template.format(instruction)
+
+    def prefix(self, task: str, hotwords: Sequence[str] = ()) -> str:
+        """What the LLM reads before the audio slots: the list of `hotwords` where the task's
+        context puts it there, else nothing."""
+        if self.context.applies(task) and self.context.position == "before_audio":
+            return self.context.shown(hotwords)
+        return ""
 
     def texts(self) -> list[str]:
         """Every task's prompt (what a tokenizer trained for this format should know)."""
@@ -102,18 +109,20 @@ class PromptFormat:
 
 @dataclass
 class Prompted:
-    """Token ids of one utterance: the prompt part (after the audio slots) and the answer."""
+    """Token ids of one utterance: the prompt part (after the audio slots), the answer, and
+    what comes before the audio slots (a hotword list, or nothing)."""
 
     task: str
     prompt_ids: torch.Tensor
     answer_ids: torch.Tensor
     target: str
+    prefix_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
 
 class PromptBuilder:
     """Tokenizes a PromptFormat's prompts once per task and answers per utterance. `task`
     overrides the format's own (decoding one task of a multi-task format). Where the format
-    lists hotwords in the instruction (`context`), an utterance's list is `hotwords` (one list
+    shows hotwords (`context`), an utterance's list is `hotwords` (one list
     for all, or a list an uttid: decoding) or, in training, drawn per utterance."""
 
     def __init__(self, tokenizer, prompt: PromptFormat, task: str | None = None,
@@ -192,14 +201,21 @@ class PromptBuilder:
             answers = [torch.tensor(ids + [self.eos_id], dtype=torch.long)
                        for ids in self.tokenizer(texts)["input_ids"]]
         prompts = [self.prompt_ids[task] for task in tasks]
+        prefixes = [torch.zeros(0, dtype=torch.long)] * len(tasks)
         lists = {row: words for row, (key, task, text) in enumerate(zip(keys, tasks, texts,
                                                                         strict=True))
                  if (words := self.listed(key, task, text, epoch, inference))}
-        if lists:
+        if lists and self.format.context.position == "in_instruction":
             listed = self.tokenizer([self.format.text(tasks[row], words)
                                      for row, words in lists.items()])["input_ids"]
             for row, ids in zip(lists, listed, strict=True):
                 prompts[row] = torch.tensor(ids, dtype=torch.long)
-        return [Prompted(task, prompt, answer, text)
-                for task, prompt, answer, text in zip(tasks, prompts, answers, texts,
-                                                      strict=True)]
+        elif lists:
+            listed = self.tokenizer([self.format.prefix(tasks[row], words)
+                                     for row, words in lists.items()],
+                                    add_special_tokens=False)["input_ids"]
+            for row, ids in zip(lists, listed, strict=True):
+                prefixes[row] = torch.tensor(ids, dtype=torch.long)
+        return [Prompted(task, prompt, answer, text, prefix)
+                for task, prompt, answer, text, prefix in zip(tasks, prompts, answers, texts,
+                                                              prefixes, strict=True)]

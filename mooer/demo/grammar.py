@@ -143,9 +143,36 @@ def _counted(n: int, thing: tuple[str, str, str]) -> str:
 KINDS = ("number", "date", "time", "count", "place", "phrase", "price")
 # proper names, rare by design (benchmarks/hotwords.py --set names_test): not among the default
 # kinds, so the demo corpus holds none; `--kinds name` draws sentences that do
-EXTRA_KINDS = ("name",)
+# `made_up_name`: the same sentences with a made-up name each (`made_up_name`), for teaching a
+# model to read a hotword list (task/context=hotwords): a name heard once can only be spelt
+# from the list
+EXTRA_KINDS = ("name", "made_up_name")
 NAMES = ("olivia", "marcus", "priya", "dmitri", "ingrid", "tobias", "yusuf", "camille",
          "rafael", "soren", "anika", "bastian")
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "sh", "ch")
+_VOWELS = ("a", "e", "i", "o", "u")
+_CODAS = ("", "", "n", "r", "l", "s")
+
+
+def made_up_name(rng: random.Random) -> str:
+    """A pronounceable name of two or three syllables that is none of NAMES (e.g. `kadoren`)."""
+    while True:
+        name = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS)
+                       for _ in range(rng.randint(2, 3))) + rng.choice(_CODAS)
+        if name not in NAMES:
+            return name
+
+
+def _name_sentence(rng: random.Random, kind: str, name: str) -> Sentence:
+    template = rng.randrange(3)
+    if template == 0:
+        zt, et = _time(rng)
+        return Sentence(kind, f"我{zt}见{name}", f"i meet {name} at {et}")
+    if template == 1:
+        n, thing = rng.randint(1, 99), rng.choice(_THINGS)
+        return Sentence(kind, f"{name}有{zh_number(n)}{thing[0]}", f"{name} has {_counted(n, thing)}")
+    zm, em = _month_day(rng)
+    return Sentence(kind, f"{name}{zm}来", f"{name} comes on {em}")
 
 
 def sample_sentence(rng: random.Random, kinds: tuple[str, ...] = KINDS) -> Sentence:
@@ -156,15 +183,9 @@ def sample_sentence(rng: random.Random, kinds: tuple[str, ...] = KINDS) -> Sente
                          f"{', '.join(KINDS + EXTRA_KINDS)}")
     kind = rng.choice(kinds)
     if kind == "name":
-        name, template = rng.choice(NAMES), rng.randrange(3)
-        if template == 0:
-            zt, et = _time(rng)
-            return Sentence(kind, f"我{zt}见{name}", f"i meet {name} at {et}")
-        if template == 1:
-            n, thing = rng.randint(1, 99), rng.choice(_THINGS)
-            return Sentence(kind, f"{name}有{zh_number(n)}{thing[0]}", f"{name} has {_counted(n, thing)}")
-        zm, em = _month_day(rng)
-        return Sentence(kind, f"{name}{zm}来", f"{name} comes on {em}")
+        return _name_sentence(rng, kind, rng.choice(NAMES))
+    if kind == "made_up_name":
+        return _name_sentence(rng, kind, made_up_name(rng))
     if kind == "number":
         n = _amount(rng)
         return Sentence(kind, zh_number(n), en_number(n))

@@ -56,8 +56,8 @@ def decoding_loader(source: str | Path, model: SpeechLLM, frontend: Frontend, pr
                     ) -> EpochDataLoader:
     """Prompt-only batches of a data.list or Kaldi dir for `model` (its tokenizer and slot
     arithmetic), asking `task` in `prompt`'s words, sorted by length to pad little; only the
-    utterances in `keys` when given (a decoding rank's share). Where the prompt format lists
-    hotwords (trained biasing), it lists the words of `hotwords` (one graph, or one an uttid)."""
+    utterances in `keys` when given (a decoding rank's share). Where the prompt format shows
+    hotwords (trained biasing), it shows the words of `hotwords` (one graph, or one an uttid)."""
     listed = (None if hotwords is None or not prompt.context.applies(task)
               else {key: graph.words for key, graph in hotwords.items()}
               if isinstance(hotwords, dict) else hotwords.words)

@@ -6,10 +6,11 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mooer.checkpoints import (
     average_state_dicts,
+    init_weights,
     load_ctc_head,
     load_trainable,
     load_weights,
@@ -39,7 +40,35 @@ def apply_run_dir(cfg: DictConfig) -> DictConfig:
         cfg[key] = node
     if not cfg.get("checkpoint"):
         cfg.checkpoint = str(Path(run_dir) / "checkpoints" / "last.ckpt")
+        with open_dict(cfg):
+            cfg.base_checkpoints = [str(p) for p in base_weights(run_dir)]
     return cfg
+
+
+def base_weights(run_dir: str | Path) -> list[Path]:
+    """The weights a run started from (`init_from`, and what that run started from), oldest
+    first: a run's checkpoints hold only what it trained, so what it froze (`encoder.freeze`
+    in a fine-tune of a trained run) comes from there."""
+    chain: list[Path] = []
+    current, seen = Path(run_dir).resolve(), set()
+    while current not in seen:
+        seen.add(current)
+        init = run_config(current).get("init_from")
+        if not init:
+            break
+        start = Path(init) if Path(init).is_absolute() else _train_cwd(current) / init
+        chain.append(init_weights(start))
+        if not (start / ".hydra" / "config.yaml").is_file():
+            break
+        current = start.resolve()
+    return chain[::-1]
+
+
+def _train_cwd(run_dir: Path) -> Path:
+    """The directory a run was started in (what its relative paths are relative to)."""
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    return (Path(OmegaConf.load(hydra_file).hydra.runtime.cwd) if hydra_file.is_file()
+            else Path.cwd())
 
 
 def run_model_config(run_dir: str | Path, groups: tuple[str, ...] = ("encoder", "projector",
@@ -47,9 +76,7 @@ def run_model_config(run_dir: str | Path, groups: tuple[str, ...] = ("encoder", 
     """A training run's config `groups`, resolved where they were written: relative file paths
     made absolute from the directory the run was started in."""
     trained = run_config(run_dir)
-    hydra_file = Path(run_dir) / ".hydra" / "hydra.yaml"
-    train_cwd = (Path(OmegaConf.load(hydra_file).hydra.runtime.cwd) if hydra_file.is_file()
-                 else Path.cwd())
+    train_cwd = _train_cwd(Path(run_dir))
     return {key: _anchored(OmegaConf.to_container(trained[key], resolve=True), train_cwd)
             for key in groups}
 
@@ -76,6 +103,8 @@ def load_for_decoding(cfg: DictConfig, device: torch.device, precision: str,
     model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm, tokenizer)
     model_cfg = cfg.get("model") or {}
     average = cfg.get("average") or 1
+    for base in cfg.get("base_checkpoints") or []:  # what a run started from (init_from)
+        load_weights(model, base, None, None)
     if average > 1 and cfg.get("run_dir"):
         paths = run_checkpoints(cfg.run_dir, average)
         log.info("averaging the weights of %d checkpoints: %s", average,

@@ -9,13 +9,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mooer.checkpoints import CTC_HEAD_PREFIX, load_weights, verify_checkpoint
+from mooer.checkpoints import CTC_HEAD_PREFIX, init_weights, load_weights, verify_checkpoint
 from mooer.devices import resolve_device
 from mooer.files import writable_dir
 from mooer.inference.loading import run_model_config
@@ -107,18 +108,28 @@ def record_config(cfg: DictConfig, output_dir: Path) -> None:
         OmegaConf.save(cfg, saved)
 
 
-def apply_init_from(cfg: DictConfig) -> tuple[DictConfig, str | None]:
+def command_line_overrides() -> list[str]:
+    """The overrides this run was started with (none outside a Hydra run)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def apply_init_from(cfg: DictConfig, overrides: list[str] | None = None
+                    ) -> tuple[DictConfig, str | None]:
     """`init_from`: the config with a training run's model (encoder, projector, llm, task, but
     this config's `task.context` where it lists hotwords: trained biasing taught to a trained
-    model) and, where this config leaves them null, its data lists; and the weights to start from (the
-    run's last.ckpt, or the MooER-layout dir or checkpoint file given)."""
+    model) with the command line's `overrides` of their keys applied again (`encoder.freeze=true`
+    freezes the run's encoder; a group choice such as `encoder=whisper` gives way to the run's
+    model), and, where this config leaves them null, its data lists; and the weights to start
+    from (the run's last.ckpt, or the MooER-layout dir or checkpoint file given)."""
     init = cfg.get("init_from")
     if not init:
         return cfg, None
-    if not Path(init).exists():
-        raise SystemExit(f"error: init_from {init} does not exist")
+    try:
+        weights = init_weights(init)
+    except CheckpointError as err:
+        raise SystemExit(f"error: {err}") from None
     if not (Path(init) / ".hydra" / "config.yaml").is_file():
-        return cfg, str(init)  # a MooER-layout dir or a checkpoint file
+        return cfg, str(weights)  # a MooER-layout dir or a checkpoint file
     cfg = cfg.copy()
     trained = run_model_config(init, ("encoder", "projector", "llm", "task", "data"))
     data = trained.pop("data")
@@ -128,21 +139,17 @@ def apply_init_from(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     if context is not None and context.get("text") is not None:
         with open_dict(cfg.task):  # a run trained before task.context existed has none
             cfg.task.context = context
+    parsed = OverridesParser.create().parse_overrides(
+        command_line_overrides() if overrides is None else overrides)
+    for override in parsed:
+        key = override.key_or_group
+        if key.split(".")[0] in trained and "." in key and not override.is_delete():
+            with open_dict(cfg):
+                OmegaConf.update(cfg, key, override.value(), merge=True)
     for key in ("train_data_path", "val_data_path"):
         if not cfg.data.get(key):
             cfg.data[key] = data.get(key)
-    checkpoint = Path(init) / "checkpoints" / "last.ckpt"
-    if not checkpoint.exists():
-        raise SystemExit(f"error: init_from {init} is a run dir without checkpoints/last.ckpt")
-    if checkpoint.is_dir():  # DeepSpeed's shards: its newest MooER-layout export holds the weights
-        exports = sorted(checkpoint.parent.glob("*_step_*_merged"),
-                         key=lambda d: int(d.name.rsplit("_step_", 1)[1].split("_")[0]))
-        if not exports:
-            raise SystemExit(f"error: init_from {init}: its last.ckpt is DeepSpeed's sharded "
-                             "directory and the run wrote no *_merged export (save_merge=true): "
-                             "give init_from=<a MooER-layout dir> of its weights")
-        return cfg, str(exports[-1])
-    return cfg, str(checkpoint)
+    return cfg, str(weights)
 
 
 def _fit(cfg: DictConfig) -> float | None:

@@ -102,3 +102,23 @@ def test_name_sentences_hold_one_proper_name_and_the_default_corpus_none():
     assert not any(n in spec.translation.split() for spec in default for n in NAMES)
     with pytest.raises(ValueError, match="unknown sentence kinds"):
         sample_sentence(rng, ("names",))
+
+
+def test_made_up_name_sentences_hold_a_new_name_each():
+    """`--kinds made_up_name`: the name sentences with a made-up name, of letters only, none of
+    the grammar's names and few of them twice (a name is heard about once)."""
+    import random
+    import re
+
+    from mooer.demo.grammar import NAMES, sample_sentence
+
+    rng = random.Random(0)
+    made = [sample_sentence(rng, ("made_up_name",)) for _ in range(300)]
+    names = []
+    for sentence in made:
+        words = sentence.en.split()
+        name = words[2] if words[:2] == ["i", "meet"] else words[0]
+        assert re.fullmatch(r"[a-z]{4,}", name) and name not in NAMES, sentence
+        assert name in sentence.zh and sentence.kind == "made_up_name"
+        names.append(name)
+    assert len(set(names)) > 280

@@ -328,10 +328,10 @@ def test_decoding_checks_the_list_against_the_audio_on_a_ctc_head(tokenizer, sha
 
 
 def test_a_model_trained_with_lists_reads_the_list_in_its_prompt(tiny_release, corpus):
-    """A prompt format that lists hotwords (task/context=hotwords): the decoders put each
-    utterance's list in its prompt (one graph for all, or one an uttid; none: the plain
-    prompt); decoding so equals decoding with that text written into the instruction; at score
-    0 nothing is biased at decoding."""
+    """A prompt format that shows hotwords (task/context=hotwords): the decoders give each
+    utterance its list (one graph for all, or one an uttid; none: the plain prompt), before
+    the audio or after the instruction; decoding so equals decoding with that text written
+    into the instruction; at score 0 nothing is biased at decoding."""
     from hydra.utils import instantiate
 
     from mooer.config import compose_config
@@ -341,35 +341,44 @@ def test_a_model_trained_with_lists_reads_the_list_in_its_prompt(tiny_release, c
     from tests.conftest import TINY
 
     root, tokenizer_dir = tiny_release
-    cfg, _ = compose_config("evaluate", [*TINY, f"llm.tokenizer_path={tokenizer_dir}",
-                                         f"checkpoint={root / 'release'}",
-                                         "task/context=hotwords"])
-    recognizer = Recognizer.from_config(apply_run_dir(cfg), device="cpu", precision="fp32",
-                                        batch_size=4, decoding={"max_new_tokens": 6,
-                                                                "eos_bias": 0})
-    tokenizer = recognizer.model.tokenizer
     keys = sorted(key for key, _ in read_table(corpus / "text"))
-    graph = ContextGraph.build([("二十七", None), ("olivia", None)], tokenizer, 0.0)
-    assert not graph.biases and ContextGraph.build([("olivia", None)], tokenizer).biases
     instruction = "Transcribe speech to text. "
-    listed = instruction + "Hotwords: 二十七, olivia. "
-    template = cfg.task.template
-    for lists in (graph, {keys[0]: graph, keys[5]: graph}):
-        prompts = {}
-        for batch in recognizer.loader(corpus, "asr", hotwords=lists):
-            for row, key in enumerate(batch["keys"]):
-                part = batch["attention_mask"][row].bool() & ~batch["audio_slot_mask"][row]
-                prompts[key] = tokenizer.decode(batch["input_ids"][row][part])
-        for key in keys:
-            given = isinstance(lists, ContextGraph) or key in lists
-            assert prompts[key] == template.format(listed if given else instruction), key
+    shown = "Hotwords: 二十七, olivia. "
+    for position in ("before_audio", "in_instruction"):
+        cfg, _ = compose_config("evaluate", [*TINY, f"llm.tokenizer_path={tokenizer_dir}",
+                                             f"checkpoint={root / 'release'}",
+                                             "task/context=hotwords",
+                                             f"task.context.position={position}"])
+        recognizer = Recognizer.from_config(apply_run_dir(cfg), device="cpu", precision="fp32",
+                                            batch_size=4, decoding={"max_new_tokens": 6,
+                                                                    "eos_bias": 0})
+        tokenizer = recognizer.model.tokenizer
+        graph = ContextGraph.build([("二十七", None), ("olivia", None)], tokenizer, 0.0)
+        assert not graph.biases and ContextGraph.build([("olivia", None)], tokenizer).biases
+        plain_prompt = cfg.task.template.format(instruction)
+        listed = (shown + plain_prompt if position == "before_audio"
+                  else cfg.task.template.format(instruction + shown))
+        for lists in (graph, {keys[0]: graph, keys[5]: graph}):
+            prompts, before = {}, {}
+            for batch in recognizer.loader(corpus, "asr", hotwords=lists):
+                for row, key in enumerate(batch["keys"]):
+                    slots = batch["audio_slot_mask"][row]
+                    part = batch["attention_mask"][row].bool() & ~slots
+                    prompts[key] = tokenizer.decode(batch["input_ids"][row][part])
+                    before[key] = int(part[:int(slots.nonzero()[0])].sum())
+            for key in keys:
+                given = isinstance(lists, ContextGraph) or key in lists
+                assert prompts[key] == (listed if given else plain_prompt), key
+                assert (before[key] > 0) == (given and position == "before_audio")
 
-    plain = recognizer.decode(corpus, "asr", progress=False).hypotheses
-    assert recognizer.decode(corpus, "asr", progress=False,
-                             hotwords=ContextGraph.build([], tokenizer)).hypotheses == plain
-    read = recognizer.decode(corpus, "asr", progress=False, hotwords=graph).hypotheses
-    written = cfg.copy()
-    written.task.context = {"text": None}
-    written.task.instructions.asr = listed
-    recognizer.prompt = instantiate(written.task)
-    assert recognizer.decode(corpus, "asr", progress=False).hypotheses == read != plain
+        plain = recognizer.decode(corpus, "asr", progress=False).hypotheses
+        assert recognizer.decode(corpus, "asr", progress=False,
+                                 hotwords=ContextGraph.build([], tokenizer)).hypotheses == plain
+        read = recognizer.decode(corpus, "asr", progress=False, hotwords=graph).hypotheses
+        assert read != plain
+        if position == "in_instruction":
+            written = cfg.copy()
+            written.task.context = {"text": None}
+            written.task.instructions.asr = instruction + shown
+            recognizer.prompt = instantiate(written.task)
+            assert recognizer.decode(corpus, "asr", progress=False).hypotheses == read

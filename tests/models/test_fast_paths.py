@@ -72,6 +72,44 @@ def test_packed_rows_give_the_padded_batchs_losses_and_gradients(tokenizer, samp
         torch.testing.assert_close(grads_packed[name], grad, rtol=1e-5, atol=1e-5)
 
 
+def test_a_list_before_the_audio_gives_the_same_losses_padded_packed_and_alone(tokenizer,
+                                                                              samples):
+    """Prefixes (a hotword list before the audio slots, trained biasing) of different lengths:
+    each utterance's loss and the gradients are the same padded, packed and decoded alone, the
+    prefix sits just before the audio slots, and it changes the loss of the utterances that
+    have one."""
+    model = trained_adapters(tokenizer)
+    generator = torch.Generator().manual_seed(3)
+    lengths = [0, 5, 12, 0, 3, 7, 1, 9]
+    listed = [{**s, "prefix_ids": torch.randint(0, len(tokenizer) - 2, (n,),
+                                                generator=generator)}
+              for s, n in zip(samples, lengths, strict=True)]
+    pad = tokenizer.pad_token_id
+    padded = collate(listed, pad_id=pad)
+    packed = collate_packed([listed[:3], listed[3:]], pad_id=pad)
+    for batch in (padded, packed):  # each list just before its utterance's audio slots
+        for utterance, sample in enumerate(listed):
+            mine = batch["audio_frame_index"][0] == utterance
+            row, first = (int(index[mine][0]) for index in batch["audio_slot_index"])
+            before = batch["input_ids"][row, first - len(sample["prefix_ids"]):first]
+            assert before.tolist() == sample["prefix_ids"].tolist()
+    out_padded, grads_padded = gradients(model, padded)
+    out_packed, grads_packed = gradients(model, packed)
+    torch.testing.assert_close(per_utterance(out_packed, packed),
+                               per_utterance(out_padded, padded), rtol=1e-5, atol=1e-5)
+    for name, grad in grads_padded.items():
+        torch.testing.assert_close(grads_packed[name], grad, rtol=1e-5, atol=1e-5)
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        alone = torch.stack([per_utterance(model(collate([s], pad_id=pad)), collate([s], pad))[0]
+                             for s in listed])
+        without = per_utterance(model(collate(samples, pad_id=pad)), collate(samples, pad))
+    torch.testing.assert_close(alone, per_utterance(out_padded, padded).detach(), rtol=1e-5,
+                               atol=1e-5)
+    changed = (alone - without).abs() > 1e-4
+    assert changed.tolist() == [n > 0 for n in lengths]
+
+
 def test_packed_row_layout(tokenizer, samples):
     rows = [[samples[0], samples[1]], [samples[2]]]
     budget = sum(map(sequence_length, rows[0])) + 5

@@ -337,6 +337,16 @@ def test_a_ctc_head_trains_alone_on_a_run_without_one(tmp_path, data_dir):
     torch.testing.assert_close(model.state_dict()[encoder_key.removeprefix("model.")],
                                base_state[encoder_key])  # the base's weights, untouched
 
+    # the head's own run dir decodes too: its checkpoint holds the head alone, the rest comes
+    # from what the run started from (init_from), loaded first
+    cfg, _ = compose_config("evaluate", [f"run_dir={head}", f"paths.data_dir={data_dir}"])
+    applied = apply_run_dir(cfg)
+    assert applied.base_checkpoints == [str(base / "checkpoints" / "last.ckpt")]
+    alone, _ = load_for_decoding(applied, torch.device("cpu"), "fp32")
+    torch.testing.assert_close(alone.ctc_head.weight, state["model.ctc_head.weight"])
+    torch.testing.assert_close(alone.state_dict()[encoder_key.removeprefix("model.")],
+                               base_state[encoder_key])
+
     # a DeepSpeed run (last.ckpt a directory of shards): its newest MooER-layout export
     zero = tmp_path / "zero"
     shutil.copytree(base / ".hydra", zero / ".hydra")
