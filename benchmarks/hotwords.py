@@ -145,7 +145,8 @@ def main() -> None:
                         help="the Kaldi set under <data_dir>/demo/kaldi decoded (test: the "
                              "held-out sentences; unseen_voices: voices training never heard; "
                              "names_test: sentences with rare proper names, made with "
-                             "`python -m mooer.demo.corpus --kinds name`)")
+                             "`python -m mooer.demo.corpus --kinds name`; made_up_names_test: "
+                             "names no model heard, `--kinds made_up_name`)")
     args = parser.parse_args()
     kaldi = demo_kaldi(args)
     counts = vocabulary([t for path in [kaldi / "train" / "text", *args.train_text]

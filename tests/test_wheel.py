@@ -29,6 +29,7 @@ def test_the_wheel_runs_outside_the_checkout(tmp_path):
     (wheel,) = dist.glob("mooer-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "mooer/conf/train.yaml" in names and "mooer/conf/experiment/mt5k.yaml" in names
+    assert "mooer/conf/task/context/hotwords.yaml" in names  # groups within groups
     assert not any(name.startswith(("tests/", "conf/")) for name in names)
 
     venv = tmp_path / "venv"  # a fresh venv: the wheel, and the dependencies of this one

@@ -54,6 +54,16 @@ def word_counts(paths: Iterable[str | Path]) -> Counter:
     return counts
 
 
+def check_sampling(rare: int, keep: float, distractors: int, empty: float) -> None:
+    """Refuse draw settings that mean nothing, naming them."""
+    if not 0 <= keep <= 1 or not 0 <= empty <= 1:
+        raise ValueError(f"task.context: keep and empty are probabilities, got keep={keep}, "
+                         f"empty={empty}")
+    if rare < 1 or distractors < 0:
+        raise ValueError(f"task.context: rare must be at least 1 and distractors at least 0, "
+                         f"got rare={rare}, distractors={distractors}")
+
+
 class ContextSampler:
     """Draws a training utterance's hotword list: its rare words (each kept with `keep`) and
     0 to `distractors` rare words it does not hold, shuffled; no list with probability
@@ -61,12 +71,7 @@ class ContextSampler:
 
     def __init__(self, counts: Mapping[str, int], rare: int = 40, keep: float = 0.9,
                  distractors: int = 100, empty: float = 0.2) -> None:
-        if not 0 <= keep <= 1 or not 0 <= empty <= 1:
-            raise ValueError(f"task.context: keep and empty are probabilities, got keep={keep}, "
-                             f"empty={empty}")
-        if rare < 1 or distractors < 0:
-            raise ValueError(f"task.context: rare must be at least 1 and distractors at least "
-                             f"0, got rare={rare}, distractors={distractors}")
+        check_sampling(rare, keep, distractors, empty)
         self.counts, self.rare, self.keep = dict(counts), rare, keep
         self.distractors, self.empty = distractors, empty
         self.pool = sorted(w for w, n in self.counts.items() if n <= rare)
@@ -116,8 +121,8 @@ class ContextFormat:
         self.max_words = max_words
         self.vocabulary = ([vocabulary] if isinstance(vocabulary, str)
                            else list(vocabulary or []))
-        self.sampling = {"rare": rare, "keep": keep, "distractors": distractors,
-                         "empty": empty}
+        check_sampling(rare, keep, distractors, empty)  # now, not at the first batch
+        self.rare, self.keep, self.distractors, self.empty = rare, keep, distractors, empty
         self._sampler: ContextSampler | None = None
 
     @property
@@ -139,5 +144,6 @@ class ContextFormat:
             if not self.vocabulary:
                 raise ValueError("task.context.vocabulary is not set: give the training "
                                  "transcripts (Kaldi text files) to find rare words in")
-            self._sampler = ContextSampler(word_counts(self.vocabulary), **self.sampling)
+            self._sampler = ContextSampler(word_counts(self.vocabulary), self.rare, self.keep,
+                                           self.distractors, self.empty)
         return self._sampler

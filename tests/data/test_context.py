@@ -75,6 +75,8 @@ def test_the_list_goes_before_the_audio_or_after_the_instruction_where_the_task_
     assert plain.text("asr", ["olivia"]) == plain.text("asr")  # a format without a context
     with pytest.raises(ValueError, match="exactly one"):
         ContextFormat(text="Hotwords:")
+    with pytest.raises(ValueError, match="keep and empty are probabilities"):
+        ContextFormat(text=LISTED, empty=2)
     with pytest.raises(ValueError, match="position is one of before_audio, in_instruction"):
         ContextFormat(text=LISTED, position="after")
 
