@@ -42,6 +42,9 @@ def apply_run_dir(cfg: DictConfig) -> DictConfig:
         cfg.checkpoint = str(Path(run_dir) / "checkpoints" / "last.ckpt")
         with open_dict(cfg):
             cfg.base_checkpoints = [str(p) for p in base_weights(run_dir)]
+            if run_config(run_dir).get("ctc_head_only") and not cfg.model.get("ctc_head"):
+                # a head trained alone (experiment=ctc_head): the model it started from, and it
+                cfg.model.ctc_head, cfg.checkpoint = cfg.checkpoint, None
     return cfg
 
 
