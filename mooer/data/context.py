@@ -1,4 +1,4 @@
-"""Trained biasing: a hotword list in the instruction (`conf/task/context`).
+"""Trained biasing: a hotword list shown to the LLM (`conf/task/context`).
 
 A task whose `context.text` is set shows the LLM a list of biasing words, e.g. "Hotwords:
 olivia, seventeenth, 台灯. ", before the audio (`position: before_audio`: the audio, the

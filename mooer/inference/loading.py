@@ -60,7 +60,12 @@ def base_weights(run_dir: str | Path) -> list[Path]:
         if not init:
             break
         start = Path(init) if Path(init).is_absolute() else _train_cwd(current) / init
-        chain.append(init_weights(start))
+        try:
+            chain.append(init_weights(start))
+        except CheckpointError as err:  # moved or deleted: what the run trained still loads
+            log.warning("%s started from weights that are gone (%s): the weights it did not "
+                        "train (a frozen encoder) are not loaded from there", current, err)
+            break
         if not (start / ".hydra" / "config.yaml").is_file():
             break
         current = start.resolve()

@@ -203,7 +203,7 @@ def test_the_recipe_composes_and_init_from_keeps_the_list(tmp_path):
 
 
 
-def test_a_run_decodes_with_the_weights_it_started_from(tmp_path):
+def test_a_run_decodes_with_the_weights_it_started_from(tmp_path, caplog):
     """A fine-tune's checkpoints hold what it trained; what it froze comes from init_from (a run
     dir, followed back; relative paths from where that run was started)."""
     from omegaconf import OmegaConf
@@ -229,3 +229,6 @@ def test_a_run_decodes_with_the_weights_it_started_from(tmp_path):
                                    second / "checkpoints" / "last.ckpt"]
     assert base_weights(first) == [release]
     assert base_weights(run("fresh", None, tmp_path)) == []
+    # a base that is gone: a warning, and what the run trained still loads
+    assert base_weights(run("orphan", str(tmp_path / "gone"), tmp_path)) == []
+    assert "started from weights that are gone" in caplog.text
