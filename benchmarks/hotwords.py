@@ -20,8 +20,8 @@ Each list is decoded checked (the decoders' default on a model with a CTC head: 
 the CTC head hears are biased, at 1.5) and unchecked (every word, at 1.0), or as `--checks` and
 `--scores` say. Lists are shuffled (a list's order tells nothing).
 
-Trained biasing (`--trained_run_dir`, a run trained with `task/context=hotwords`, which lists
-the hotwords in its instruction) is measured in the same table, on the same utterances and
+Trained biasing (`--trained_run_dir`, a run trained with `task/context=hotwords`, which is
+shown the list as well) is measured in the same table, on the same utterances and
 lists: with no list, with the list in the prompt alone (score 0), and in the prompt as well as
 biased at decoding (the decoders' default).
 """

@@ -205,17 +205,14 @@ class PromptBuilder:
         lists = {row: words for row, (key, task, text) in enumerate(zip(keys, tasks, texts,
                                                                         strict=True))
                  if (words := self.listed(key, task, text, epoch, inference))}
-        if lists and self.format.context.position == "in_instruction":
-            listed = self.tokenizer([self.format.text(tasks[row], words)
-                                     for row, words in lists.items()])["input_ids"]
+        if lists:  # the list before the audio (its own tokens), or in the prompt's text
+            before = self.format.context.position == "before_audio"
+            shown = self.format.prefix if before else self.format.text
+            listed = self.tokenizer([shown(tasks[row], words) for row, words in lists.items()],
+                                    add_special_tokens=not before)["input_ids"]
+            placed = prefixes if before else prompts
             for row, ids in zip(lists, listed, strict=True):
-                prompts[row] = torch.tensor(ids, dtype=torch.long)
-        elif lists:
-            listed = self.tokenizer([self.format.prefix(tasks[row], words)
-                                     for row, words in lists.items()],
-                                    add_special_tokens=False)["input_ids"]
-            for row, ids in zip(lists, listed, strict=True):
-                prefixes[row] = torch.tensor(ids, dtype=torch.long)
+                placed[row] = torch.tensor(ids, dtype=torch.long)
         return [Prompted(task, prompt, answer, text, prefix)
                 for task, prompt, answer, text, prefix in zip(tasks, prompts, answers, texts,
                                                               prefixes, strict=True)]
