@@ -3,7 +3,8 @@ utterance's true rare words among distractors, and with distractors alone.
 
     python benchmarks/hotwords.py                     # after `make demo` (demo_out/)
     python benchmarks/hotwords.py --run_dir demo_seeds/seed_42/run \\
-        --data_dir demo_seeds/seed_42/data [--scores default 1 2] [--checks default none]
+        --data_dir demo_seeds/seed_42/data [--scores default 1 2] [--checks default none] \\
+        [--rewrites default none]
 
 The held-out sentences (`demo/kaldi/test`, beam 4 by default) are decoded one utterance at a
 time (each has its own list; the same for the baseline), each under every condition in turn,
@@ -17,8 +18,10 @@ counts errors on each utterance's true rare words, U-WER on every other token (L
 its reference nor its hypothesis without a list holds (what the list put there).
 
 Each list is decoded checked (the decoders' default on a model with a CTC head: only the words
-the CTC head hears are biased, at 1.5) and unchecked (every word, at 1.0), or as `--checks` and
-`--scores` say. Lists are shuffled (a list's order tells nothing).
+the CTC head hears are biased, at 1.5) and unchecked (every word, at 1.0), each with and without
+rewriting after decoding (the decoders' default on a model with a CTC head: the words it hears
+tried in the answer, kept where the model scores them higher, `mooer.inference.rewrite`), or as
+`--checks`, `--rewrites` and `--scores` say. Lists are shuffled (a list's order tells nothing).
 
 Trained biasing (`--trained_run_dir`, a run trained with `task/context=hotwords`, which is
 shown the list as well) is measured in the same table, on the same utterances and
@@ -43,7 +46,13 @@ from tqdm import tqdm
 from mooer.data.context import context_words
 from mooer.data.text import read_table
 from mooer.evaluation.scoring import biased_score, score
-from mooer.inference.hotwords import CHECK_THRESHOLD, CHECKED_SCORE, DEFAULT_SCORE, ContextGraph
+from mooer.inference.hotwords import (
+    CHECK_THRESHOLD,
+    CHECKED_SCORE,
+    DEFAULT_SCORE,
+    REWRITE_THRESHOLD,
+    ContextGraph,
+)
 
 WORD = re.compile(r"[a-z']+")
 
@@ -76,39 +85,48 @@ def lists(tests: dict[str, str], counts: Counter, rare: int, distractors: int, s
 
 
 Lists = dict[str, list[str]]
-# (method, list name, score label, (score, check), each utterance's list or None)
-Condition = tuple[str, str, str, tuple[float | None, float | None], Lists | None]
+# (method, list name, score label, (score, decoding options), each utterance's list or None)
+Condition = tuple[str, str, str, tuple[float | None, dict], Lists | None]
+
+
+def threshold(text: str, default: float) -> float | None:
+    """A --checks or --rewrites value: 'default', 'none' (off), or nats."""
+    return {"default": default, "none": None, "off": None}.get(text) if text in (
+        "default", "none", "off") else float(text)
 
 
 def decode_time_conditions(args: argparse.Namespace, true: Lists, other: Lists
                            ) -> list[Condition]:
-    """No list, then each list at each check and score of `args`."""
-    conditions: list[Condition] = [("decode-time", "no list", "-", (None, None), None)]
+    """No list, then each list at each check, rewriting and score of `args`."""
+    conditions: list[Condition] = [("decode-time", "no list", "-", (None, {}), None)]
     for check_text in args.checks:
-        check = {"default": CHECK_THRESHOLD, "none": None}.get(check_text)
-        if check_text not in ("default", "none"):
-            check = float(check_text)
-        for score_text in args.scores:
-            value = None if score_text == "default" else float(score_text)
-            shown = value if value is not None else (CHECKED_SCORE if check is not None
-                                                     else DEFAULT_SCORE)
-            label = f"{shown:g}, " + ("unchecked" if check is None else f"checked at {check:g}")
-            conditions.append(("decode-time", f"true words + {args.distractors} distractors",
-                               label, (value, check), {k: true[k] + other[k] for k in true}))
-            conditions.append(("decode-time", f"{args.distractors} distractors only", label,
-                               (value, check), other))
+        check = threshold(check_text, CHECK_THRESHOLD)
+        for rewrite_text in args.rewrites:
+            rewrite = threshold(rewrite_text, REWRITE_THRESHOLD)
+            for score_text in args.scores:
+                value = None if score_text == "default" else float(score_text)
+                shown = value if value is not None else (CHECKED_SCORE if check is not None
+                                                         else DEFAULT_SCORE)
+                label = (f"{shown:g}, " + ("unchecked" if check is None
+                                           else f"checked at {check:g}")
+                         + ("" if rewrite is None else f", rewritten at {rewrite:g}"))
+                options = {"hotword_check": check, "hotword_rewrite": rewrite}
+                conditions.append(("decode-time", f"true words + {args.distractors} distractors",
+                                   label, (value, options), {k: true[k] + other[k] for k in true}))
+                conditions.append(("decode-time", f"{args.distractors} distractors only", label,
+                                   (value, options), other))
     return conditions
 
 
 def trained_conditions(args: argparse.Namespace, true: Lists, other: Lists
                        ) -> list[Condition]:
     """The trained-biasing model with no list, each list in the prompt alone, and in the
-    prompt and biased at decoding (the default score and check)."""
+    prompt and biased at decoding (the default score, check and rewriting)."""
     both = {k: true[k] + other[k] for k in true}
-    conditions: list[Condition] = [("trained", "no list", "-", (None, None), None)]
-    for label, option in (("prompt only", (0.0, None)),
-                          (f"prompt + {CHECKED_SCORE:g}, checked at {CHECK_THRESHOLD:g}",
-                           (None, CHECK_THRESHOLD))):
+    conditions: list[Condition] = [("trained", "no list", "-", (None, {}), None)]
+    for label, option in (("prompt only", (0.0, {"hotword_check": None})),
+                          (f"prompt + {CHECKED_SCORE:g}, checked at {CHECK_THRESHOLD:g}, "
+                           f"rewritten at {REWRITE_THRESHOLD:g}", (None, {}))):
         conditions.append(("trained", f"true words + {args.distractors} distractors", label,
                            option, both))
         conditions.append(("trained", f"{args.distractors} distractors only", label, option,
@@ -124,6 +142,9 @@ def main() -> None:
     parser.add_argument("--checks", nargs="+", default=["default", "none"],
                         help="hotword_check thresholds to compare ('default': the decoders' "
                              "own; 'none': every listed word biased, unchecked)")
+    parser.add_argument("--rewrites", nargs="+", default=["default", "none"],
+                        help="hotword_rewrite thresholds to compare ('default': the decoders' "
+                             "own; 'none': no rewriting after decoding)")
     parser.add_argument("--trained_run_dir", type=Path, default=None,
                         help="also a run trained with task/context=hotwords (trained biasing), "
                              "in the same table")
@@ -196,13 +217,13 @@ def main() -> None:
                 for recognizer in recognizers.values():
                     recognizer.decode(one, "asr", progress=False)
             # each utterance under every condition in turn: a busy machine slows all alike
-            for c, (method, _, _, (value, check), words_of) in enumerate(conditions):
+            for c, (method, _, _, (value, options), words_of) in enumerate(conditions):
                 recognizer = recognizers[method]
                 graph = (ContextGraph.build([(w, None) for w in shuffled(key, words_of[key])],
                                             tokenizer, value) if words_of else None)
                 started = time.perf_counter()
                 decoded = recognizer.decode(one, "asr", progress=False, hotwords=graph,
-                                            hotword_check=check)
+                                            **options)
                 seconds[c] += time.perf_counter() - started
                 hypotheses[c].update(decoded.hypotheses)
     baseline = {method: next(c for c, condition in enumerate(conditions)

@@ -16,6 +16,24 @@ MAX_HOTWORDS = 100_000
 DEFAULT_SCORE = 1.0
 CHECKED_SCORE = 1.5
 CHECK_THRESHOLD = -1.0  # how far (nats) the CTC head's best path may be from spelling a word
+# rewriting after decoding (`mooer.inference.rewrite`): a listed word the CTC head hears within
+# REWRITE_THRESHOLD nats is tried in the answer; a candidate is scored by the decoder plus
+# REWRITE_WEIGHT times the CTC log-likelihood plus REWRITE_SHARE of the word's bonus; the
+# decoder scores at most REWRITE_TOP candidates an utterance (benchmarks/hotwords.py)
+REWRITE_THRESHOLD = -8.0
+REWRITE_WEIGHT = 0.3
+REWRITE_SHARE = 1 / 3
+REWRITE_TOP = 2
+
+
+def threshold_or_off(text: str) -> float | None:
+    """A command line's threshold in nats, or 'off' (also 'none', 'null'): None."""
+    if text.strip().lower() in ("off", "none", "null"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of nats or 'off', got {text!r}") from None
 
 
 class HotwordError(ValueError):

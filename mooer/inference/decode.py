@@ -13,12 +13,14 @@ from tqdm import tqdm
 
 from mooer.data.collate import move_batch
 from mooer.data.features import Frontend
+from mooer.data.hotword_list import REWRITE_THRESHOLD
 from mooer.data.loader import EpochDataLoader, PipelineOptions, ShardDataset, model_slots
 from mooer.data.prompts import PromptBuilder, PromptFormat
 from mooer.data.text import WORD_JOINER
 from mooer.inference.align import Word, align_words, viterbi_batch
-from mooer.inference.hotwords import CHECK_THRESHOLD, ContextGraph, HotwordBias
-from mooer.models.speech_llm import SpeechLLM
+from mooer.inference.hotwords import CHECK_THRESHOLD, ContextGraph, HotwordBias, Spotting
+from mooer.inference.rewrite import rewrite
+from mooer.models.speech_llm import Generated, SpeechLLM
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,10 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
     # processor a batch
     # with a CTC head, only the listed words the audio holds are biased (None: all of them)
     check = decoding.pop("hotword_check", CHECK_THRESHOLD)
+    # with a CTC head, the listed words it hears within this many nats are tried in the answer
+    # after decoding, and kept where the model prefers them (None: not)
+    rewriting = decoding.pop("hotword_rewrite", REWRITE_THRESHOLD)
+    floor = min((t for t in (check, rewriting) if t is not None), default=None)
     timestamps = decoding.pop("timestamps", False)  # word times by CTC forced alignment
     scored = decoding.pop("token_log_probs", False)  # the decoder's posteriors of the answers
     log_probs: dict[str, list[float]] = {}
@@ -102,17 +108,25 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
             # a list at score 0 biases nothing here (a prompt may still list it)
             graphs = [g if g is not None and g.biases else None for g in graphs]
             moved = move_batch(batch, device, dtype)
-            checking = any(graphs) and check is not None and model.has_ctc_head
+            listening = any(graphs) and floor is not None and model.has_ctc_head
             # the encoder pass, shared with the alignment, the scoring and the hotword check,
             # and the CTC head's posteriors, shared by the alignment and the check
-            encoded = model.encode(moved) if timestamps or scored or checking else None
-            ctc = model.ctc_log_probs(moved, encoded) if timestamps or checking else None
-            if checking and ctc is not None:
-                graphs = heard(ctc, graphs, check)
+            encoded = model.encode(moved) if timestamps or scored or listening else None
+            ctc = model.ctc_log_probs(moved, encoded) if timestamps or listening else None
+            listed, spotted = graphs, []
+            if listening and ctc is not None and floor is not None:
+                spotted = hearing(ctc, graphs, floor)
+                if check is not None:
+                    graphs = [None if g is None or found is None else g.cut(found, check)
+                              for g, found in zip(graphs, spotted, strict=True)]
             options = decoding if not any(graphs) else {
                 **decoding, "logits_processor": [*decoding.get("logits_processor", []),
                                                  HotwordBias(graphs)]}
             generated = model.generate(moved, encoded=encoded, **options)
+            if spotted and rewriting is not None and encoded is not None and ctc is not None:
+                generated = rewritten(generated, rewrite(model, moved, encoded, ctc,
+                                                         generated.texts, generated.token_ids,
+                                                         listed, spotted, rewriting))
             hypotheses.update(zip(batch["keys"], generated.texts, strict=True))
             references.update(zip(batch["keys"], batch["targets"], strict=True))
             tokens.update(zip(batch["keys"], generated.token_ids, strict=True))
@@ -131,16 +145,27 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
                    tokens, durations, words, token_log_probs=log_probs)
 
 
-def heard(ctc: tuple[torch.Tensor, torch.Tensor], graphs: list[ContextGraph | None],
-          threshold: float) -> list[ContextGraph | None]:
-    """Each utterance's graph cut to the listed words its audio holds, by the CTC head's
-    log-posteriors and frames of the batch (`ContextGraph.checked`)."""
+def hearing(ctc: tuple[torch.Tensor, torch.Tensor], graphs: list[ContextGraph | None],
+            floor: float) -> list[Spotting | None]:
+    """How well the CTC head's log-posteriors of each utterance of the batch spell each token
+    sequence of its graph (`ContextGraph.spotted`, searched down to `floor`)."""
     log_probs, lengths = ctc
     posteriors = log_probs.cpu().numpy()
     blank = posteriors.shape[-1] - 1
-    return [None if g is None else g.checked(posteriors[row, :int(lengths[row])], blank,
-                                             threshold)
+    return [None if g is None else g.spotted(posteriors[row, :int(lengths[row])], blank, floor)
             for row, g in enumerate(graphs)]
+
+
+def rewritten(generated: Generated, answers: list[tuple[str, list[int]] | None]) -> Generated:
+    """`generated` with the answers `rewrite` rewrote (text and token ids; None: as they
+    were)."""
+    if all(answer is None for answer in answers):
+        return generated
+    return Generated(
+        [old if new is None else new[1] for old, new in zip(generated.token_ids, answers,
+                                                            strict=True)],
+        [old if new is None else new[0] for old, new in zip(generated.texts, answers,
+                                                            strict=True)])
 
 
 def word_times(model: SpeechLLM, batch: dict[str, Any], texts: list[str],

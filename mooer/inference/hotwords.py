@@ -23,11 +23,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mooer.data.hotword_list import CHECK_THRESHOLD, CHECKED_SCORE, DEFAULT_SCORE, check_score
+from mooer.data.hotword_list import (
+    CHECK_THRESHOLD,
+    CHECKED_SCORE,
+    DEFAULT_SCORE,
+    REWRITE_THRESHOLD,
+    check_score,
+)
 from mooer.inference.align import ctc_chain
 
-__all__ = ["CHECKED_SCORE", "CHECK_THRESHOLD", "DEFAULT_SCORE", "ROOT", "ContextGraph",
-           "HotwordBias", "spot", "token_variants"]
+__all__ = ["CHECKED_SCORE", "CHECK_THRESHOLD", "DEFAULT_SCORE", "REWRITE_THRESHOLD", "ROOT",
+           "ContextGraph",
+           "HotwordBias", "Spotting", "spot", "spot_stretches", "token_variants"]
 
 
 def token_variants(word: str, tokenizer) -> list[list[int]]:
@@ -51,6 +58,16 @@ class Transition:
     default: float
     tokens: torch.Tensor
     values: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Spotting:
+    """What `ContextGraph.spotted` found: each token sequence's score (-inf: not heard), and
+    the first and last frame of its best stretch."""
+
+    scores: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
 
 
 State = tuple[int, float]  # (node, the score banked on its path by completed hotwords)
@@ -94,6 +111,7 @@ class ContextGraph:
             for ids in variants:
                 self.add(ids, score if weight is None else weight)
         self.link()
+        self._flat = None
 
     def checked(self, log_probs: np.ndarray, blank: int,
                 threshold: float = CHECK_THRESHOLD) -> ContextGraph | None:
@@ -102,6 +120,32 @@ class ContextGraph:
         best path (`spot`), with CHECKED_SCORE for the default bonus; None when none is.
         A word the model does not hear is not biased, so a long list costs little where it
         cannot help (benchmarks/hotwords.py)."""
+        return self.cut(self.spotted(log_probs, blank, threshold), threshold)
+
+    def cut(self, spotted: Spotting, threshold: float) -> ContextGraph | None:
+        """`checked` from what `spotted` found (searched down to `threshold` or below)."""
+        kept = tuple(sorted({entry for entry, _ in self.heard(spotted, threshold)}))
+        if not kept:
+            return None
+        graph = self._kept.get(kept)
+        if graph is None:
+            graph = ContextGraph(asked=self.asked)
+            graph.entries = [self.entries[i] for i in kept]
+            graph._fill(self.default_score)
+            self._kept[kept] = graph
+        return graph
+
+    @property
+    def default_score(self) -> float:
+        """The bonus per token of a word without its own weight, once checked."""
+        return CHECKED_SCORE if self.asked is None else self.asked
+
+    @property
+    def sequences(self) -> list[list[int]]:
+        """Every word's token sequences (`token_variants`), in `entries`' order."""
+        return self._flatten()[0]
+
+    def _flatten(self) -> tuple:
         if self._flat is None:  # every variant's tokens in one array, once a graph
             sequences = [ids for _, _, variants in self.entries for ids in variants]
             owners = np.array([i for i, (_, _, variants) in enumerate(self.entries)
@@ -109,25 +153,38 @@ class ContextGraph:
             starts = np.cumsum([0] + [len(ids) for ids in sequences[:-1]], dtype=np.int64)
             flat = np.array([t for ids in sequences for t in ids], dtype=np.int64)
             self._flat = (sequences, owners, starts, flat)
-        sequences, owners, starts, flat = self._flat
+        return self._flat
+
+    def spotted(self, log_probs: np.ndarray, blank: int, floor: float) -> Spotting:
+        """How well, and where, the CTC head's log-posteriors of the utterance [T, V] spell
+        each of `sequences` (`spot_stretches`: 0 its best path does, below 0 by how many nats
+        it would have to change); -inf where one of its tokens never comes within `floor` of a
+        frame's best (not searched: a long list is mostly such words)."""
+        sequences, _, starts, flat = self._flatten()
+        found = Spotting(np.full(len(sequences), -np.inf),
+                         np.full(len(sequences), -1, dtype=np.int64),
+                         np.full(len(sequences), -1, dtype=np.int64))
         if not sequences:
-            return None
+            return found
         # a path's score is a sum of frames' scores under their best (each <= 0): a sequence
-        # one of whose tokens is never within the threshold of a frame's best cannot pass, and
-        # is not searched (a long list is mostly such words)
+        # one of whose tokens is never within `floor` of a frame's best cannot reach it
         peaks = (log_probs - log_probs.max(1, keepdims=True)).max(0)
-        possible = np.nonzero(np.minimum.reduceat(peaks[flat], starts) >= threshold)[0]
-        found = spot(log_probs, [sequences[j] for j in possible], blank)
-        kept = tuple(sorted({int(owners[j]) for j in possible[found >= threshold]}))
-        if not kept:
-            return None
-        graph = self._kept.get(kept)
-        if graph is None:
-            graph = ContextGraph(asked=self.asked)
-            graph.entries = [self.entries[i] for i in kept]
-            graph._fill(CHECKED_SCORE if self.asked is None else self.asked)
-            self._kept[kept] = graph
-        return graph
+        possible = np.nonzero(np.minimum.reduceat(peaks[flat], starts) >= floor)[0]
+        scores, first, last = spot_stretches(log_probs, [sequences[j] for j in possible], blank)
+        found.scores[possible], found.first[possible], found.last[possible] = scores, first, last
+        return found
+
+    def heard(self, spotted: Spotting, threshold: float) -> list[tuple[int, int]]:
+        """(entry, its best sequence) of each word one of whose token sequences scores at
+        least `threshold` in `spotted`, in `entries`' order."""
+        _, owners, _, _ = self._flatten()
+        scores = spotted.scores
+        best: dict[int, int] = {}
+        for j in np.nonzero(scores >= threshold)[0]:
+            entry = int(owners[j])
+            if entry not in best or scores[j] > scores[best[entry]]:
+                best[entry] = int(j)
+        return sorted(best.items())
 
     def add(self, ids: Sequence[int], weight: float) -> None:
         node = 0
@@ -239,13 +296,22 @@ def spot(log_probs: np.ndarray, sequences: Sequence[Sequence[int]], blank: int) 
     between repeats) over some stretch of frames, less that of the best labels of the same
     frames. 0: those frames' best labels spell it; below 0: by how many nats they would have
     to change. Every sequence's states side by side, one pass over the frames."""
+    return spot_stretches(log_probs, sequences, blank)[0]
+
+
+def spot_stretches(log_probs: np.ndarray, sequences: Sequence[Sequence[int]], blank: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`spot`, and where: the first and last frame of each sequence's best stretch (its first
+    and last token's; of equally good stretches, the shortest; -1 where none)."""
     frames = log_probs.shape[0]
     found = np.full(len(sequences), -np.inf)
+    first = np.full(len(sequences), -1, dtype=np.int64)
+    last = np.full(len(sequences), -1, dtype=np.int64)
     if not frames or not sequences:
-        return found
+        return found, first, last
     relative = log_probs - log_probs.max(1, keepdims=True)  # <= 0; the best label 0
     states: list[int] = []
-    enter, step, jump, ends = [], [], [], []  # masks over states; each sequence's two ends
+    enter, step, jump, ends = [], [], [], []  # masks over states; each sequence's last token
     for ids in sequences:
         if not ids:
             raise ValueError("spot: an empty token sequence")
@@ -255,18 +321,34 @@ def spot(log_probs: np.ndarray, sequences: Sequence[Sequence[int]], blank: int) 
         enter += [True, True] + [False] * (len(chain) - 2)
         step += [False] + [True] * (len(chain) - 1)
         jump += skips
-        ends.append((base + len(chain) - 2, base + len(chain) - 1))
+        ends.append(base + len(chain) - 2)
     emit = relative[:, states]  # [T, S]
     can_enter, can_step, can_jump = np.array(enter), np.array(step), np.array(jump)
-    last_token, last_blank = (np.array(column) for column in zip(*ends, strict=True))
-    score = np.full(len(states), -np.inf)
+    last_token = np.array(ends)
+    size = len(states)
+    score = np.full(size, -np.inf)
+    start = np.zeros(size, dtype=np.int64)  # where each state's best path began
+    shifted, skipped = np.full(size, -np.inf), np.full(size, -np.inf)  # from the state before
+    came, jumped = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
+    entering = np.where(can_enter, 0.0, -np.inf)
     for t in range(frames):
-        stepped = np.where(can_step, np.roll(score, 1), -np.inf)
-        jumped = np.where(can_jump, np.roll(score, 2), -np.inf)
-        score = np.maximum(np.maximum(score, stepped),
-                           np.maximum(jumped, np.where(can_enter, 0.0, -np.inf))) + emit[t]
-        found = np.maximum(found, np.maximum(score[last_token], score[last_blank]))
-    return found
+        shifted[1:], skipped[2:] = score[:-1], score[:-2]
+        came[1:], jumped[2:] = start[:-1], start[:-2]
+        # entering anew first: of equal paths, the one that starts latest (leading blanks
+        # are not part of the word)
+        best, origin = entering.copy(), np.full(size, t)
+        for option, began, allowed in ((shifted, came, can_step), (skipped, jumped, can_jump),
+                                       (score, start, None)):
+            better = option > best if allowed is None else (option > best) & allowed
+            best = np.where(better, option, best)
+            origin = np.where(better, began, origin)
+        score, start = best + emit[t], origin
+        ended = score[last_token]
+        improved = ended > found  # of equal scores, the earliest end (trailing blanks cost 0)
+        found = np.where(improved, ended, found)
+        first = np.where(improved, start[last_token], first)
+        last = np.where(improved, t, last)
+    return found, first, last
 
 
 class HotwordBias:

@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from mooer.config import compose_config
-from mooer.data.hotword_list import check_score, read_hotwords
+from mooer.data.hotword_list import check_score, read_hotwords, threshold_or_off
 from mooer.data.text import read_table
 from mooer.files import writable_dir
 from mooer.inference.distributed import (
@@ -45,7 +45,13 @@ from mooer.inference.distributed import (
     relaunch,
 )
 from mooer.inference.formats import FORMATS, Segment, render, subtitles
-from mooer.inference.hotwords import CHECK_THRESHOLD, CHECKED_SCORE, DEFAULT_SCORE, ContextGraph
+from mooer.inference.hotwords import (
+    CHECK_THRESHOLD,
+    CHECKED_SCORE,
+    DEFAULT_SCORE,
+    REWRITE_THRESHOLD,
+    ContextGraph,
+)
 from mooer.inference.loading import apply_run_dir
 from mooer.inference.longform import Prepared, prepare
 from mooer.inference.recognizer import MIN_AUDIO_SECONDS, Recognizer, prompt_for
@@ -150,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with a CTC head, only the listed words whose tokens its best path "
                              "spells within this many nats are biased (a very negative number: "
                              "all of them)")
+    parser.add_argument("--hotword_rewrite", type=threshold_or_off, default=REWRITE_THRESHOLD,
+                        help="with a CTC head, the listed words it hears within this many nats "
+                             "are tried in each transcript after decoding, and kept where the "
+                             "model scores them higher (decoder + CTC head); 'off': not "
+                             f"(default {REWRITE_THRESHOLD:g})")
     add_segment_arguments(parser)
     parser.add_argument("--devices", type=int, default=1,
                         help="decode on N processes (a GPU each), recordings dealt by duration; "
@@ -250,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             recognizer = Recognizer.from_config(
                 cfg, args.device, args.precision, args.batch_size,
                 {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens,
-                 "hotword_check": args.hotword_check},
+                 "hotword_check": args.hotword_check, "hotword_rewrite": args.hotword_rewrite},
                 prompt=prompt)
         except (CheckpointError, ValueError) as err:  # weights that do not fit, named
             print(f"error: {err}", file=sys.stderr)

@@ -280,15 +280,21 @@ class SpeechLLM(nn.Module):
 
     @torch.no_grad()
     def answer_log_probs(self, batch: dict[str, Any], token_ids: list[list[int]],
-                         encoded: tuple | None = None) -> list[list[float]]:
+                         encoded: tuple | None = None, rows: list[int] | None = None
+                         ) -> list[list[float]]:
         """Each answer token's log-probability under the decoder, given the batch's prompt (its
         audio) and the answer's tokens before it (teacher forced, one pass, positions counted
         as `generate` counts them over left padding): the decoder's own confidence in an
-        answer, without the decoding's biases (eos, repetition penalty, hotwords)."""
+        answer, without the decoding's biases (eos, repetition penalty, hotwords). `rows`: the
+        batch row of each answer (None: one answer a row, in order)."""
         width = batch["prompt_width"]
         prompt = {**batch, "input_ids": batch["input_ids"][:, :width],
                   "audio_slot_mask": batch["audio_slot_mask"][:, :width]}
         embeddings = self.embed(prompt, encoded)
+        mask = batch["attention_mask"][:, :width]
+        if rows is not None:
+            index = torch.tensor(rows, dtype=torch.long, device=embeddings.device)
+            embeddings, mask = embeddings[index], mask[index]
         longest = max((len(ids) for ids in token_ids), default=0)
         if not longest:
             return [[] for _ in token_ids]
@@ -300,8 +306,7 @@ class SpeechLLM(nn.Module):
             answers[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
             answer_mask[row, :len(ids)] = 1
         inputs = torch.cat([embeddings, self.llm.get_input_embeddings()(answers)], 1)
-        attention = torch.cat([batch["attention_mask"][:, :width].to(answer_mask.dtype),
-                               answer_mask], 1)
+        attention = torch.cat([mask.to(answer_mask.dtype), answer_mask], 1)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         logits = self.llm(inputs_embeds=inputs, attention_mask=attention, position_ids=positions,
                           use_cache=False).logits[:, width - 1:width - 1 + longest]

@@ -225,6 +225,12 @@ def test_transcribe_with_a_hotword_list(tiny_release, corpus, tmp_path, capsys):
     biased = capsys.readouterr().out.split("\t")
     assert "二十七" in biased[1] and "二十七" not in plain[1]
     assert biased[2] == plain[2]  # the translation is not biased
+    # no CTC head here: rewriting (on by default) has nothing to hear with, off is the same
+    assert transcribe(["--hotwords", str(listed), "--hotword_rewrite", "off", *options]) == 0
+    assert capsys.readouterr().out.split("\t") == biased
+    with pytest.raises(SystemExit):
+        transcribe(["--hotwords", str(listed), "--hotword_rewrite", "loud", *options])
+    assert "--hotword_rewrite: invalid" in capsys.readouterr().err
     listed.write_text("ok\nA\tB\tC\n", encoding="utf-8")
     assert transcribe(["--hotwords", str(listed), *options]) == 2
     assert (f"error: {listed}, line 2: expected `word` or `word<TAB>weight`, got 3 "
@@ -321,10 +327,11 @@ def test_decoding_checks_the_list_against_the_audio_on_a_ctc_head(tokenizer, sha
                       progress=False).hypotheses
 
     plain = run()
-    unchecked = run(hotwords=graph, hotword_check=None)
+    unchecked = run(hotwords=graph, hotword_check=None, hotword_rewrite=None)
     assert all(word in text for text in unchecked.values())
-    assert run(hotwords=graph, hotword_check=1.0) == plain  # above 0: nothing is ever heard
-    assert run(hotwords=graph, hotword_check=-1e9) == unchecked  # everything is
+    # above 0, nothing is ever heard (nor rewritten here: test_rewrite)
+    assert run(hotwords=graph, hotword_check=1.0, hotword_rewrite=None) == plain
+    assert run(hotwords=graph, hotword_check=-1e9, hotword_rewrite=None) == unchecked
 
 
 def test_a_model_trained_with_lists_reads_the_list_in_its_prompt(tiny_release, corpus):

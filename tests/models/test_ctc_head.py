@@ -107,3 +107,17 @@ def test_answer_log_probs_are_the_decoders_own_on_padded_rows(tokenizer, ctc_bat
             logits = model.llm(inputs_embeds=torch.cat([prompt, tail], 1)).logits[0, -1]
             assert found[row][step] == pytest.approx(float(logits.log_softmax(-1)[token]),
                                                      abs=1e-4)
+
+
+def test_answer_log_probs_of_several_answers_a_row(tokenizer, ctc_batch):
+    """`rows` scores answers against the rows named: the same posteriors as each answer scored
+    in its own row (a beam's candidates of one utterance in one pass)."""
+    model = tiny_model(tokenizer, 4).eval()
+    answers = [[11, 12, 13], [20], [30, 31], [40, 41, 42, 43]]
+    alone = model.answer_log_probs(ctc_batch, answers)
+    found = model.answer_log_probs(ctc_batch, [answers[2], answers[0], answers[2], answers[3]],
+                                   rows=[2, 0, 2, 3])
+    for got, want in zip(found, [alone[2], alone[0], alone[2], alone[3]], strict=True):
+        assert got == pytest.approx(want, abs=1e-5)
+    other = model.answer_log_probs(ctc_batch, [answers[2]], rows=[1])[0]
+    assert other != pytest.approx(alone[2], abs=1e-3)  # another utterance's audio

@@ -1,0 +1,210 @@
+"""Hotword rewriting: listed words the beam missed, tried in its answer and kept where the
+model itself prefers them.
+
+A bonus in beam search (`mooer.inference.hotwords`) finds a hotword only when the decoder
+already half expects its first token: a name heard a few times in training loses to one heard
+more often (`i meet priya` for `yusuf`) however the audio sounds. So after decoding, each
+listed word the encoder's CTC head hears somewhere in the utterance (its tokens spelled within
+`threshold` nats of the head's best path: `ContextGraph.spotted`) is tried in place of each
+span of the answer's words (from one word to one more than it has). A candidate replaces the
+answer when the model's own joint score is higher:
+
+    decoder log-likelihood (teacher forced, end of answer included)
+    + REWRITE_WEIGHT * CTC log-likelihood + REWRITE_SHARE * the word's bonus per token * tokens
+
+The list proposes; the audio and the decoder decide. A word that sounds like nothing in the
+audio is never tried, and one the joint score does not prefer is never written, so a list of
+distractors changes next to nothing (benchmarks/hotwords.py measures it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from mooer.data.hotword_list import REWRITE_SHARE, REWRITE_TOP, REWRITE_WEIGHT
+from mooer.data.text import WORD_JOINER
+from mooer.inference.align import token_pieces, viterbi
+from mooer.inference.hotwords import ContextGraph, Spotting
+
+__all__ = ["candidates", "ctc_log_likelihoods", "join", "placed", "rewrite", "substitutions",
+           "units"]
+
+HAN = "\u3400-\u9fff\uf900-\ufaff"
+UNIT = re.compile(f"[{HAN}]|[^\\s{HAN}]+")
+IS_HAN = re.compile(f"[{HAN}]")
+
+
+def units(text: str) -> list[str]:
+    """The words of a transcript: each Han character, and each run of other characters
+    between spaces."""
+    return UNIT.findall(text.replace(WORD_JOINER, " "))
+
+
+def join(pieces: Sequence[str]) -> str:
+    """`units` back into text: a space between two words unless one of them is Han."""
+    text = ""
+    for piece in pieces:
+        if text and not IS_HAN.match(piece) and not IS_HAN.match(text[-1]):
+            text += " "
+        text += piece
+    return text
+
+
+def placed(text: str, ids: Sequence[int], spans: Sequence[tuple[int, int]],
+           tokenizer) -> list[tuple[str, int, int]]:
+    """Each word of an answer (`units`) with its first and last frame: those of its tokens
+    (`ids`, the answer's tokens; `spans`, their Viterbi frames on the CTC head)."""
+    pieces = token_pieces(ids, tokenizer)
+    owners: list[int] = []  # the token that spelled each character
+    for index, piece in enumerate(pieces):
+        owners += [index] * len(piece)
+    joined = "".join(pieces).replace(WORD_JOINER, " ")
+    words = []
+    for match in UNIT.finditer(joined):
+        tokens = owners[match.start():match.end()]
+        words.append((match.group(), spans[min(tokens)][0], spans[max(tokens)][1]))
+    return words
+
+
+def substitutions(words: Sequence[tuple[str, int, int]], word: str, first: int, last: int
+                  ) -> list[str]:
+    """The answer (`placed` words) with `word`, heard from frame `first` to `last`, in place of
+    each run of the words those frames overlap, with or without the word before or after
+    (runs of up to one word more than `word` has: a stretch a frame too long or too short
+    overlaps one word more or less); where it overlaps none, put between the words around
+    it, or in place of one of them."""
+    texts = [w for w, _, _ in words]
+    overlap = [i for i, (_, a, b) in enumerate(words) if a <= last and b >= first]
+    if overlap:
+        low, high = max(overlap[0] - 1, 0), min(overlap[-1] + 2, len(texts))
+        longest = len(units(word)) + 1
+        spans = {(a, b) for a in range(low, high) for b in range(a + 1, high + 1)
+                 if b - a <= longest and any(a <= i < b for i in overlap)}
+    else:
+        at = sum(1 for _, _, b in words if b < first)
+        spans = {(at, at), (max(at - 1, 0), at), (at, min(at + 1, len(texts)))}
+    replacement = units(word)
+    found = {join(texts[:a] + replacement + texts[b:]) for a, b in sorted(spans)}
+    found.discard(join(texts))
+    return sorted(found)
+
+
+def encode_all(tokenizer, texts: list[str]) -> list[list[int]]:
+    """The token ids of each text, without special tokens: straight from a fast tokenizer's
+    Rust core where it has one (what its `__call__` does, without the per-call overhead that
+    outweighs a few short texts)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return [encoding.ids for encoding in backend.encode_batch(texts,
+                                                                  add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def ctc_log_likelihoods(log_probs: torch.Tensor, frames: int,
+                        token_lists: Sequence[Sequence[int]]) -> torch.Tensor:
+    """log P_ctc(tokens | audio) of each token list on one utterance's CTC log-posteriors
+    [T, V] (blank last), its first `frames` frames; -inf where a list cannot be aligned."""
+    count = len(token_lists)
+    if not count:
+        return torch.zeros(0)
+    targets = torch.tensor([t for ids in token_lists for t in ids], dtype=torch.long)
+    lengths = torch.tensor([len(ids) for ids in token_lists], dtype=torch.long)
+    inputs = log_probs[:frames, None, :].expand(frames, count, log_probs.shape[-1])
+    return -torch.nn.functional.ctc_loss(
+        inputs, targets, torch.full((count,), frames, dtype=torch.long), lengths,
+        blank=log_probs.shape[-1] - 1, reduction="none", zero_infinity=False)
+
+
+def holds(text: str, word: str) -> bool:
+    """Whether `text` already says `word` (as whole words)."""
+    return f" {word} " in f" {text} " if not IS_HAN.search(word) else word in text
+
+
+def candidates(words: Sequence[tuple[str, int, int]], graph: ContextGraph, spotted: Spotting,
+               threshold: float, tokenizer) -> dict[str, float]:
+    """Each rewriting of an answer (`placed` words) with a word of `graph` heard at
+    `threshold` (in the form, case and spacing, the CTC head heard best, where it heard it),
+    and the bonus it would earn."""
+    found: dict[str, float] = {}
+    sequences = graph.sequences
+    said = join([w for w, _, _ in words])
+    for entry, best in graph.heard(spotted, threshold):
+        ids = sequences[best]
+        form = tokenizer.decode(ids).strip()
+        weight = graph.entries[entry][1]
+        bonus = REWRITE_SHARE * (graph.default_score if weight is None else weight) * len(ids)
+        if not form or bonus <= 0 or holds(said, form):
+            continue
+        for candidate in substitutions(words, form, int(spotted.first[best]),
+                                       int(spotted.last[best])):
+            found[candidate] = max(found.get(candidate, 0.0), bonus)
+    return found
+
+
+def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
+            ctc: tuple[torch.Tensor, torch.Tensor], texts: Sequence[str],
+            answers: Sequence[Sequence[int]], graphs: Sequence[ContextGraph | None],
+            spotted: Sequence[Spotting | None], threshold: float
+            ) -> list[tuple[str, list[int]] | None]:
+    """Each answer of a batch (its text and token ids) rewritten with the words of its graph
+    heard at `threshold` (`spotted`: each row's `ContextGraph.spotted`), as its text and
+    token ids, or None where the answer stands. The answer is aligned on the CTC head (its
+    words' frames: `placed`); one CTC pass scores every candidate of a row, then one decoder
+    pass the answers and the candidates that gain most on them by the audio and the bonus (at
+    most REWRITE_TOP a row)."""
+    log_probs, lengths = ctc
+    log_probs = log_probs.float().cpu()
+    tokenizer = model.tokenizer
+    blank = log_probs.shape[-1] - 1
+    rows: list[int] = []  # the decoder's pass: each text's row, text, ids, CTC score, bonus
+    scored: list[tuple[str, list[int], float, float]] = []
+    for row, (text, answer, graph, found) in enumerate(zip(texts, answers, graphs, spotted,
+                                                           strict=True)):
+        if graph is None or found is None or not text:
+            continue
+        if not answer or max(answer) >= blank:  # a token the CTC head has no class for
+            answer = encode_all(tokenizer, [text])[0]
+        frames = int(lengths[row])
+        spans = viterbi(log_probs[row, :frames], answer, blank)
+        if spans is None:  # more tokens than frames: nothing to place a word by
+            continue
+        options = candidates(placed(text, answer, spans, tokenizer), graph, found, threshold,
+                             tokenizer)
+        if not options:
+            continue
+        listed = [text, *options]
+        ids = encode_all(tokenizer, listed)
+        acoustic = ctc_log_likelihoods(log_probs[row], frames, ids)
+        # what the audio and the bonus give a candidate over the answer: one that gains
+        # nothing could win only where the decoder prefers it, and it preferred the answer
+        gains = {i: REWRITE_WEIGHT * float(acoustic[i] - acoustic[0]) + options[listed[i]]
+                 for i in range(1, len(listed))}
+        better = sorted((i for i, gain in gains.items() if gain > 0),
+                        key=lambda i: -gains[i])[:REWRITE_TOP]
+        if not better:
+            continue
+        for i in (0, *better):
+            rows.append(row)
+            scored.append((listed[i], ids[i], float(acoustic[i]), options.get(listed[i], 0.0)))
+    chosen: list[tuple[str, list[int]] | None] = [None] * len(texts)
+    if not rows:
+        return chosen
+    decoder = model.answer_log_probs(
+        batch, [ids + [tokenizer.eos_token_id] for _, ids, _, _ in scored], encoded, rows=rows)
+    answer_total: dict[int, float] = {}  # each row's first is its answer
+    best: dict[int, tuple[float, int]] = {}  # its best candidate
+    for n, row in enumerate(rows):
+        _, _, acoustic_score, bonus = scored[n]
+        total = sum(decoder[n]) + REWRITE_WEIGHT * acoustic_score + bonus
+        if row not in answer_total:
+            answer_total[row] = total
+        elif row not in best or total > best[row][0]:
+            best[row] = (total, n)
+    for row, (total, n) in best.items():
+        if total > answer_total[row]:
+            chosen[row] = scored[n][0], scored[n][1]
+    return chosen

@@ -1,0 +1,229 @@
+"""Hotword rewriting (`mooer.inference.rewrite`): words and spans, the CTC likelihood, which
+candidates a heard word makes, the decision by the model's joint score, and decoding with it."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from mooer.data.hotword_list import CHECKED_SCORE, REWRITE_SHARE, REWRITE_WEIGHT
+from mooer.inference.hotwords import ContextGraph
+from mooer.inference.rewrite import (
+    candidates,
+    ctc_log_likelihoods,
+    join,
+    placed,
+    rewrite,
+    substitutions,
+    units,
+)
+
+BLANK = 59
+
+
+class CharTokenizer:
+    """One token a character: A=1, ..., Z=26, a space 27, a=33, ...; eos 58 (the CTC blank is
+    59, past the vocabulary)."""
+
+    eos_token_id = 58
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [27 if c == " " else ord(c) - 64 for c in text]
+
+    def decode(self, ids: list[int], **_) -> str:
+        return "".join(" " if i == 27 else chr(i + 64) for i in ids)
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [self.encode(text) for text in texts]}
+
+
+def posteriors(labels: list[int], frames_each: int = 1, sure: float = 0.9) -> torch.Tensor:
+    """CTC log-posteriors [T, 60] whose best path spells `labels` (each for `frames_each`
+    frames, a blank between), `sure` on the label of each frame."""
+    path = []
+    for label in labels:
+        path += [label] * frames_each + [BLANK]
+    probs = torch.full((len(path), 60), (1 - sure) / 59)
+    for t, label in enumerate(path):
+        probs[t, label] = sure
+    return probs.log()
+
+
+def test_a_threshold_or_off():
+    from mooer.data.hotword_list import threshold_or_off
+
+    assert threshold_or_off("-8") == -8.0 and threshold_or_off(" OFF ") is None
+    assert threshold_or_off("null") is None
+    with pytest.raises(ValueError, match="a number of nats or 'off', got 'loud'"):
+        threshold_or_off("loud")
+
+
+def test_words_and_spans():
+    assert units("i meet priya at ten") == ["i", "meet", "priya", "at", "ten"]
+    assert units("我见priya▁lee了") == ["我", "见", "priya", "lee", "了"]
+    assert join(units("我见priya▁lee了")) == "我见priya lee了"
+    assert join(["ten", "o'clock"]) == "ten o'clock"
+    words = [("i", 0, 1), ("meet", 3, 4), ("marcus", 6, 11), ("at", 13, 14), ("seven", 17, 18)]
+    # heard over marcus and into at: each run of up to two of the words around that overlaps
+    assert set(substitutions(words, "yusuf", 8, 13)) == {
+        "i yusuf at seven", "i meet yusuf at seven", "i meet yusuf seven",
+        "i meet marcus yusuf seven", "i meet marcus yusuf"}
+    # heard between at and seven: put between them, or in place of one
+    assert set(substitutions(words, "yusuf", 15, 16)) == {
+        "i meet marcus at yusuf seven", "i meet marcus yusuf seven", "i meet marcus at yusuf"}
+    han = [("我", 0, 1), ("们", 2, 3), ("见", 4, 5), ("面", 6, 7)]
+    assert set(substitutions(han, "张三", 0, 3)) == {"张三们见面", "张三见面", "张三面", "我张三见面",
+                                                    "我张三面"}
+    assert substitutions([("yusuf", 0, 3)], "yusuf", 0, 3) == []  # already said
+
+
+def test_words_are_placed_by_their_tokens_frames():
+    tokenizer = CharTokenizer()
+    ids = tokenizer.encode("AB CD")  # A B space C D
+    spans = [(0, 0), (2, 3), (4, 4), (6, 6), (7, 9)]
+    # the space is a token of its own here: no word's
+    assert placed("AB CD", ids, spans, tokenizer) == [("AB", 0, 3), ("CD", 6, 9)]
+
+
+def _ctc_by_enumeration(log_probs: torch.Tensor, ids: list[int], blank: int) -> float:
+    """log of the sum over every labelling of all frames that collapses to `ids`."""
+    total = -math.inf
+    for path in itertools.product(sorted({blank, *ids}), repeat=log_probs.shape[0]):
+        collapsed = [c for i, c in enumerate(path) if c != blank and (i == 0 or c != path[i - 1])]
+        if collapsed == ids:
+            total = float(torch.logaddexp(torch.tensor(total), torch.tensor(
+                sum(float(log_probs[t, c]) for t, c in enumerate(path)))))
+    return total
+
+
+def test_ctc_log_likelihood_sums_every_alignment():
+    generator = torch.Generator().manual_seed(3)
+    log_probs = torch.randn(6, 4, generator=generator).log_softmax(-1)  # blank 3
+    lists = [[0], [1, 2], [2, 2], [0, 1, 0], []]
+    found = ctc_log_likelihoods(log_probs, 5, lists)  # the first 5 frames only
+    for ids, value in zip(lists, found, strict=True):
+        assert float(value) == pytest.approx(_ctc_by_enumeration(log_probs[:5], ids, 3),
+                                             abs=1e-4), ids
+    assert ctc_log_likelihoods(log_probs, 2, [[0, 0, 1]])[0] == -math.inf  # cannot fit
+
+
+def test_spotting_says_where_a_word_is_heard():
+    from mooer.inference.hotwords import spot, spot_stretches
+
+    tokenizer = CharTokenizer()
+    log_probs = posteriors(tokenizer.encode("XAB YAB"), frames_each=2).numpy()
+    # frames: X X - A A - B B - _ _ - Y Y - A A - B B -  (a label twice, then a blank)
+    found, first, last = spot_stretches(log_probs, [[1, 2], [25, 1], [3]], BLANK)
+    assert list(found) == list(spot(log_probs, [[1, 2], [25, 1], [3]], BLANK))
+    # of equally good stretches, the shortest: from the last frame of the first token to the
+    # first of the last
+    assert found[0] == pytest.approx(0.0) and (first[0], last[0]) == (4, 6)  # the first AB
+    assert found[1] == pytest.approx(0.0) and (first[1], last[1]) == (13, 15)  # Y A
+    assert found[2] < -5 and 0 <= first[2] <= last[2]  # C is nowhere: the cheapest frame
+
+
+def test_a_heard_word_makes_candidates_where_it_was_heard_in_the_form_heard():
+    tokenizer = CharTokenizer()
+    graph = ContextGraph.build([("CD", None), ("QZ", None), ("EF", 3.0)], tokenizer)
+    log_probs = posteriors(tokenizer.encode("AB cd EF"))  # a label a frame, a blank between
+    spotted = graph.spotted(log_probs.numpy(), BLANK, -5.0)
+    words = [("AB", 0, 3), ("XY", 6, 9)]  # cd is heard at frames 6-8, EF at 12-14
+    found = candidates(words, graph, spotted, -5.0, tokenizer)
+    # CD in the lower case heard, in place of XY (alone or with AB); EF after XY, or in its
+    # place; QZ not heard at all
+    assert set(found) == {"AB cd", "cd", "AB XY EF", "AB EF"}
+    assert found["AB cd"] == pytest.approx(REWRITE_SHARE * CHECKED_SCORE * 2)
+    assert found["AB EF"] == pytest.approx(REWRITE_SHARE * 3.0 * 2)  # its own weight
+    asked = ContextGraph.build([("CD", None)], tokenizer, score=0.6)
+    assert candidates(words, asked, asked.spotted(log_probs.numpy(), BLANK, -5.0), -5.0,
+                      tokenizer)["AB cd"] == pytest.approx(REWRITE_SHARE * 0.6 * 2)
+    assert candidates([("AB", 0, 3), ("cd", 6, 9)], graph, spotted, -5.0,
+                      tokenizer).keys() == {"AB cd EF", "AB EF"}  # cd is said already
+
+
+class FakeModel:
+    """A tokenizer, and a decoder whose log-likelihood of an answer is `prior[text]` (spread
+    over its tokens); records what it was asked."""
+
+    def __init__(self, prior: dict[str, float]) -> None:
+        self.tokenizer = CharTokenizer()
+        self.prior = prior
+        self.asked: list[tuple[str, int]] = []
+
+    def answer_log_probs(self, batch, answers, encoded, rows):
+        result = []
+        for ids, row in zip(answers, rows, strict=True):
+            assert ids[-1] == self.tokenizer.eos_token_id  # the end of the answer is scored
+            text = self.tokenizer.decode(ids[:-1])
+            self.asked.append((text, row))
+            result.append([self.prior.get(text, -1e6) / len(ids)] * len(ids))
+        return result
+
+
+def test_a_candidate_replaces_the_answer_only_where_the_joint_score_prefers_it():
+    tokenizer = CharTokenizer()
+    audio = posteriors(tokenizer.encode("AB CD"), frames_each=2)
+    log_probs = torch.stack([audio, audio])
+    lengths = torch.tensor([audio.shape[0]] * 2)
+    graph = ContextGraph.build([("CD", None), ("QZ", None)], tokenizer)
+    spotted = [graph.spotted(audio.numpy(), BLANK, -5.0)] * 2
+    gain = float(ctc_log_likelihoods(audio, audio.shape[0], [tokenizer.encode("AB CD")])[0]
+                 - ctc_log_likelihoods(audio, audio.shape[0], [tokenizer.encode("AB XY")])[0])
+    bonus = REWRITE_SHARE * CHECKED_SCORE * 2
+    margin = REWRITE_WEIGHT * gain + bonus  # what the candidate gains on the answer
+    assert margin > 5
+    priors = {"AB XY": 0.0, "AB CD": -(margin - 1)}  # any other candidate: -1e6
+    model = FakeModel(priors)
+    answer = tokenizer.encode("AB XY")
+    chosen = rewrite(model, {}, (), (log_probs, lengths), ["AB XY", "AB XY"], [answer, answer],
+                     [graph, None], spotted, -5.0)
+    assert chosen == [("AB CD", tokenizer.encode("AB CD")), None]  # the second has no list
+    assert ("AB XY", 0) in model.asked and all(row == 0 for _, row in model.asked)
+    assert not any("QZ" in text for text, _ in model.asked)  # never heard, never tried
+    # the decoder against it by more than the audio and the bonus for it: the answer stands
+    model = FakeModel({**priors, "AB CD": -(margin + 1)})
+    assert rewrite(model, {}, (), (log_probs[:1], lengths[:1]), ["AB XY"], [answer], [graph],
+                   spotted[:1], -5.0) == [None]
+    # an answer that already says it: nothing better, the decoder is not asked
+    model = FakeModel({})
+    assert rewrite(model, {}, (), (log_probs[:1], lengths[:1]), ["AB CD"],
+                   [tokenizer.encode("AB CD")], [graph], spotted[:1], -5.0) == [None]
+    assert model.asked == []
+
+
+def test_decoding_rewrites_with_heard_words_and_keeps_ids_and_text_together(tokenizer, shards):
+    """On a tiny model with a CTC head: rewriting at a threshold nothing reaches changes
+    nothing; with a CTC head that hears only the word's tokens (and blanks) and a weight no
+    decoder score outweighs, every answer takes the word, and its token ids are the text's."""
+    from mooer.data.features import ParaformerFrontend
+    from mooer.inference.decode import decode, decoding_loader
+    from tests.conftest import prompt_format
+    from tests.models.test_speech_llm import tiny_model
+
+    model = tiny_model(tokenizer, 3, "encoder.ctc_weight=0.3").eval()
+    loader = decoding_loader(shards, model, ParaformerFrontend(None), prompt_format("asr"),
+                             "asr", 4)
+    options = {"num_beams": 2, "max_new_tokens": 6, "eos_bias": 0, "hotword_check": None}
+
+    def run(**extra):
+        return decode(model, loader, {**options, **extra}, torch.device("cpu"), torch.float32,
+                      progress=False)
+
+    word = "二十七"
+    graph = ContextGraph.build([(word, 0.001)], tokenizer)  # a bonus too small to bias
+    plain = run(hotwords=graph, hotword_rewrite=None)
+    assert run(hotwords=graph, hotword_rewrite=1.0).hypotheses == plain.hypotheses
+    heavy = ContextGraph.build([(word, 1e6)], tokenizer)
+    with torch.no_grad():
+        model.ctc_head.weight.zero_()
+        model.ctc_head.bias.fill_(-10.0)
+        model.ctc_head.bias[[*tokenizer.encode(word), -1]] = 5.0
+    rewritten = run(hotwords=heavy, hotword_rewrite=-1e9, hotword_check=1.0)
+    assert all(word in text for key, text in rewritten.hypotheses.items()
+               if plain.hypotheses[key])
+    for key, text in rewritten.hypotheses.items():
+        assert tokenizer.decode(rewritten.tokens[key]) == text
+    assert rewritten.hypotheses != plain.hypotheses
