@@ -31,7 +31,7 @@ from mooer.inference.align import token_pieces, viterbi
 from mooer.inference.hotwords import ContextGraph, Spotting
 
 __all__ = ["candidates", "ctc_log_likelihoods", "join", "placed", "rewrite", "substitutions",
-           "units"]
+           "to_try", "units"]
 
 HAN = "\u3400-\u9fff\uf900-\ufaff"
 UNIT = re.compile(f"[{HAN}]|[^\\s{HAN}]+")
@@ -124,23 +124,31 @@ def holds(text: str, word: str) -> bool:
     return f" {word} " in f" {text} " if not IS_HAN.search(word) else word in text
 
 
-def candidates(words: Sequence[tuple[str, int, int]], graph: ContextGraph, spotted: Spotting,
-               threshold: float, tokenizer) -> dict[str, float]:
-    """Each rewriting of an answer (`placed` words) with a word of `graph` heard at
-    `threshold` (in the form, case and spacing, the CTC head heard best, where it heard it),
-    and the bonus it would earn."""
-    found: dict[str, float] = {}
+def to_try(text: str, graph: ContextGraph, spotted: Spotting, threshold: float, tokenizer
+           ) -> list[tuple[str, float, int, int]]:
+    """The words of `graph` heard at `threshold` that the answer `text` does not say yet: each
+    in the form (case, spacing) the CTC head heard best, with the bonus it would earn and the
+    first and last frame where it was heard."""
+    said = join(units(text))
+    found = []
     sequences = graph.sequences
-    said = join([w for w, _, _ in words])
     for entry, best in graph.heard(spotted, threshold):
         ids = sequences[best]
         form = tokenizer.decode(ids).strip()
         weight = graph.entries[entry][1]
         bonus = REWRITE_SHARE * (graph.default_score if weight is None else weight) * len(ids)
-        if not form or bonus <= 0 or holds(said, form):
-            continue
-        for candidate in substitutions(words, form, int(spotted.first[best]),
-                                       int(spotted.last[best])):
+        if form and bonus > 0 and not holds(said, form):
+            found.append((form, bonus, int(spotted.first[best]), int(spotted.last[best])))
+    return found
+
+
+def candidates(words: Sequence[tuple[str, int, int]], tries: Sequence[tuple[str, float, int, int]]
+               ) -> dict[str, float]:
+    """Each rewriting of an answer (`placed` words) with a word `to_try` where it was heard,
+    and the bonus it would earn."""
+    found: dict[str, float] = {}
+    for form, bonus, first, last in tries:
+        for candidate in substitutions(words, form, first, last):
             found[candidate] = max(found.get(candidate, 0.0), bonus)
     return found
 
@@ -166,14 +174,16 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
                                                            strict=True)):
         if graph is None or found is None or not text:
             continue
+        tries = to_try(text, graph, found, threshold, tokenizer)
+        if not tries:
+            continue
         if not answer or max(answer) >= blank:  # a token the CTC head has no class for
             answer = encode_all(tokenizer, [text])[0]
         frames = int(lengths[row])
         spans = viterbi(log_probs[row, :frames], answer, blank)
         if spans is None:  # more tokens than frames: nothing to place a word by
             continue
-        options = candidates(placed(text, answer, spans, tokenizer), graph, found, threshold,
-                             tokenizer)
+        options = candidates(placed(text, answer, spans, tokenizer), tries)
         if not options:
             continue
         listed = [text, *options]

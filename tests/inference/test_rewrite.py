@@ -18,6 +18,7 @@ from mooer.inference.rewrite import (
     placed,
     rewrite,
     substitutions,
+    to_try,
     units,
 )
 
@@ -130,18 +131,18 @@ def test_a_heard_word_makes_candidates_where_it_was_heard_in_the_form_heard():
     graph = ContextGraph.build([("CD", None), ("QZ", None), ("EF", 3.0)], tokenizer)
     log_probs = posteriors(tokenizer.encode("AB cd EF"))  # a label a frame, a blank between
     spotted = graph.spotted(log_probs.numpy(), BLANK, -5.0)
-    words = [("AB", 0, 3), ("XY", 6, 9)]  # cd is heard at frames 6-8, EF at 12-14
-    found = candidates(words, graph, spotted, -5.0, tokenizer)
-    # CD in the lower case heard, in place of XY (alone or with AB); EF after XY, or in its
-    # place; QZ not heard at all
-    assert set(found) == {"AB cd", "cd", "AB XY EF", "AB EF"}
-    assert found["AB cd"] == pytest.approx(REWRITE_SHARE * CHECKED_SCORE * 2)
-    assert found["AB EF"] == pytest.approx(REWRITE_SHARE * 3.0 * 2)  # its own weight
+    tries = to_try("AB XY", graph, spotted, -5.0, tokenizer)
+    # CD in the lower case heard, where it was heard; EF with its own weight; QZ not at all
+    assert tries == [("cd", pytest.approx(REWRITE_SHARE * CHECKED_SCORE * 2), 6, 8),
+                     ("EF", pytest.approx(REWRITE_SHARE * 3.0 * 2), 12, 14)]
+    assert [t[0] for t in to_try("AB cd", graph, spotted, -5.0, tokenizer)] == ["EF"]  # said
     asked = ContextGraph.build([("CD", None)], tokenizer, score=0.6)
-    assert candidates(words, asked, asked.spotted(log_probs.numpy(), BLANK, -5.0), -5.0,
-                      tokenizer)["AB cd"] == pytest.approx(REWRITE_SHARE * 0.6 * 2)
-    assert candidates([("AB", 0, 3), ("cd", 6, 9)], graph, spotted, -5.0,
-                      tokenizer).keys() == {"AB cd EF", "AB EF"}  # cd is said already
+    assert to_try("AB XY", asked, asked.spotted(log_probs.numpy(), BLANK, -5.0), -5.0,
+                  tokenizer)[0][1] == pytest.approx(REWRITE_SHARE * 0.6 * 2)
+    # in place of XY (alone or with AB); EF after XY, or in its place
+    found = candidates([("AB", 0, 3), ("XY", 6, 9)], tries)
+    assert found == {"AB cd": tries[0][1], "cd": tries[0][1], "AB XY EF": tries[1][1],
+                     "AB EF": tries[1][1]}
 
 
 class FakeModel:
