@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--set", default="test",
                         help="the Kaldi set under <data_dir>/demo/kaldi decoded (test: the "
                              "held-out sentences; unseen_voices: voices training never heard; "
-                             "names_test: sentences with rare proper names, made with "
+                             "names_test, names_dev: sentences with rare proper names, made with "
                              "`python -m mooer.demo.corpus --kinds name`; made_up_names_test: "
                              "names no model heard, `--kinds made_up_name`)")
     args = parser.parse_args()
