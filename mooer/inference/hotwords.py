@@ -158,18 +158,19 @@ class ContextGraph:
     def spotted(self, log_probs: np.ndarray, blank: int, floor: float) -> Spotting:
         """How well, and where, the CTC head's log-posteriors of the utterance [T, V] spell
         each of `sequences` (`spot_stretches`: 0 its best path does, below 0 by how many nats
-        it would have to change); -inf where one of its tokens never comes within `floor` of a
-        frame's best (not searched: a long list is mostly such words)."""
+        it would have to change); -inf where it cannot reach `floor` (not searched: a long
+        list is mostly such words)."""
         sequences, _, starts, flat = self._flatten()
         found = Spotting(np.full(len(sequences), -np.inf),
                          np.full(len(sequences), -1, dtype=np.int64),
                          np.full(len(sequences), -1, dtype=np.int64))
         if not sequences:
             return found
-        # a path's score is a sum of frames' scores under their best (each <= 0): a sequence
-        # one of whose tokens is never within `floor` of a frame's best cannot reach it
+        # a path's score is a sum of frames' scores under their best (each <= 0), and each of
+        # a sequence's tokens takes a frame of its own: it cannot score above the sum of its
+        # tokens' best scores on any frame, and is not searched where that is below `floor`
         peaks = (log_probs - log_probs.max(1, keepdims=True)).max(0)
-        possible = np.nonzero(np.minimum.reduceat(peaks[flat], starts) >= floor)[0]
+        possible = np.nonzero(np.add.reduceat(peaks[flat], starts) >= floor)[0]
         scores, first, last = spot_stretches(log_probs, [sequences[j] for j in possible], blank)
         found.scores[possible], found.first[possible], found.last[possible] = scores, first, last
         return found

@@ -95,12 +95,12 @@ def substitutions(words: Sequence[tuple[str, int, int]], word: str, first: int, 
 
 def encode_all(tokenizer, texts: list[str]) -> list[list[int]]:
     """The token ids of each text, without special tokens: straight from a fast tokenizer's
-    Rust core where it has one (what its `__call__` does, without the per-call overhead that
-    outweighs a few short texts)."""
+    Rust core where it has one, one text at a time (what its `__call__` gives, without the
+    per-call overhead, or the threads of a batch call, that outweigh a few dozen short
+    texts)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        return [encoding.ids for encoding in backend.encode_batch(texts,
-                                                                  add_special_tokens=False)]
+        return [backend.encode(text, add_special_tokens=False).ids for text in texts]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 

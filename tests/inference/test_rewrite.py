@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,6 +52,14 @@ def posteriors(labels: list[int], frames_each: int = 1, sure: float = 0.9) -> to
     for t, label in enumerate(path):
         probs[t, label] = sure
     return probs.log()
+
+
+def test_encoding_many_texts_gives_the_tokenizers_ids(tokenizer):
+    from mooer.inference.rewrite import encode_all
+
+    texts = ["i meet priya at ten", "我们在二十七号见面", "meet 张三 at 十点", "", " a  b "]
+    assert encode_all(tokenizer, texts) == tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert encode_all(CharTokenizer(), ["AB"]) == [[1, 2]]  # a tokenizer without a Rust core
 
 
 def test_a_threshold_or_off():
@@ -124,6 +133,27 @@ def test_spotting_says_where_a_word_is_heard():
     assert found[0] == pytest.approx(0.0) and (first[0], last[0]) == (4, 6)  # the first AB
     assert found[1] == pytest.approx(0.0) and (first[1], last[1]) == (13, 15)  # Y A
     assert found[2] < -5 and 0 <= first[2] <= last[2]  # C is nowhere: the cheapest frame
+
+
+def test_spotting_a_list_searches_only_what_can_reach_the_floor():
+    """A list's scores are those of spotting every sequence, wherever they reach the floor
+    (what is not searched could not have)."""
+    from mooer.inference.hotwords import spot
+
+    tokenizer = CharTokenizer()
+    generator = torch.Generator().manual_seed(5)
+    log_probs = (torch.randn(14, 60, generator=generator) * 3).log_softmax(-1).numpy()
+    graph = ContextGraph.build([(w, None) for w in ("AB", "ABC", "Q", "XYZW", "B A", "CC")],
+                               tokenizer)
+    every = spot(log_probs, graph.sequences, BLANK)
+    for floor in (-2.0, -6.0, -12.0, -40.0):
+        found = graph.spotted(log_probs, BLANK, floor).scores
+        for have, want in zip(found, every, strict=True):
+            if want >= floor:
+                assert have == pytest.approx(want)
+            else:
+                assert have < floor
+    assert (graph.spotted(log_probs, BLANK, -6.0).scores == -np.inf).any()  # some skipped
 
 
 def test_a_heard_word_makes_candidates_where_it_was_heard_in_the_form_heard():
