@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,8 +31,8 @@ from mooer.data.text import WORD_JOINER
 from mooer.inference.align import token_pieces, viterbi
 from mooer.inference.hotwords import ContextGraph, Spotting
 
-__all__ = ["candidates", "ctc_log_likelihoods", "join", "placed", "rewrite", "substitutions",
-           "to_try", "units"]
+__all__ = ["Placed", "candidates", "ctc_log_likelihoods", "glue", "join", "placed", "rewrite",
+           "substitutions", "to_try", "units"]
 
 HAN = "\u3400-\u9fff\uf900-\ufaff"
 UNIT = re.compile(f"[{HAN}]|[^\\s{HAN}]+")
@@ -54,42 +55,67 @@ def join(pieces: Sequence[str]) -> str:
     return text
 
 
-def placed(text: str, ids: Sequence[int], spans: Sequence[tuple[int, int]],
-           tokenizer) -> list[tuple[str, int, int]]:
-    """Each word of an answer (`units`) with its first and last frame: those of its tokens
-    (`ids`, the answer's tokens; `spans`, their Viterbi frames on the CTC head)."""
+@dataclass(frozen=True)
+class Placed:
+    """An answer's text and its words (`units`), each with its first and last frame on the
+    CTC head and where it stands in the text (start, end)."""
+
+    text: str
+    words: list[tuple[str, int, int, int, int]]
+
+
+def placed(ids: Sequence[int], spans: Sequence[tuple[int, int]], tokenizer) -> Placed:
+    """An answer's words placed by its tokens (`ids`) and their Viterbi frames (`spans`)."""
     pieces = token_pieces(ids, tokenizer)
     owners: list[int] = []  # the token that spelled each character
     for index, piece in enumerate(pieces):
         owners += [index] * len(piece)
-    joined = "".join(pieces).replace(WORD_JOINER, " ")
+    text = "".join(pieces)
     words = []
-    for match in UNIT.finditer(joined):
+    for match in UNIT.finditer(text.replace(WORD_JOINER, " ")):
         tokens = owners[match.start():match.end()]
-        words.append((match.group(), spans[min(tokens)][0], spans[max(tokens)][1]))
-    return words
+        words.append((match.group(), spans[min(tokens)][0], spans[max(tokens)][1],
+                      match.start(), match.end()))
+    return Placed(text, words)
 
 
-def substitutions(words: Sequence[tuple[str, int, int]], word: str, first: int, last: int
-                  ) -> list[str]:
-    """The answer (`placed` words) with `word`, heard from frame `first` to `last`, in place of
-    each run of the words those frames overlap, with or without the word before or after
-    (runs of up to one word more than `word` has: a stretch a frame too long or too short
-    overlaps one word more or less); where it overlaps none, put between the words around
-    it, or in place of one of them."""
-    texts = [w for w, _, _ in words]
-    overlap = [i for i, (_, a, b) in enumerate(words) if a <= last and b >= first]
+def glue(left: str, middle: str, right: str) -> str:
+    """`middle` between `left` and `right`, with a space where two words would touch (neither
+    side a space or Han)."""
+    def touching(a: str, b: str) -> bool:
+        return not (a.isspace() or b.isspace() or a == WORD_JOINER or b == WORD_JOINER
+                    or IS_HAN.match(a) or IS_HAN.match(b))
+    if left and middle and touching(left[-1], middle[0]):
+        middle = " " + middle
+    if right and middle and touching(middle[-1], right[0]):
+        middle += " "
+    return left + middle + right
+
+
+def substitutions(answer: Placed, word: str, first: int, last: int) -> list[str]:
+    """The answer with `word`, heard from frame `first` to `last`, in place of each run of
+    the words those frames overlap, with or without the word before or after (runs of up to
+    one word more than `word` has: a stretch a frame too long or too short overlaps one word
+    more or less); where it overlaps none, put between the words around it, or in place of
+    one of them. The rest of the text stays as it was (its spacing too)."""
+    words, text = answer.words, answer.text
+    overlap = [i for i, (_, a, b, _, _) in enumerate(words) if a <= last and b >= first]
     if overlap:
-        low, high = max(overlap[0] - 1, 0), min(overlap[-1] + 2, len(texts))
+        low, high = max(overlap[0] - 1, 0), min(overlap[-1] + 2, len(words))
         longest = len(units(word)) + 1
-        spans = {(a, b) for a in range(low, high) for b in range(a + 1, high + 1)
-                 if b - a <= longest and any(a <= i < b for i in overlap)}
+        runs = {(a, b) for a in range(low, high) for b in range(a + 1, high + 1)
+                if b - a <= longest and any(a <= i < b for i in overlap)}
     else:
-        at = sum(1 for _, _, b in words if b < first)
-        spans = {(at, at), (max(at - 1, 0), at), (at, min(at + 1, len(texts)))}
-    replacement = units(word)
-    found = {join(texts[:a] + replacement + texts[b:]) for a, b in sorted(spans)}
-    found.discard(join(texts))
+        at = sum(1 for _, _, b, _, _ in words if b < first)
+        runs = {(at, at), (max(at - 1, 0), at), (at, min(at + 1, len(words)))}
+    found = set()
+    for a, b in runs:
+        if a < b:  # in place of words a..b-1
+            found.add(glue(text[:words[a][3]], word, text[words[b - 1][4]:]))
+        else:  # between words a-1 and a
+            cut = words[a - 1][4] if a else 0
+            found.add(glue(text[:cut], word, text[cut:]))
+    found.discard(text)
     return sorted(found)
 
 
@@ -142,13 +168,12 @@ def to_try(text: str, graph: ContextGraph, spotted: Spotting, threshold: float, 
     return found
 
 
-def candidates(words: Sequence[tuple[str, int, int]], tries: Sequence[tuple[str, float, int, int]]
-               ) -> dict[str, float]:
-    """Each rewriting of an answer (`placed` words) with a word `to_try` where it was heard,
-    and the bonus it would earn."""
+def candidates(answer: Placed, tries: Sequence[tuple[str, float, int, int]]) -> dict[str, float]:
+    """Each rewriting of an answer (`placed`) with a word `to_try` where it was heard, and the
+    bonus it would earn."""
     found: dict[str, float] = {}
     for form, bonus, first, last in tries:
-        for candidate in substitutions(words, form, first, last):
+        for candidate in substitutions(answer, form, first, last):
             found[candidate] = max(found.get(candidate, 0.0), bonus)
     return found
 
@@ -183,7 +208,7 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
         spans = viterbi(log_probs[row, :frames], answer, blank)
         if spans is None:  # more tokens than frames: nothing to place a word by
             continue
-        options = candidates(placed(text, answer, spans, tokenizer), tries)
+        options = candidates(placed(answer, spans, tokenizer), tries)
         if not options:
             continue
         listed = [text, *options]
@@ -203,8 +228,9 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
     chosen: list[tuple[str, list[int]] | None] = [None] * len(texts)
     if not rows:
         return chosen
-    decoder = model.answer_log_probs(
-        batch, [ids + [tokenizer.eos_token_id] for _, ids, _, _ in scored], encoded, rows=rows)
+    end = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    decoder = model.answer_log_probs(batch, [ids + end for _, ids, _, _ in scored], encoded,
+                                     rows=rows)
     answer_total: dict[int, float] = {}  # each row's first is its answer
     best: dict[int, tuple[float, int]] = {}  # its best candidate
     for n, row in enumerate(rows):

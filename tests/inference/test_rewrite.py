@@ -13,8 +13,10 @@ import torch
 from mooer.data.hotword_list import CHECKED_SCORE, REWRITE_SHARE, REWRITE_WEIGHT
 from mooer.inference.hotwords import ContextGraph
 from mooer.inference.rewrite import (
+    Placed,
     candidates,
     ctc_log_likelihoods,
+    glue,
     join,
     placed,
     rewrite,
@@ -71,23 +73,42 @@ def test_a_threshold_or_off():
         threshold_or_off("loud")
 
 
+def at_frames(text: str, frames: list[tuple[int, int]]) -> Placed:
+    """`text` as `placed` gives it: its words (found by hand here: space-separated, or one
+    character each where there are no spaces) with the frames given."""
+    words, start = [], 0
+    pieces = list(text) if all("\u4e00" <= c <= "\u9fff" for c in text) else text.split()
+    for piece, (first, last) in zip(pieces, frames, strict=True):
+        start = text.index(piece, start)
+        words.append((piece, first, last, start, start + len(piece)))
+        start += len(piece)
+    return Placed(text, words)
+
+
 def test_words_and_spans():
     assert units("i meet priya at ten") == ["i", "meet", "priya", "at", "ten"]
     assert units("我见priya▁lee了") == ["我", "见", "priya", "lee", "了"]
     assert join(units("我见priya▁lee了")) == "我见priya lee了"
     assert join(["ten", "o'clock"]) == "ten o'clock"
-    words = [("i", 0, 1), ("meet", 3, 4), ("marcus", 6, 11), ("at", 13, 14), ("seven", 17, 18)]
+    answer = at_frames("i meet marcus at seven", [(0, 1), (3, 4), (6, 11), (13, 14), (17, 18)])
     # heard over marcus and into at: each run of up to two of the words around that overlaps
-    assert set(substitutions(words, "yusuf", 8, 13)) == {
+    assert set(substitutions(answer, "yusuf", 8, 13)) == {
         "i yusuf at seven", "i meet yusuf at seven", "i meet yusuf seven",
         "i meet marcus yusuf seven", "i meet marcus yusuf"}
     # heard between at and seven: put between them, or in place of one
-    assert set(substitutions(words, "yusuf", 15, 16)) == {
+    assert set(substitutions(answer, "yusuf", 15, 16)) == {
         "i meet marcus at yusuf seven", "i meet marcus yusuf seven", "i meet marcus at yusuf"}
-    han = [("我", 0, 1), ("们", 2, 3), ("见", 4, 5), ("面", 6, 7)]
+    han = at_frames("我们见面", [(0, 1), (2, 3), (4, 5), (6, 7)])
     assert set(substitutions(han, "张三", 0, 3)) == {"张三们见面", "张三见面", "张三面", "我张三见面",
                                                     "我张三面"}
-    assert substitutions([("yusuf", 0, 3)], "yusuf", 0, 3) == []  # already said
+    assert substitutions(at_frames("yusuf", [(0, 3)]), "yusuf", 0, 3) == []  # already said
+    # mixed text keeps its own spacing; a Latin word gets spaces only where it touches one
+    mixed = Placed("我见 marcus 了", [("我", 0, 1, 0, 1), ("见", 2, 3, 1, 2),
+                                      ("marcus", 4, 8, 3, 9), ("了", 10, 11, 10, 11)])
+    assert "我见 yusuf 了" in substitutions(mixed, "yusuf", 5, 7)
+    assert "我yusuf marcus 了" in substitutions(mixed, "yusuf", 2, 3)
+    assert glue("at", "yusuf", "seven") == "at yusuf seven"
+    assert glue("我", "张三", "了") == "我张三了" and glue("", "yusuf", " at") == "yusuf at"
 
 
 def test_words_are_placed_by_their_tokens_frames():
@@ -95,7 +116,8 @@ def test_words_are_placed_by_their_tokens_frames():
     ids = tokenizer.encode("AB CD")  # A B space C D
     spans = [(0, 0), (2, 3), (4, 4), (6, 6), (7, 9)]
     # the space is a token of its own here: no word's
-    assert placed("AB CD", ids, spans, tokenizer) == [("AB", 0, 3), ("CD", 6, 9)]
+    assert placed(ids, spans, tokenizer) == Placed("AB CD", [("AB", 0, 3, 0, 2),
+                                                              ("CD", 6, 9, 3, 5)])
 
 
 def _ctc_by_enumeration(log_probs: torch.Tensor, ids: list[int], blank: int) -> float:
@@ -170,7 +192,7 @@ def test_a_heard_word_makes_candidates_where_it_was_heard_in_the_form_heard():
     assert to_try("AB XY", asked, asked.spotted(log_probs.numpy(), BLANK, -5.0), -5.0,
                   tokenizer)[0][1] == pytest.approx(REWRITE_SHARE * 0.6 * 2)
     # in place of XY (alone or with AB); EF after XY, or in its place
-    found = candidates([("AB", 0, 3), ("XY", 6, 9)], tries)
+    found = candidates(at_frames("AB XY", [(0, 3), (6, 9)]), tries)
     assert found == {"AB cd": tries[0][1], "cd": tries[0][1], "AB XY EF": tries[1][1],
                      "AB EF": tries[1][1]}
 
