@@ -5,9 +5,9 @@ A bonus in beam search (`mooer.inference.hotwords`) finds a hotword only when th
 already half expects its first token: a name heard a few times in training loses to one heard
 more often (`i meet priya` for `yusuf`) however the audio sounds. So after decoding, each
 listed word the encoder's CTC head hears somewhere in the utterance (its tokens spelled within
-`threshold` nats of the head's best path: `ContextGraph.spotted`) is tried in place of each
-span of the answer's words (from one word to one more than it has). A candidate replaces the
-answer when the model's own joint score is higher:
+`threshold` nats of the head's best path: `ContextGraph.spotted`) is tried where the head hears
+it: in place of the answer's words on those frames (the answer aligned on the head), or between
+them. A candidate replaces the answer when the model's own joint score is higher:
 
     decoder log-likelihood (teacher forced, end of answer included)
     + REWRITE_WEIGHT * CTC log-likelihood + REWRITE_SHARE * the word's bonus per token * tokens
