@@ -121,3 +121,7 @@ def test_answer_log_probs_of_several_answers_a_row(tokenizer, ctc_batch):
         assert got == pytest.approx(want, abs=1e-5)
     other = model.answer_log_probs(ctc_batch, [answers[2]], rows=[1])[0]
     assert other != pytest.approx(alone[2], abs=1e-3)  # another utterance's audio
+    single = model.answer_log_probs(ctc_batch, [[20], [20]], rows=[1, 3])
+    assert single[0] == pytest.approx(alone[1], abs=1e-5)  # answers of one token
+    assert single[1] == pytest.approx(
+        model.answer_log_probs(ctc_batch, [[5], [5], [5], [20]])[3], abs=1e-5)
