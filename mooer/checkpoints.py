@@ -134,6 +134,11 @@ def load_mooer(model: SpeechLLM, adapter_path: str | Path | None = None,
     return model
 
 
+def is_run_dir(path: str | Path) -> bool:
+    """Whether `path` is a directory a `python train.py` run wrote (its `.hydra/config.yaml`)."""
+    return (Path(path) / ".hydra" / "config.yaml").is_file()
+
+
 def init_weights(init: str | Path) -> Path:
     """The weights `init_from` names: a training run dir's last.ckpt (a DeepSpeed run's newest
     `*_merged` export, its last.ckpt being a directory of shards), or the MooER-layout dir or
@@ -141,7 +146,7 @@ def init_weights(init: str | Path) -> Path:
     path = Path(init)
     if not path.exists():
         raise CheckpointError(f"init_from {init} does not exist")
-    if not (path / ".hydra" / "config.yaml").is_file():
+    if not is_run_dir(path):
         return path  # a MooER-layout dir or a checkpoint file
     checkpoint = path / "checkpoints" / "last.ckpt"
     if not checkpoint.exists():

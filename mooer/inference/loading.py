@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mooer.checkpoints import (
     average_state_dicts,
     init_weights,
+    is_run_dir,
     load_ctc_head,
     load_trainable,
     load_weights,
@@ -66,7 +67,7 @@ def base_weights(run_dir: str | Path) -> list[Path]:
             log.warning("%s started from weights that are gone (%s): the weights it did not "
                         "train (a frozen encoder) are not loaded from there", current, err)
             break
-        if not (start / ".hydra" / "config.yaml").is_file():
+        if not is_run_dir(start):
             break
         current = start.resolve()
     return chain[::-1]

@@ -16,7 +16,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mooer.checkpoints import CTC_HEAD_PREFIX, init_weights, load_weights, verify_checkpoint
+from mooer.checkpoints import (
+    CTC_HEAD_PREFIX,
+    init_weights,
+    is_run_dir,
+    load_weights,
+    verify_checkpoint,
+)
 from mooer.devices import resolve_device
 from mooer.files import writable_dir
 from mooer.inference.loading import run_model_config
@@ -128,7 +134,7 @@ def apply_init_from(cfg: DictConfig, overrides: list[str] | None = None
         weights = init_weights(init)
     except CheckpointError as err:
         raise SystemExit(f"error: {err}") from None
-    if not (Path(init) / ".hydra" / "config.yaml").is_file():
+    if not is_run_dir(init):
         return cfg, str(weights)  # a MooER-layout dir or a checkpoint file
     cfg = cfg.copy()
     trained = run_model_config(init, ("encoder", "projector", "llm", "task", "data"))
