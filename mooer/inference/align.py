@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 LEAD, TAIL = 1, 2  # frames: see align_words
-WORD = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[A-Za-z0-9']+(?:[-.][A-Za-z0-9']+)*")
+HAN = "\u3400-\u9fff\uf900-\ufaff"  # a character class's Han ideographs: a word each
+WORD = re.compile(f"[{HAN}]|[A-Za-z0-9']+(?:[-.][A-Za-z0-9']+)*")
 
 
 @dataclass
@@ -127,15 +128,18 @@ def viterbi_batch(log_probs: torch.Tensor, lengths: Sequence[int],
 def words_of(token_texts: Sequence[str]) -> list[tuple[str, list[int]]]:
     """The words of a text and, for each, the indices of the tokens that spell it
     (`token_texts`: each token's piece of the text, in order)."""
+    return [(match.group(), tokens) for match, tokens in matched_words(token_texts)]
+
+
+def matched_words(token_texts: Sequence[str], pattern: re.Pattern = WORD
+                  ) -> list[tuple[re.Match, list[int]]]:
+    """Each match of `pattern` (a word) in the text the tokens spell, and the indices of the
+    tokens that spell it, in order."""
     owners: list[int] = []  # the token that spelled each character
     for index, piece in enumerate(token_texts):
         owners += [index] * len(piece)
-    joined = "".join(token_texts)
-    found = []
-    for match in WORD.finditer(joined):
-        tokens = sorted(set(owners[match.start():match.end()]))
-        found.append((match.group(), tokens))
-    return found
+    return [(match, sorted(set(owners[match.start():match.end()])))
+            for match in pattern.finditer("".join(token_texts))]
 
 
 def token_pieces(token_ids: Sequence[int], tokenizer) -> list[str]:

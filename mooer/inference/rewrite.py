@@ -28,13 +28,12 @@ import torch
 
 from mooer.data.hotword_list import REWRITE_SHARE, REWRITE_TOP, REWRITE_WEIGHT
 from mooer.data.text import WORD_JOINER
-from mooer.inference.align import token_pieces, viterbi
+from mooer.inference.align import HAN, matched_words, token_pieces, viterbi
 from mooer.inference.hotwords import ContextGraph, Spotting
 
 __all__ = ["Placed", "candidates", "ctc_log_likelihoods", "glue", "join", "placed", "rewrite",
            "substitutions", "to_try", "units"]
 
-HAN = "\u3400-\u9fff\uf900-\ufaff"
 UNIT = re.compile(f"[{HAN}]|[^\\s{HAN}]+")
 IS_HAN = re.compile(f"[{HAN}]")
 
@@ -67,16 +66,9 @@ class Placed:
 def placed(ids: Sequence[int], spans: Sequence[tuple[int, int]], tokenizer) -> Placed:
     """An answer's words placed by its tokens (`ids`) and their Viterbi frames (`spans`)."""
     pieces = token_pieces(ids, tokenizer)
-    owners: list[int] = []  # the token that spelled each character
-    for index, piece in enumerate(pieces):
-        owners += [index] * len(piece)
-    text = "".join(pieces)
-    words = []
-    for match in UNIT.finditer(text.replace(WORD_JOINER, " ")):
-        tokens = owners[match.start():match.end()]
-        words.append((match.group(), spans[min(tokens)][0], spans[max(tokens)][1],
-                      match.start(), match.end()))
-    return Placed(text, words)
+    matches = matched_words([piece.replace(WORD_JOINER, " ") for piece in pieces], UNIT)
+    return Placed("".join(pieces), [(match.group(), spans[tokens[0]][0], spans[tokens[-1]][1],
+                                     match.start(), match.end()) for match, tokens in matches])
 
 
 def glue(left: str, middle: str, right: str) -> str:
