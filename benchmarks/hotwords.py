@@ -44,6 +44,7 @@ from demo_model import add_demo_arguments, demo_kaldi, demo_recognizer
 from tqdm import tqdm
 
 from mooer.data.context import context_words
+from mooer.data.hotword_list import threshold_or_off
 from mooer.data.text import read_table
 from mooer.evaluation.scoring import biased_score, score
 from mooer.inference.hotwords import (
@@ -90,9 +91,8 @@ Condition = tuple[str, str, str, tuple[float | None, dict], Lists | None]
 
 
 def threshold(text: str, default: float) -> float | None:
-    """A --checks or --rewrites value: 'default', 'none' (off), or nats."""
-    return {"default": default, "none": None, "off": None}.get(text) if text in (
-        "default", "none", "off") else float(text)
+    """A --checks or --rewrites value: 'default', 'none' or 'off', or nats."""
+    return default if text == "default" else threshold_or_off(text)
 
 
 def decode_time_conditions(args: argparse.Namespace, true: Lists, other: Lists

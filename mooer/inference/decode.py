@@ -109,8 +109,8 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
             graphs = [g if g is not None and g.biases else None for g in graphs]
             moved = move_batch(batch, device, dtype)
             listening = any(graphs) and floor is not None and model.has_ctc_head
-            # the encoder pass, shared with the alignment, the scoring and the hotword check,
-            # and the CTC head's posteriors, shared by the alignment and the check
+            # the encoder pass, shared with the alignment, the scoring and the hotwords' check
+            # and rewriting, and the CTC head's posteriors, shared by all of them but scoring
             encoded = model.encode(moved) if timestamps or scored or listening else None
             ctc = model.ctc_log_probs(moved, encoded) if timestamps or listening else None
             listed, spotted = graphs, []

@@ -33,8 +33,7 @@ from mooer.data.hotword_list import (
 from mooer.inference.align import ctc_chain
 
 __all__ = ["CHECKED_SCORE", "CHECK_THRESHOLD", "DEFAULT_SCORE", "REWRITE_THRESHOLD", "ROOT",
-           "ContextGraph",
-           "HotwordBias", "Spotting", "spot", "spot_stretches", "token_variants"]
+           "ContextGraph", "HotwordBias", "Spotting", "spot", "spot_stretches", "token_variants"]
 
 
 def token_variants(word: str, tokenizer) -> list[list[int]]:
