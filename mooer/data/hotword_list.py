@@ -24,6 +24,10 @@ REWRITE_THRESHOLD = -8.0
 REWRITE_WEIGHT = 0.3
 REWRITE_SHARE = 1 / 3
 REWRITE_TOP = 2
+# the bonus goes only to a word that may be a respelling of the words it replaces (letters in
+# common at least this share: difflib's ratio; Han: as many characters); another word must win
+# by the model's own score alone, over the answer and over the beam's other hypotheses
+RESPELLING = 0.5
 
 
 def threshold_or_off(text: str) -> float | None:

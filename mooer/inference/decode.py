@@ -122,11 +122,13 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
             options = decoding if not any(graphs) else {
                 **decoding, "logits_processor": [*decoding.get("logits_processor", []),
                                                  HotwordBias(graphs)]}
-            generated = model.generate(moved, encoded=encoded, **options)
-            if spotted and rewriting is not None and encoded is not None and ctc is not None:
-                generated = rewritten(generated, rewrite(model, moved, encoded, ctc,
-                                                         generated.texts, generated.token_ids,
-                                                         listed, spotted, rewriting))
+            rewriting_now = bool(spotted) and rewriting is not None
+            # the beam's other hypotheses: a listed word must beat them too (rewriting)
+            generated = model.generate(moved, encoded=encoded, others=rewriting_now, **options)
+            if rewriting_now and rewriting is not None and encoded is not None and ctc is not None:
+                generated = rewritten(generated, rewrite(
+                    model, moved, encoded, ctc, generated.texts, generated.token_ids, listed,
+                    spotted, rewriting, generated.others))
             hypotheses.update(zip(batch["keys"], generated.texts, strict=True))
             references.update(zip(batch["keys"], batch["targets"], strict=True))
             tokens.update(zip(batch["keys"], generated.token_ids, strict=True))

@@ -7,33 +7,45 @@ more often (`i meet priya` for `yusuf`) however the audio sounds. So after decod
 listed word the encoder's CTC head hears somewhere in the utterance (its tokens spelled within
 `threshold` nats of the head's best path: `ContextGraph.spotted`) is tried where the head hears
 it: in place of the answer's words on those frames (the answer aligned on the head), or between
-them. A candidate replaces the answer when the model's own joint score is higher:
+them. A candidate replaces the answer when the model's own joint score is higher, than the
+answer's and than each of the beam's other hypotheses':
 
     decoder log-likelihood (teacher forced, end of answer included)
-    + REWRITE_WEIGHT * CTC log-likelihood + REWRITE_SHARE * the word's bonus per token * tokens
+    + REWRITE_WEIGHT * CTC log-likelihood
+    + REWRITE_SHARE * the word's bonus per token * tokens, where it may be a respelling of the
+      words it replaces (`respelling`: `olia` for `olivia`), else nothing
 
-The list proposes; the audio and the decoder decide. A word that sounds like nothing in the
-audio is never tried, and one the joint score does not prefer is never written, so a list of
-distractors changes next to nothing (benchmarks/hotwords.py measures it).
+The list proposes; the audio and the decoder decide. The bonus may make a listed word win over
+the decoder's spelling of it, never over another word: a name the model heard a few times often
+sounds as close to the audio as the one spoken, and a list of other names would put one of them
+in its place. A word that sounds like nothing in the audio is never tried, and one the joint
+score does not prefer is never written, so a list of distractors changes next to nothing
+(benchmarks/hotwords.py measures it).
 """
 
 from __future__ import annotations
 
+import difflib
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from mooer.data.hotword_list import REWRITE_SHARE, REWRITE_TOP, REWRITE_WEIGHT
+from mooer.data.hotword_list import RESPELLING, REWRITE_SHARE, REWRITE_TOP, REWRITE_WEIGHT
 from mooer.data.text import WORD_JOINER
 from mooer.inference.align import HAN, matched_words, token_pieces, viterbi
 from mooer.inference.hotwords import ContextGraph, Spotting
 
-__all__ = ["Placed", "candidates", "ctc_log_likelihoods", "glue", "join", "placed", "rewrite",
-           "substitutions", "to_try", "units"]
+__all__ = ["Option", "Placed", "Try", "candidates", "ctc_log_likelihoods", "glue", "join",
+           "placed", "respelling", "rewrite", "rewritings", "substitutions", "to_try", "units"]
 
+# how many nats a word may be heard worse than the answer's words on its frames (by the CTC
+# head's paths: `rewritings`) and still be tried for what the audio gives it (a margin for
+# the alignments' edges, and for a path's score beside the sum of all)
+AUDIBLE_SLACK = 2.0
 UNIT = re.compile(f"[{HAN}]|[^\\s{HAN}]+")
 IS_HAN = re.compile(f"[{HAN}]")
 
@@ -84,12 +96,15 @@ def glue(left: str, middle: str, right: str) -> str:
     return left + middle + right
 
 
-def substitutions(answer: Placed, word: str, first: int, last: int) -> list[str]:
+def substitutions(answer: Placed, word: str, first: int, last: int, respelt: bool = False
+                  ) -> dict[str, str]:
     """The answer with `word`, heard from frame `first` to `last`, in place of each run of
     the words those frames overlap, with or without the word before or after (runs of up to
     one word more than `word` has: a stretch a frame too long or too short overlaps one word
     more or less); where it overlaps none, put between the words around it, or in place of
-    one of them. The rest of the text stays as it was (its spacing too)."""
+    one of them: each such text, and the text it replaces ('' where it goes between); only
+    where `word` may be a respelling of that text, if `respelt` (`respelling`). The rest of the
+    text stays as it was (its spacing too)."""
     words, text = answer.words, answer.text
     overlap = [i for i, (_, a, b, _, _) in enumerate(words) if a <= last and b >= first]
     if overlap:
@@ -100,15 +115,49 @@ def substitutions(answer: Placed, word: str, first: int, last: int) -> list[str]
     else:
         at = sum(1 for _, _, b, _, _ in words if b < first)
         runs = {(at, at), (max(at - 1, 0), at), (at, min(at + 1, len(words)))}
-    found = set()
-    for a, b in runs:
+    found: dict[str, str] = {}
+    for a, b in sorted(runs):
+        if respelt and (a == b or not respelling(text[words[a][3]:words[b - 1][4]], word)):
+            continue
         if a < b:  # in place of words a..b-1
-            found.add(glue(text[:words[a][3]], word, text[words[b - 1][4]:]))
+            start, end = words[a][3], words[b - 1][4]
+            candidate = glue(text[:start], word, text[end:])
+            replaced = text[start:end]
         else:  # between words a-1 and a
             cut = words[a - 1][4] if a else 0
-            found.add(glue(text[:cut], word, text[cut:]))
-    found.discard(text)
-    return sorted(found)
+            candidate, replaced = glue(text[:cut], word, text[cut:]), ""
+        if candidate != text and (candidate not in found or (
+                not respelling(found[candidate], word) and respelling(replaced, word))):
+            found[candidate] = replaced
+    return found
+
+
+def respelling(replaced: str, word: str) -> bool:
+    """Whether `word` may be a spelling of what an answer wrote as `replaced` (`olia` for
+    `olivia`, `camile` for `camille`): at least RESPELLING of their letters in common (difflib's
+    ratio, case and spacing aside); a Han word, where as many Han characters stand (a
+    homophone written wrong)."""
+    if not replaced:
+        return False
+    old = "".join(replaced.replace(WORD_JOINER, " ").split()).lower()
+    new = "".join(word.replace(WORD_JOINER, " ").split()).lower()
+    if not old or not new:
+        return False
+    if IS_HAN.search(new):
+        return len(old) == len(new) and all(IS_HAN.match(c) for c in old)
+    return similar(old, new)
+
+
+def similar(old: str, new: str) -> bool:
+    """Whether two spellings have at least RESPELLING of their letters in common (difflib's
+    ratio; its bounds first, by length and by letters, which settle most pairs)."""
+    total = len(old) + len(new)
+    if 2 * min(len(old), len(new)) < RESPELLING * total:
+        return False
+    common = sum(min(old.count(c), new.count(c)) for c in set(old) & set(new))
+    if 2 * common < RESPELLING * total:  # difflib's quick_ratio
+        return False
+    return difflib.SequenceMatcher(None, old, new, autojunk=False).ratio() >= RESPELLING
 
 
 def encode_all(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -142,11 +191,21 @@ def holds(text: str, word: str) -> bool:
     return f" {word} " in f" {text} " if not IS_HAN.search(word) else word in text
 
 
+class Try(NamedTuple):
+    """A listed word to try in an answer (`to_try`): in the form (case, spacing) the CTC head
+    heard best, with the bonus it would earn, the first and last frame where it was heard and
+    how well (`ContextGraph.spotted`'s score: 0 where the head's best path spells it)."""
+
+    form: str
+    bonus: float
+    first: int
+    last: int
+    score: float
+
+
 def to_try(text: str, graph: ContextGraph, spotted: Spotting, threshold: float, tokenizer
-           ) -> list[tuple[str, float, int, int]]:
-    """The words of `graph` heard at `threshold` that the answer `text` does not say yet: each
-    in the form (case, spacing) the CTC head heard best, with the bonus it would earn and the
-    first and last frame where it was heard."""
+           ) -> list[Try]:
+    """The words of `graph` heard at `threshold` that the answer `text` does not say yet."""
     said = join(units(text))
     found = []
     sequences = graph.sequences
@@ -156,83 +215,142 @@ def to_try(text: str, graph: ContextGraph, spotted: Spotting, threshold: float, 
         weight = graph.entries[entry][1]
         bonus = REWRITE_SHARE * (graph.default_score if weight is None else weight) * len(ids)
         if form and bonus > 0 and not holds(said, form):
-            found.append((form, bonus, int(spotted.first[best]), int(spotted.last[best])))
+            found.append(Try(form, bonus, int(spotted.first[best]), int(spotted.last[best]),
+                             float(spotted.scores[best])))
     return found
 
 
-def candidates(answer: Placed, tries: Sequence[tuple[str, float, int, int]]) -> dict[str, float]:
-    """Each rewriting of an answer (`placed`) with a word `to_try` where it was heard, and the
-    bonus it would earn."""
-    found: dict[str, float] = {}
-    for form, bonus, first, last in tries:
-        for candidate in substitutions(answer, form, first, last):
-            found[candidate] = max(found.get(candidate, 0.0), bonus)
+def candidates(answer: Placed, tries: Sequence[Try], audible: Sequence[bool] | None = None
+               ) -> dict[str, tuple[str, str, float]]:
+    """Each rewriting of an answer (`placed`) with a word `to_try` where it was heard: the
+    word, the text it replaces there and the word's bonus (which it earns only where it may be
+    a respelling of that text: `respelling`). A word that is not `audible` (the audio alone
+    cannot prefer it to the answer: `rewritings`) only where it may be a respelling."""
+    found: dict[str, tuple[str, str, float]] = {}
+    for n, (form, bonus, first, last, _) in enumerate(tries):
+        respelt = audible is not None and not audible[n]
+        for candidate, replaced in substitutions(answer, form, first, last, respelt).items():
+            if candidate not in found or found[candidate][2] < bonus:
+                found[candidate] = form, replaced, bonus
     return found
+
+
+@dataclass
+class Option:
+    """What `rewrite` scores in its decoder pass: an answer, a candidate, or another hypothesis
+    of the beam, with its CTC log-likelihood, the bonus it earns and its joint score (`total`,
+    once scored)."""
+
+    text: str
+    ids: list[int]
+    ctc: float
+    bonus: float
+    candidate: bool
+    total: float = 0.0
+
+
+def rewritings(text: str, answer: Sequence[int], graph: ContextGraph, found: Spotting,
+               threshold: float, log_probs: torch.Tensor, tokenizer
+               ) -> list[tuple[str, list[int], float, float]]:
+    """An answer (`text` and its ids) rewritten with each word of `graph` heard at `threshold`
+    (`found`: `ContextGraph.spotted`) that gains on it by the audio and the bonus, on one
+    utterance's CTC log-posteriors [frames, V]: the answer first, then those candidates (at
+    most REWRITE_TOP, the most gain first), each as its text, ids, CTC log-likelihood and the
+    bonus it earns; nothing where no candidate gains."""
+    tries = to_try(text, graph, found, threshold, tokenizer)
+    if not tries:
+        return []
+    blank = log_probs.shape[-1] - 1
+    if not answer or max(answer) >= blank:  # a token the CTC head has no class for
+        answer = encode_all(tokenizer, [text])[0]
+    spans = viterbi(log_probs, answer, blank)
+    if spans is None:  # more tokens than frames: nothing to place a word by
+        return []
+    # what the answer's path loses on the head's best path, summed to each frame: a word
+    # heard worse than the answer's words on its frames (by more than AUDIBLE_SLACK) gains
+    # nothing by the audio there, and is tried only as a respelling (the bonus's)
+    labels = torch.full((log_probs.shape[0],), blank, dtype=torch.long)
+    for token, (first, last) in zip(answer, spans, strict=True):
+        labels[first:last + 1] = token
+    lost = (log_probs.max(-1).values - log_probs.gather(1, labels[:, None])[:, 0]).tolist()
+    lost_by = [0.0, *itertools.accumulate(lost)]
+    audible = [-attempt.score <= lost_by[attempt.last + 1] - lost_by[attempt.first]
+               + AUDIBLE_SLACK for attempt in tries]
+    options = candidates(placed(answer, spans, tokenizer), tries, audible)
+    if not options:
+        return []
+    listed = [text, *options]
+    ids = encode_all(tokenizer, listed)
+    acoustic = ctc_log_likelihoods(log_probs, log_probs.shape[0], ids).tolist()
+    # what the audio and the bonus give a candidate over the answer: one that gains nothing
+    # could win only where the decoder prefers it, and it preferred the answer. The bonus
+    # counts where the word may be a respelling of what it replaces (asked only where it
+    # would make the difference)
+    gains, earned = {}, {}
+    for i in range(1, len(listed)):
+        word, replaced, bonus = options[listed[i]]
+        gain = REWRITE_WEIGHT * (acoustic[i] - acoustic[0])
+        earned[i] = bonus if gain + bonus > 0 and respelling(replaced, word) else 0.0
+        gains[i] = gain + earned[i]
+    better = sorted((i for i, gain in gains.items() if gain > 0),
+                    key=lambda i: -gains[i])[:REWRITE_TOP]
+    if not better:
+        return []
+    return [(listed[i], ids[i], acoustic[i], earned.get(i, 0.0)) for i in (0, *better)]
 
 
 def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
             ctc: tuple[torch.Tensor, torch.Tensor], texts: Sequence[str],
             answers: Sequence[Sequence[int]], graphs: Sequence[ContextGraph | None],
-            spotted: Sequence[Spotting | None], threshold: float
+            spotted: Sequence[Spotting | None], threshold: float,
+            alternatives: Sequence[Sequence[str]] | None = None
             ) -> list[tuple[str, list[int]] | None]:
     """Each answer of a batch (its text and token ids) rewritten with the words of its graph
     heard at `threshold` (`spotted`: each row's `ContextGraph.spotted`), as its text and
-    token ids, or None where the answer stands. The answer is aligned on the CTC head (its
-    words' frames: `placed`); one CTC pass scores every candidate of a row, then one decoder
-    pass the answers and the candidates that gain most on them by the audio and the bonus (at
-    most REWRITE_TOP a row)."""
+    token ids, or None where the answer stands.
+
+    The answer is aligned on the CTC head (its words' frames: `placed`), and the candidates
+    that gain most on it by the audio and the bonus (`rewritings`) are scored in one decoder
+    pass with the answer and the row's `alternatives` (the texts of the beam's other
+    hypotheses): a candidate is kept only where it beats the answer and each of those."""
     log_probs, lengths = ctc
     log_probs = log_probs.float().cpu()
     tokenizer = model.tokenizer
-    blank = log_probs.shape[-1] - 1
-    rows: list[int] = []  # the decoder's pass: each text's row, text, ids, CTC score, bonus
-    scored: list[tuple[str, list[int], float, float]] = []
+    rows: list[int] = []  # the decoder's pass: each option's row, and the option
+    scored: list[Option] = []
     for row, (text, answer, graph, found) in enumerate(zip(texts, answers, graphs, spotted,
                                                            strict=True)):
         if graph is None or found is None or not text:
             continue
-        tries = to_try(text, graph, found, threshold, tokenizer)
-        if not tries:
-            continue
-        if not answer or max(answer) >= blank:  # a token the CTC head has no class for
-            answer = encode_all(tokenizer, [text])[0]
         frames = int(lengths[row])
-        spans = viterbi(log_probs[row, :frames], answer, blank)
-        if spans is None:  # more tokens than frames: nothing to place a word by
+        picked = rewritings(text, answer, graph, found, threshold, log_probs[row, :frames],
+                            tokenizer)
+        if not picked:
             continue
-        options = candidates(placed(answer, spans, tokenizer), tries)
-        if not options:
-            continue
-        listed = [text, *options]
-        ids = encode_all(tokenizer, listed)
-        acoustic = ctc_log_likelihoods(log_probs[row], frames, ids)
-        # what the audio and the bonus give a candidate over the answer: one that gains
-        # nothing could win only where the decoder prefers it, and it preferred the answer
-        gains = {i: REWRITE_WEIGHT * float(acoustic[i] - acoustic[0]) + options[listed[i]]
-                 for i in range(1, len(listed))}
-        better = sorted((i for i, gain in gains.items() if gain > 0),
-                        key=lambda i: -gains[i])[:REWRITE_TOP]
-        if not better:
-            continue
-        for i in (0, *better):
+        for n, (written, ids, score, bonus) in enumerate(picked):
             rows.append(row)
-            scored.append((listed[i], ids[i], float(acoustic[i]), options.get(listed[i], 0.0)))
+            scored.append(Option(written, ids, score, bonus, n > 0))
+        seen = {written for written, *_ in picked}
+        others = list(dict.fromkeys(other for other in (alternatives[row] if alternatives
+                                                        else ()) if other and other not in seen))
+        if others:
+            other_ids = encode_all(tokenizer, others)
+            for other, other_tokens, score in zip(others, other_ids, ctc_log_likelihoods(
+                    log_probs[row], frames, other_ids).tolist(), strict=True):
+                rows.append(row)
+                scored.append(Option(other, other_tokens, score, 0.0, False))
     chosen: list[tuple[str, list[int]] | None] = [None] * len(texts)
     if not rows:
         return chosen
     end = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-    decoder = model.answer_log_probs(batch, [ids + end for _, ids, _, _ in scored], encoded,
+    decoder = model.answer_log_probs(batch, [option.ids + end for option in scored], encoded,
                                      rows=rows)
-    answer_total: dict[int, float] = {}  # each row's first is its answer
-    best: dict[int, tuple[float, int]] = {}  # its best candidate
-    for n, row in enumerate(rows):
-        _, _, acoustic_score, bonus = scored[n]
-        total = sum(decoder[n]) + REWRITE_WEIGHT * acoustic_score + bonus
-        if row not in answer_total:
-            answer_total[row] = total
-        elif row not in best or total > best[row][0]:
-            best[row] = (total, n)
-    for row, (total, n) in best.items():
-        if total > answer_total[row]:
-            chosen[row] = scored[n][0], scored[n][1]
+    for entry, log_likelihoods in zip(scored, decoder, strict=True):
+        entry.total = sum(log_likelihoods) + REWRITE_WEIGHT * entry.ctc + entry.bonus
+    for row in dict.fromkeys(rows):
+        mine = [option for r, option in zip(rows, scored, strict=True) if r == row]
+        rival = max(option.total for option in mine if not option.candidate)
+        best = max((option for option in mine if option.candidate), key=lambda o: o.total)
+        if best.total > rival:
+            chosen[row] = best.text, best.ids
     return chosen

@@ -30,6 +30,8 @@ class Generated:
     token_ids: list[list[int]]
     texts: list[str]
     scores: torch.Tensor | None = None  # each row's beam score, when asked (output_scores)
+    # when asked (generate's `others`): the texts of each row's other finished beams, best first
+    others: list[list[str]] | None = None
 
 
 def segment_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
@@ -319,8 +321,10 @@ class SpeechLLM(nn.Module):
                  eos_bias: float = -0.2, do_sample: bool = False, temperature: float = 1.0,
                  top_p: float = 1.0, num_return_sequences: int = 1,
                  output_scores: bool = False, encoded: tuple | None = None,
-                 **kwargs: Any) -> Generated:
+                 others: bool = False, **kwargs: Any) -> Generated:
         """Decode the answers of a batch (its prompt part: columns before `prompt_width`).
+        `others`: also the texts of each row's other beams (`Generated.others`; beam search
+        only), which the search holds anyway: the answers are the same.
 
         Defaults are MooER's: beam 4, length penalty 0.8, 200 new tokens, eos logit -0.2.
         """
@@ -341,6 +345,9 @@ class SpeechLLM(nn.Module):
         processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
         if repetition_penalty != 1.0:
             processors.append(RepetitionPenaltyLogitsProcessor(float(repetition_penalty)))
+        others = others and num_beams > 1 and not do_sample and num_return_sequences == 1
+        if others:
+            num_return_sequences = num_beams
         options = dict(num_beams=num_beams, max_new_tokens=max_new_tokens,
                        repetition_penalty=1.0, do_sample=do_sample,
                        eos_token_id=eos, pad_token_id=pad, logits_processor=processors,
@@ -366,5 +373,9 @@ class SpeechLLM(nn.Module):
                     ids.append(token)
             token_ids.append(ids)
         texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids]
-        return Generated(token_ids, texts,
-                         getattr(result, "sequences_scores", None) if output_scores else None)
+        scores = getattr(result, "sequences_scores", None) if output_scores else None
+        if not others:
+            return Generated(token_ids, texts, scores)
+        n = num_return_sequences
+        return Generated(token_ids[::n], texts[::n], None if scores is None else scores[::n],
+                         [texts[row + 1:row + n] for row in range(0, len(texts), n)])

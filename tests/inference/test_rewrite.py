@@ -3,6 +3,7 @@ candidates a heard word makes, the decision by the model's joint score, and deco
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 
@@ -14,12 +15,14 @@ from mooer.data.hotword_list import CHECKED_SCORE, REWRITE_SHARE, REWRITE_WEIGHT
 from mooer.inference.hotwords import ContextGraph
 from mooer.inference.rewrite import (
     Placed,
+    Try,
     candidates,
     ctc_log_likelihoods,
     glue,
     join,
     placed,
     rewrite,
+    rewritings,
     substitutions,
     to_try,
     units,
@@ -101,7 +104,18 @@ def test_words_and_spans():
     han = at_frames("我们见面", [(0, 1), (2, 3), (4, 5), (6, 7)])
     assert set(substitutions(han, "张三", 0, 3)) == {"张三们见面", "张三见面", "张三面", "我张三见面",
                                                     "我张三面"}
-    assert substitutions(at_frames("yusuf", [(0, 3)]), "yusuf", 0, 3) == []  # already said
+    assert substitutions(at_frames("yusuf", [(0, 3)]), "yusuf", 0, 3) == {}  # already said
+    # each with the text it replaces ('' where it goes between two words)
+    found = substitutions(answer, "yusuf", 8, 13)
+    assert found["i meet yusuf at seven"] == "marcus" and found["i yusuf at seven"] == "meet marcus"
+    assert found["i meet marcus yusuf seven"] == "at"
+    assert substitutions(answer, "yusuf", 15, 16)["i meet marcus at yusuf seven"] == ""
+    # only where the word may be a respelling of what it replaces
+    # (marcos shares 5 letters with marcus, with "meet marcus" and with "marcus at", in order,
+    # none with "at" or "at seven")
+    respelt = substitutions(answer, "marcos", 8, 13, respelt=True)
+    assert respelt == {"i meet marcos at seven": "marcus", "i marcos at seven": "meet marcus",
+                       "i meet marcos seven": "marcus at"}
     # mixed text keeps its own spacing; a Latin word gets spaces only where it touches one
     mixed = Placed("我见 marcus 了", [("我", 0, 1, 0, 1), ("见", 2, 3, 1, 2),
                                       ("marcus", 4, 8, 3, 9), ("了", 10, 11, 10, 11)])
@@ -109,6 +123,25 @@ def test_words_and_spans():
     assert "我yusuf marcus 了" in substitutions(mixed, "yusuf", 2, 3)
     assert glue("at", "yusuf", "seven") == "at yusuf seven"
     assert glue("我", "张三", "了") == "我张三了" and glue("", "yusuf", " at") == "yusuf at"
+
+
+def test_a_respelling_shares_half_its_letters_or_as_many_han_characters():
+    from mooer.inference.rewrite import respelling, similar
+
+    assert respelling("olia", "olivia") and respelling("camile", "camille")
+    assert respelling("Olia", "OLIVIA") and respelling("t bias", "tobias")  # case, spacing
+    assert respelling("seventh", "seventeenth")
+    assert not respelling("marcus", "priya") and not respelling("anika", "priya")
+    assert not respelling("", "yusuf") and not respelling("at", "yusuf")
+    assert respelling("张山", "张三") and not respelling("张", "张三")
+    assert not respelling("zhang", "张三") and not respelling("张山 a", "张三")
+    # the bounds settle most pairs; what they leave is difflib's ratio
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        old, new = ("".join(rng.choice(list("abcde"), rng.integers(1, 9))) for _ in range(2))
+        expected = 2 * sum(block.size for block in difflib.SequenceMatcher(
+            None, old, new, autojunk=False).get_matching_blocks()) / (len(old) + len(new))
+        assert similar(old, new) == (expected >= 0.5), (old, new)
 
 
 def test_words_are_placed_by_their_tokens_frames():
@@ -184,17 +217,58 @@ def test_a_heard_word_makes_candidates_where_it_was_heard_in_the_form_heard():
     log_probs = posteriors(tokenizer.encode("AB cd EF"))  # a label a frame, a blank between
     spotted = graph.spotted(log_probs.numpy(), BLANK, -5.0)
     tries = to_try("AB XY", graph, spotted, -5.0, tokenizer)
-    # CD in the lower case heard, where it was heard; EF with its own weight; QZ not at all
-    assert tries == [("cd", pytest.approx(REWRITE_SHARE * CHECKED_SCORE * 2), 6, 8),
-                     ("EF", pytest.approx(REWRITE_SHARE * 3.0 * 2), 12, 14)]
+    # CD in the lower case heard, where it was heard (as well as the head's best path); EF
+    # with its own weight; QZ not at all
+    assert [tuple(t[:4]) for t in tries] == [
+        ("cd", pytest.approx(REWRITE_SHARE * CHECKED_SCORE * 2), 6, 8),
+        ("EF", pytest.approx(REWRITE_SHARE * 3.0 * 2), 12, 14)]
+    assert [t.score for t in tries] == [pytest.approx(0.0, abs=1e-5)] * 2
     assert [t[0] for t in to_try("AB cd", graph, spotted, -5.0, tokenizer)] == ["EF"]  # said
     asked = ContextGraph.build([("CD", None)], tokenizer, score=0.6)
     assert to_try("AB XY", asked, asked.spotted(log_probs.numpy(), BLANK, -5.0), -5.0,
                   tokenizer)[0][1] == pytest.approx(REWRITE_SHARE * 0.6 * 2)
-    # in place of XY (alone or with AB); EF after XY, or in its place
+    # in place of XY (alone or with AB); EF after XY, or in its place: each with the word, what
+    # it replaces and the word's bonus
     found = candidates(at_frames("AB XY", [(0, 3), (6, 9)]), tries)
-    assert found == {"AB cd": tries[0][1], "cd": tries[0][1], "AB XY EF": tries[1][1],
-                     "AB EF": tries[1][1]}
+    cd, ef = tries[0][1], tries[1][1]
+    assert found == {"AB cd": ("cd", "XY", cd), "cd": ("cd", "AB XY", cd),
+                     "AB XY EF": ("EF", "", ef), "AB EF": ("EF", "XY", ef)}
+    # a word the audio cannot prefer only where it may be a respelling (EF of XY is not)
+    respelt = [Try("XZ", 1.0, 6, 8, -9.0), Try("EF", ef, 12, 14, -9.0)]
+    assert candidates(at_frames("AB XY", [(0, 3), (6, 9)]), respelt, [False, False]) == {
+        "AB XZ": ("XZ", "XY", 1.0)}
+
+
+def test_a_word_is_tried_by_the_audio_or_as_a_respelling():
+    """`rewritings`: a word heard as well as the answer's words on its frames is tried for
+    what the audio gives it, without the bonus unless it respells what it replaces; one heard
+    worse than them only as a respelling, for the bonus."""
+    tokenizer = CharTokenizer()
+    audio = posteriors(tokenizer.encode("AB CD"), frames_each=2)
+    frames = audio.shape[0]
+    spot = -20.0
+
+    def tried(answer: str, words: list[tuple[str, float | None]]):
+        graph = ContextGraph.build(words, tokenizer)
+        return rewritings(answer, tokenizer.encode(answer), graph,
+                          graph.spotted(audio.numpy(), BLANK, spot), spot, audio, tokenizer)
+
+    def ctc(text: str) -> float:
+        return float(ctc_log_likelihoods(audio, frames, [tokenizer.encode(text)])[0])
+
+    # CD is what the audio says, the answer's XY is not: tried without the bonus (no
+    # respelling), and taken to the decoder for what the audio gives it
+    picked = tried("AB XY", [("CD", None)])
+    assert [(text, bonus) for text, _, _, bonus in picked] == [("AB XY", 0.0), ("AB CD", 0.0)]
+    assert picked[1][2] == pytest.approx(ctc("AB CD"), abs=1e-4)
+    # the answer says what the audio does: a word heard worse is not tried, unless it may be
+    # a respelling (CE of CD), and then with its bonus, where that outweighs what it loses
+    assert tried("AB CD", [("XY", 100.0)]) == []
+    picked = tried("AB CD", [("CE", 100.0), ("XY", 100.0)])
+    assert [(text, bonus) for text, _, _, bonus in picked] == [
+        ("AB CD", 0.0), ("AB CE", pytest.approx(REWRITE_SHARE * 100.0 * 2))]
+    assert REWRITE_WEIGHT * (ctc("AB CE") - ctc("AB CD")) < -3  # the audio was against it
+    assert tried("AB CD", [("CE", 1.0)]) == []  # a bonus too small for what it loses
 
 
 class FakeModel:
@@ -223,34 +297,56 @@ def test_a_candidate_replaces_the_answer_only_where_the_joint_score_prefers_it()
     lengths = torch.tensor([audio.shape[0]] * 2)
     graph = ContextGraph.build([("CD", None), ("QZ", None)], tokenizer)
     spotted = [graph.spotted(audio.numpy(), BLANK, -5.0)] * 2
-    gain = float(ctc_log_likelihoods(audio, audio.shape[0], [tokenizer.encode("AB CD")])[0]
-                 - ctc_log_likelihoods(audio, audio.shape[0], [tokenizer.encode("AB XY")])[0])
+
+    def ctc(text: str) -> float:
+        return float(ctc_log_likelihoods(audio, audio.shape[0], [tokenizer.encode(text)])[0])
+
     bonus = REWRITE_SHARE * CHECKED_SCORE * 2
-    margin = REWRITE_WEIGHT * gain + bonus  # what the candidate gains on the answer
-    assert margin > 5
-    priors = {"AB XY": 0.0, "AB CD": -(margin - 1)}  # any other candidate: -1e6
+    # the answer's CE may be a respelling of CD: what the candidate gains is the audio's and
+    # the bonus
+    margin = REWRITE_WEIGHT * (ctc("AB CD") - ctc("AB CE")) + bonus
+    assert margin > 3
+    priors = {"AB CE": 0.0, "AB CD": -(margin - 1)}  # any other candidate: -1e6
     model = FakeModel(priors)
-    answer = tokenizer.encode("AB XY")
-    chosen = rewrite(model, {}, (), (log_probs, lengths), ["AB XY", "AB XY"], [answer, answer],
+    answer = tokenizer.encode("AB CE")
+    chosen = rewrite(model, {}, (), (log_probs, lengths), ["AB CE", "AB CE"], [answer, answer],
                      [graph, None], spotted, -5.0)
     assert chosen == [("AB CD", tokenizer.encode("AB CD")), None]  # the second has no list
-    assert ("AB XY", 0) in model.asked and all(row == 0 for _, row in model.asked)
+    assert ("AB CE", 0) in model.asked and all(row == 0 for _, row in model.asked)
     assert not any("QZ" in text for text, _ in model.asked)  # never heard, never tried
     # the decoder against it by more than the audio and the bonus for it: the answer stands
     model = FakeModel({**priors, "AB CD": -(margin + 1)})
-    assert rewrite(model, {}, (), (log_probs[:1], lengths[:1]), ["AB XY"], [answer], [graph],
+    assert rewrite(model, {}, (), (log_probs[:1], lengths[:1]), ["AB CE"], [answer], [graph],
                    spotted[:1], -5.0) == [None]
     # an answer that already says it: nothing better, the decoder is not asked
     model = FakeModel({})
     assert rewrite(model, {}, (), (log_probs[:1], lengths[:1]), ["AB CD"],
                    [tokenizer.encode("AB CD")], [graph], spotted[:1], -5.0) == [None]
     assert model.asked == []
+    # XY is no respelling of CD: no bonus, only what the audio gives
+    other = tokenizer.encode("AB XY")
+    audio_only = REWRITE_WEIGHT * (ctc("AB CD") - ctc("AB XY"))
+    for prior, expected in ((-(audio_only - 0.5), ("AB CD", tokenizer.encode("AB CD"))),
+                            (-(audio_only + 0.5), None)):
+        model = FakeModel({"AB XY": 0.0, "AB CD": prior})
+        assert rewrite(model, {}, (), (log_probs[:1], lengths[:1]), ["AB XY"], [other],
+                       [graph], spotted[:1], -5.0) == [expected]
+    # another hypothesis of the beam that the model scores higher than the candidate: the
+    # answer stands; one it scores lower changes nothing
+    assert ctc("AB CF") == pytest.approx(ctc("AB CE"), abs=1e-3)  # as far from the audio
+    for prior, expected in ((2.0, None), (-2.0, ("AB CD", tokenizer.encode("AB CD")))):
+        model = FakeModel({**priors, "AB CF": prior})
+        assert rewrite(model, {}, (), (log_probs[:1], lengths[:1]), ["AB CE"], [answer],
+                       [graph], spotted[:1], -5.0, [["AB CF", "AB CE", ""]]) == [expected]
+        assert ("AB CF", 0) in model.asked  # scored with the answer and the candidate
+        assert sum(text == "AB CE" for text, _ in model.asked) == 1
 
 
 def test_decoding_rewrites_with_heard_words_and_keeps_ids_and_text_together(tokenizer, shards):
     """On a tiny model with a CTC head: rewriting at a threshold nothing reaches changes
-    nothing; with a CTC head that hears only the word's tokens (and blanks) and a weight no
-    decoder score outweighs, every answer takes the word, and its token ids are the text's."""
+    nothing; with a CTC head that hears only the word's tokens (and blanks), so surely that
+    no decoder score outweighs the audio, every answer takes the word (by the audio alone:
+    the answers' random text is no respelling of it), and its token ids are the text's."""
     from mooer.data.features import ParaformerFrontend
     from mooer.inference.decode import decode, decoding_loader
     from tests.conftest import prompt_format
@@ -272,8 +368,8 @@ def test_decoding_rewrites_with_heard_words_and_keeps_ids_and_text_together(toke
     heavy = ContextGraph.build([(word, 1e6)], tokenizer)
     with torch.no_grad():
         model.ctc_head.weight.zero_()
-        model.ctc_head.bias.fill_(-10.0)
-        model.ctc_head.bias[[*tokenizer.encode(word), -1]] = 5.0
+        model.ctc_head.bias.fill_(-100.0)
+        model.ctc_head.bias[[*tokenizer.encode(word), -1]] = 100.0
     rewritten = run(hotwords=heavy, hotword_rewrite=-1e9, hotword_check=1.0)
     assert all(word in text for key, text in rewritten.hypotheses.items()
                if plain.hypotheses[key])

@@ -233,6 +233,24 @@ def test_batched_decoding_equals_one_by_one(tokenizer, batch, num_beams):
     assert len(set(together.texts)) > 1  # rows differ: audio reaches the decoder
 
 
+def test_the_beams_other_hypotheses_come_with_the_same_answers(tokenizer, batch):
+    """`others`: each row's answer as without it, and the texts of its other finished beams
+    (what transformers returns as its next best sequences), best first."""
+    model = tiny_model(tokenizer, 3).eval()
+    plain = model.generate(batch, num_beams=3, max_new_tokens=8)
+    with_others = model.generate(batch, num_beams=3, max_new_tokens=8, others=True)
+    assert with_others.texts == plain.texts and with_others.token_ids == plain.token_ids
+    assert plain.others is None and with_others.others is not None
+    every = model.generate(batch, num_beams=3, max_new_tokens=8, num_return_sequences=3)
+    rows = len(batch["keys"])
+    assert len(every.texts) == 3 * rows
+    assert with_others.others == [every.texts[3 * row + 1:3 * row + 3] for row in range(rows)]
+    assert any(text != plain.texts[row] for row in range(rows)
+               for text in with_others.others[row])  # other hypotheses, not copies
+    # greedy search holds no other hypotheses
+    assert model.generate(batch, num_beams=1, max_new_tokens=4, others=True).others is None
+
+
 def _sequence_logprob(model, batch, row, ids):
     single = _rows(batch, [row])
     prompt = model.embed({**single, "input_ids": single["input_ids"],
