@@ -26,7 +26,6 @@ score does not prefer is never written, so a list of distractors changes next to
 from __future__ import annotations
 
 import difflib
-import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,10 +41,6 @@ from mooer.inference.hotwords import ContextGraph, Spotting
 __all__ = ["Option", "Placed", "Try", "candidates", "ctc_log_likelihoods", "glue", "join",
            "placed", "respelling", "rewrite", "rewritings", "substitutions", "to_try", "units"]
 
-# how many nats a word may be heard worse than the answer's words on its frames (by the CTC
-# head's paths: `rewritings`) and still be tried for what the audio gives it (a margin for
-# the alignments' edges, and for a path's score beside the sum of all)
-AUDIBLE_SLACK = 2.0
 UNIT = re.compile(f"[{HAN}]|[^\\s{HAN}]+")
 IS_HAN = re.compile(f"[{HAN}]")
 
@@ -96,15 +91,13 @@ def glue(left: str, middle: str, right: str) -> str:
     return left + middle + right
 
 
-def substitutions(answer: Placed, word: str, first: int, last: int, respelt: bool = False
-                  ) -> dict[str, str]:
+def substitutions(answer: Placed, word: str, first: int, last: int) -> dict[str, str]:
     """The answer with `word`, heard from frame `first` to `last`, in place of each run of
     the words those frames overlap, with or without the word before or after (runs of up to
     one word more than `word` has: a stretch a frame too long or too short overlaps one word
     more or less); where it overlaps none, put between the words around it, or in place of
-    one of them: each such text, and the text it replaces ('' where it goes between); only
-    where `word` may be a respelling of that text, if `respelt` (`respelling`). The rest of the
-    text stays as it was (its spacing too)."""
+    one of them: each such text, and the text it replaces ('' where it goes between). The rest
+    of the text stays as it was (its spacing too)."""
     words, text = answer.words, answer.text
     overlap = [i for i, (_, a, b, _, _) in enumerate(words) if a <= last and b >= first]
     if overlap:
@@ -117,8 +110,6 @@ def substitutions(answer: Placed, word: str, first: int, last: int, respelt: boo
         runs = {(at, at), (max(at - 1, 0), at), (at, min(at + 1, len(words)))}
     found: dict[str, str] = {}
     for a, b in sorted(runs):
-        if respelt and (a == b or not respelling(text[words[a][3]:words[b - 1][4]], word)):
-            continue
         if a < b:  # in place of words a..b-1
             start, end = words[a][3], words[b - 1][4]
             candidate = glue(text[:start], word, text[end:])
@@ -193,14 +184,13 @@ def holds(text: str, word: str) -> bool:
 
 class Try(NamedTuple):
     """A listed word to try in an answer (`to_try`): in the form (case, spacing) the CTC head
-    heard best, with the bonus it would earn, the first and last frame where it was heard and
-    how well (`ContextGraph.spotted`'s score: 0 where the head's best path spells it)."""
+    heard best, with the bonus it would earn and the first and last frame where it was
+    heard."""
 
     form: str
     bonus: float
     first: int
     last: int
-    score: float
 
 
 def to_try(text: str, graph: ContextGraph, spotted: Spotting, threshold: float, tokenizer
@@ -215,21 +205,17 @@ def to_try(text: str, graph: ContextGraph, spotted: Spotting, threshold: float, 
         weight = graph.entries[entry][1]
         bonus = REWRITE_SHARE * (graph.default_score if weight is None else weight) * len(ids)
         if form and bonus > 0 and not holds(said, form):
-            found.append(Try(form, bonus, int(spotted.first[best]), int(spotted.last[best]),
-                             float(spotted.scores[best])))
+            found.append(Try(form, bonus, int(spotted.first[best]), int(spotted.last[best])))
     return found
 
 
-def candidates(answer: Placed, tries: Sequence[Try], audible: Sequence[bool] | None = None
-               ) -> dict[str, tuple[str, str, float]]:
+def candidates(answer: Placed, tries: Sequence[Try]) -> dict[str, tuple[str, str, float]]:
     """Each rewriting of an answer (`placed`) with a word `to_try` where it was heard: the
     word, the text it replaces there and the word's bonus (which it earns only where it may be
-    a respelling of that text: `respelling`). A word that is not `audible` (the audio alone
-    cannot prefer it to the answer: `rewritings`) only where it may be a respelling."""
+    a respelling of that text: `respelling`)."""
     found: dict[str, tuple[str, str, float]] = {}
-    for n, (form, bonus, first, last, _) in enumerate(tries):
-        respelt = audible is not None and not audible[n]
-        for candidate, replaced in substitutions(answer, form, first, last, respelt).items():
+    for form, bonus, first, last in tries:
+        for candidate, replaced in substitutions(answer, form, first, last).items():
             if candidate not in found or found[candidate][2] < bonus:
                 found[candidate] = form, replaced, bonus
     return found
@@ -266,17 +252,7 @@ def rewritings(text: str, answer: Sequence[int], graph: ContextGraph, found: Spo
     spans = viterbi(log_probs, answer, blank)
     if spans is None:  # more tokens than frames: nothing to place a word by
         return []
-    # what the answer's path loses on the head's best path, summed to each frame: a word
-    # heard worse than the answer's words on its frames (by more than AUDIBLE_SLACK) gains
-    # nothing by the audio there, and is tried only as a respelling (the bonus's)
-    labels = torch.full((log_probs.shape[0],), blank, dtype=torch.long)
-    for token, (first, last) in zip(answer, spans, strict=True):
-        labels[first:last + 1] = token
-    lost = (log_probs.max(-1).values - log_probs.gather(1, labels[:, None])[:, 0]).tolist()
-    lost_by = [0.0, *itertools.accumulate(lost)]
-    audible = [-attempt.score <= lost_by[attempt.last + 1] - lost_by[attempt.first]
-               + AUDIBLE_SLACK for attempt in tries]
-    options = candidates(placed(answer, spans, tokenizer), tries, audible)
+    options = candidates(placed(answer, spans, tokenizer), tries)
     if not options:
         return []
     listed = [text, *options]
