@@ -7,8 +7,8 @@ more often (`i meet priya` for `yusuf`) however the audio sounds. So after decod
 listed word the encoder's CTC head hears somewhere in the utterance (its tokens spelled within
 `threshold` nats of the head's best path: `ContextGraph.spotted`) is tried where the head hears
 it: in place of the answer's words on those frames (the answer aligned on the head), or between
-them. A candidate replaces the answer when the model's own joint score is higher, than the
-answer's and than each of the beam's other hypotheses':
+them. A candidate replaces the answer when the model's own joint score of it is higher than
+the answer's and than each of the beam's other hypotheses':
 
     decoder log-likelihood (teacher forced, end of answer included)
     + REWRITE_WEIGHT * CTC log-likelihood
