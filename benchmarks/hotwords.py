@@ -23,6 +23,12 @@ rewriting after decoding (the decoders' default on a model with a CTC head: the 
 tried in the answer, kept where the model scores them higher, `mooer.inference.rewrite`), or as
 `--checks`, `--rewrites` and `--scores` say. Lists are shuffled (a list's order tells nothing).
 
+With `--batch_size N` the set is decoded as evaluate.py decodes it with `hotwords=FILE`: in
+batches of N, with one list for every utterance (the set's true rare words together, plus the
+first utterance's distractors; the distractors alone for "distractors only"), each condition in
+turn over the whole set, twice; "inserted" then counts any list word, another utterance's true
+word too.
+
 Trained biasing (`--trained_run_dir`, a run trained with `task/context=hotwords`, which is
 shown the list as well) is measured in the same table, on the same utterances and
 lists: with no list, with the list in the prompt alone (score 0), and in the prompt as well as
@@ -162,6 +168,9 @@ def main() -> None:
                         help="also a list this long (made-up two-character Mandarin words and "
                              "the training vocabulary's rare words), for speed; 0: not")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="decode in batches of N with one list for the whole set (as "
+                             "evaluate.py's hotwords=), not one utterance at a time")
     parser.add_argument("--set", default="test",
                         help="the Kaldi set under <data_dir>/demo/kaldi decoded (test: the "
                              "held-out sentences; unseen_voices: voices training never heard; "
@@ -178,12 +187,18 @@ def main() -> None:
         tests = {k: v for k, v in tests.items() if k in chosen}
     audio = dict(read_table(kaldi / args.set / "wav.scp"))
     true, other = lists(tests, counts, args.rare, args.distractors, args.seed)
+    listed_true, listed_other = true, other
+    if args.batch_size:  # one list for the whole set
+        first = next(iter(tests))
+        union = sorted({w for words in true.values() for w in words})
+        listed_true = {key: union for key in tests}
+        listed_other = {key: other[first] for key in tests}
     decoding = {"num_beams": args.num_beams, "max_new_tokens": 48}
-    recognizers = {"decode-time": demo_recognizer(args, 1, decoding)}
+    recognizers = {"decode-time": demo_recognizer(args, args.batch_size or 1, decoding)}
     tokenizer = recognizers["decode-time"].model.tokenizer
     torch.set_grad_enabled(False)
 
-    conditions = decode_time_conditions(args, true, other)
+    conditions = decode_time_conditions(args, listed_true, listed_other)
     if args.large:
         chars = sorted({c for text in tests.values() for c in text if "\u4e00" <= c <= "\u9fff"}
                        or {c for word in counts for c in word if "\u4e00" <= c <= "\u9fff"})
@@ -194,20 +209,55 @@ def main() -> None:
         ContextGraph.build([(w, None) for w in large], tokenizer)
         conditions.append(("decode-time", f"true words + {len(large)} made-up words (graph "
                            f"built in {time.perf_counter() - started:.2f} s)", conditions[1][2],
-                           conditions[1][3], {k: true[k] + large for k in tests}))
+                           conditions[1][3], {k: listed_true[k] + large for k in tests}))
     if args.trained_run_dir:
         recognizers["trained"] = demo_recognizer(argparse.Namespace(**{
-            **vars(args), "run_dir": args.trained_run_dir}), 1, decoding)
+            **vars(args), "run_dir": args.trained_run_dir}), args.batch_size or 1, decoding)
         if not recognizers["trained"].prompt.context.applies("asr"):
             raise SystemExit(f"{args.trained_run_dir} was not trained with a hotword list in "
                              "its instruction (task/context=hotwords)")
-        conditions += trained_conditions(args, true, other)
+        conditions += trained_conditions(args, listed_true, listed_other)
 
     def shuffled(key: str, words: list[str]) -> list[str]:
         """A list's order tells nothing: the same list in the same order in every condition."""
         return random.Random(f"{args.seed}:{key}").sample(words, len(words))
     hypotheses: list[dict[str, str]] = [{} for _ in conditions]
     seconds = [0.0] * len(conditions)
+    if args.batch_size:
+        decode_whole_set(args, kaldi / args.set, tests, recognizers, conditions, tokenizer,
+                         hypotheses, seconds)
+    else:
+        decode_one_by_one(args, tests, audio, recognizers, conditions, tokenizer, shuffled,
+                          hypotheses, seconds)
+    report(args, tests, true, conditions, hypotheses, seconds, recognizers)
+
+
+def decode_whole_set(args: argparse.Namespace, source: Path, tests: dict[str, str],
+                     recognizers: dict, conditions: list[Condition], tokenizer,
+                     hypotheses: list[dict[str, str]], seconds: list[float]) -> None:
+    """The set in batches under every condition in turn (one list for all), twice after a
+    warm-up; the seconds of both rounds."""
+    first = next(iter(tests))
+    graphs = [None if words_of is None else
+              ContextGraph.build([(w, None) for w in words_of[first]], tokenizer, value)
+              for _, _, _, (value, _), words_of in conditions]
+    keys = frozenset(tests)
+    for recognizer in recognizers.values():  # warm-up
+        recognizer.decode(source, "asr", progress=False, keys=frozenset([first]))
+    for _ in tqdm(range(2), desc="rounds"):
+        for c, (method, _, _, (_, options), _) in enumerate(conditions):
+            started = time.perf_counter()
+            decoded = recognizers[method].decode(source, "asr", progress=False, keys=keys,
+                                                 hotwords=graphs[c], **options)
+            seconds[c] += time.perf_counter() - started
+            hypotheses[c].update(decoded.hypotheses)
+
+
+def decode_one_by_one(args: argparse.Namespace, tests: dict[str, str], audio: dict[str, str],
+                      recognizers: dict, conditions: list[Condition], tokenizer, shuffled,
+                      hypotheses: list[dict[str, str]], seconds: list[float]) -> None:
+    """Each utterance under every condition in turn, with its own list (a busy machine slows
+    all conditions alike)."""
     with tempfile.TemporaryDirectory() as work:
         for index, key in enumerate(tqdm(tests, desc="utterances", unit="utt")):
             one = Path(work) / key
@@ -226,13 +276,20 @@ def main() -> None:
                                             **options)
                 seconds[c] += time.perf_counter() - started
                 hypotheses[c].update(decoded.hypotheses)
+
+
+def report(args: argparse.Namespace, tests: dict[str, str], true: Lists,
+           conditions: list[Condition], hypotheses: list[dict[str, str]], seconds: list[float],
+           recognizers: dict) -> None:
+    """The table: each condition's B-WER, U-WER, MER, insertions and time."""
     baseline = {method: next(c for c, condition in enumerate(conditions)
                              if condition[0] == method and condition[4] is None)
                 for method in recognizers}
     with_words = sum(1 for k in tests if true[k])
     print(f"\n{len(tests)} utterances of {args.set} ({with_words} with a rare English word; "
-          f"{sum(len(v) for v in true.values())} rare words), beam {args.num_beams}, one at a "
-          f"time, {args.run_dir}"
+          f"{sum(len(v) for v in true.values())} rare words), beam {args.num_beams}, "
+          f"{f'batches of {args.batch_size}, one list' if args.batch_size else 'one at a time'}, "
+          f"{args.run_dir}"
           f"{f' and (trained) {args.trained_run_dir}' if args.trained_run_dir else ''}, "
           f"CPU {torch.get_num_threads()} threads\n")
     print("| biasing | list | score | B-WER | U-WER | MER | inserted | decoding s | "
