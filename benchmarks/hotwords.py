@@ -25,9 +25,9 @@ tried in the answer, kept where the model scores them higher, `mooer.inference.r
 
 With `--batch_size N` the set is decoded as evaluate.py decodes it with `hotwords=FILE`: in
 batches of N, with one list for every utterance (the set's true rare words together, plus the
-first utterance's distractors; the distractors alone for "distractors only"), each condition in
-turn over the whole set, twice; "inserted" then counts any list word, another utterance's true
-word too.
+first utterance's distractors that no reference of the set holds; those alone for "distractors
+only"), each condition in turn over the whole set, twice; "inserted" then counts any list word,
+another utterance's true word too.
 
 Trained biasing (`--trained_run_dir`, a run trained with `task/context=hotwords`, which is
 shown the list as well) is measured in the same table, on the same utterances and
@@ -192,7 +192,8 @@ def main() -> None:
         first = next(iter(tests))
         union = sorted({w for words in true.values() for w in words})
         listed_true = {key: union for key in tests}
-        listed_other = {key: other[first] for key in tests}
+        kept = [w for w in other[first] if not any(holds(text, w) for text in tests.values())]
+        listed_other = {key: kept for key in tests}
     decoding = {"num_beams": args.num_beams, "max_new_tokens": 48}
     recognizers = {"decode-time": demo_recognizer(args, args.batch_size or 1, decoding)}
     tokenizer = recognizers["decode-time"].model.tokenizer

@@ -286,9 +286,10 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
     token ids, or None where the answer stands.
 
     The answer is aligned on the CTC head (its words' frames: `placed`), and the candidates
-    that gain most on it by the audio and the bonus (`rewritings`) are scored in one decoder
-    pass with the answer and the row's `alternatives` (the texts of the beam's other
-    hypotheses): a candidate is kept only where it beats the answer and each of those."""
+    that gain most on it by the audio and the bonus (`rewritings`) are scored with it in one
+    decoder pass. Where one beats the answer, the row's `alternatives` (the texts of the
+    beam's other hypotheses) are scored in a second pass: it is kept only where it beats each
+    of those too."""
     log_probs, lengths = ctc
     log_probs = log_probs.float().cpu()
     tokenizer = model.tokenizer
@@ -298,35 +299,53 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
                                                            strict=True)):
         if graph is None or found is None or not text:
             continue
-        frames = int(lengths[row])
-        picked = rewritings(text, answer, graph, found, threshold, log_probs[row, :frames],
-                            tokenizer)
-        if not picked:
-            continue
+        picked = rewritings(text, answer, graph, found, threshold,
+                            log_probs[row, :int(lengths[row])], tokenizer)
         for n, (written, ids, score, bonus) in enumerate(picked):
             rows.append(row)
             scored.append(Option(written, ids, score, bonus, n > 0))
-        seen = {written for written, *_ in picked}
+    winners = best_candidates(model, batch, encoded, rows, scored)
+    # the beam's other hypotheses of the rows a candidate won, which it must beat too
+    rows, scored = [], []
+    for row, winner in winners.items():
+        seen = {winner.text, texts[row]}
         others = list(dict.fromkeys(other for other in (alternatives[row] if alternatives
                                                         else ()) if other and other not in seen))
         if others:
             other_ids = encode_all(tokenizer, others)
-            for other, other_tokens, score in zip(others, other_ids, ctc_log_likelihoods(
-                    log_probs[row], frames, other_ids).tolist(), strict=True):
-                rows.append(row)
-                scored.append(Option(other, other_tokens, score, 0.0, False))
+            scores = ctc_log_likelihoods(log_probs[row], int(lengths[row]), other_ids).tolist()
+            rows += [row, *[row] * len(others)]
+            scored += [winner, *[Option(other, tokens, score, 0.0, False)
+                                 for other, tokens, score in zip(others, other_ids, scores,
+                                                                 strict=True)]]
+    confirmed = best_candidates(model, batch, encoded, rows, scored, scored_first=True)
     chosen: list[tuple[str, list[int]] | None] = [None] * len(texts)
+    for row, winner in winners.items():
+        if row in confirmed or row not in rows:  # beat them all, or there were none
+            chosen[row] = winner.text, winner.ids
+    return chosen
+
+
+def best_candidates(model: Any, batch: dict[str, Any], encoded: tuple, rows: list[int],
+                    scored: list[Option], scored_first: bool = False) -> dict[int, Option]:
+    """Each row's best candidate among `scored` (the options of the batch's `rows`), where it
+    scores higher than every other option of its row, by the decoder (one teacher-forced
+    pass: those not yet scored, all or, with `scored_first`, all but each row's first) and
+    the CTC head and the bonus."""
     if not rows:
-        return chosen
-    end = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-    decoder = model.answer_log_probs(batch, [option.ids + end for option in scored], encoded,
-                                     rows=rows)
-    for entry, log_likelihoods in zip(scored, decoder, strict=True):
-        entry.total = sum(log_likelihoods) + REWRITE_WEIGHT * entry.ctc + entry.bonus
+        return {}
+    todo = [n for n, row in enumerate(rows) if not scored_first or rows.index(row) != n]
+    end = [] if model.tokenizer.eos_token_id is None else [model.tokenizer.eos_token_id]
+    decoder = model.answer_log_probs(batch, [scored[n].ids + end for n in todo], encoded,
+                                     rows=[rows[n] for n in todo])
+    for n, log_likelihoods in zip(todo, decoder, strict=True):
+        scored[n].total = (sum(log_likelihoods) + REWRITE_WEIGHT * scored[n].ctc
+                           + scored[n].bonus)
+    found = {}
     for row in dict.fromkeys(rows):
         mine = [option for r, option in zip(rows, scored, strict=True) if r == row]
         rival = max(option.total for option in mine if not option.candidate)
         best = max((option for option in mine if option.candidate), key=lambda o: o.total)
         if best.total > rival:
-            chosen[row] = best.text, best.ids
-    return chosen
+            found[row] = best
+    return found
