@@ -35,7 +35,7 @@ import torch
 
 from mooer.data.hotword_list import RESPELLING, REWRITE_SHARE, REWRITE_TOP, REWRITE_WEIGHT
 from mooer.data.text import WORD_JOINER
-from mooer.inference.align import HAN, matched_words, token_pieces, viterbi
+from mooer.inference.align import HAN, matched_words, token_pieces, viterbi_batch
 from mooer.inference.hotwords import ContextGraph, Spotting
 
 __all__ = ["Option", "Placed", "Try", "candidates", "ctc_log_likelihoods", "glue", "join",
@@ -235,22 +235,15 @@ class Option:
     total: float = 0.0
 
 
-def rewritings(text: str, answer: Sequence[int], graph: ContextGraph, found: Spotting,
-               threshold: float, log_probs: torch.Tensor, tokenizer
+def rewritings(text: str, answer: Sequence[int], tries: Sequence[Try],
+               spans: Sequence[tuple[int, int]] | None, log_probs: torch.Tensor, tokenizer
                ) -> list[tuple[str, list[int], float, float]]:
-    """An answer (`text` and its ids) rewritten with each word of `graph` heard at `threshold`
-    (`found`: `ContextGraph.spotted`) that gains on it by the audio and the bonus, on one
-    utterance's CTC log-posteriors [frames, V]: the answer first, then those candidates (at
-    most REWRITE_TOP, the most gain first), each as its text, ids, CTC log-likelihood and the
-    bonus it earns; nothing where no candidate gains."""
-    tries = to_try(text, graph, found, threshold, tokenizer)
-    if not tries:
-        return []
-    blank = log_probs.shape[-1] - 1
-    if not answer or max(answer) >= blank:  # a token the CTC head has no class for
-        answer = encode_all(tokenizer, [text])[0]
-    spans = viterbi(log_probs, answer, blank)
-    if spans is None:  # more tokens than frames: nothing to place a word by
+    """An answer (`text`, its ids as the CTC head spells them, and their frames: `viterbi`)
+    rewritten with each of its words `to_try` that gains on it by the audio and the bonus, on
+    one utterance's CTC log-posteriors [frames, V]: the answer first, then those candidates
+    (at most REWRITE_TOP, the most gain first), each as its text, ids, CTC log-likelihood and
+    the bonus it earns; nothing where no candidate gains."""
+    if not tries or spans is None:  # no frames (more tokens than frames): nothing to place
         return []
     options = candidates(placed(answer, spans, tokenizer), tries)
     if not options:
@@ -293,13 +286,21 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
     log_probs, lengths = ctc
     log_probs = log_probs.float().cpu()
     tokenizer = model.tokenizer
+    blank = log_probs.shape[-1] - 1
+    tries: list[list[Try]] = []  # each row's words to try, and its answer as the head spells it
+    spelt: list[list[int]] = []
+    for text, answer, graph, found in zip(texts, answers, graphs, spotted, strict=True):
+        tries.append([] if graph is None or found is None or not text
+                     else to_try(text, graph, found, threshold, tokenizer))
+        if tries[-1] and (not answer or max(answer) >= blank):  # a token it has no class for
+            answer = encode_all(tokenizer, [text])[0]
+        spelt.append(list(answer) if tries[-1] else [])
+    # the answers' frames, the batch's rows at once
+    paths = viterbi_batch(log_probs, [int(n) for n in lengths], spelt, blank)
     rows: list[int] = []  # the decoder's pass: each option's row, and the option
     scored: list[Option] = []
-    for row, (text, answer, graph, found) in enumerate(zip(texts, answers, graphs, spotted,
-                                                           strict=True)):
-        if graph is None or found is None or not text:
-            continue
-        picked = rewritings(text, answer, graph, found, threshold,
+    for row, text in enumerate(texts):
+        picked = rewritings(text, spelt[row], tries[row], paths[row],
                             log_probs[row, :int(lengths[row])], tokenizer)
         for n, (written, ids, score, bonus) in enumerate(picked):
             rows.append(row)

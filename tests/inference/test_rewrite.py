@@ -238,9 +238,12 @@ def test_a_word_is_tried_by_the_audio_or_as_a_respelling():
     spot = -20.0
 
     def tried(answer: str, words: list[tuple[str, float | None]]):
+        from mooer.inference.align import viterbi
+
         graph = ContextGraph.build(words, tokenizer)
-        return rewritings(answer, tokenizer.encode(answer), graph,
-                          graph.spotted(audio.numpy(), BLANK, spot), spot, audio, tokenizer)
+        ids = tokenizer.encode(answer)
+        tries = to_try(answer, graph, graph.spotted(audio.numpy(), BLANK, spot), spot, tokenizer)
+        return rewritings(answer, ids, tries, viterbi(audio, ids, BLANK), audio, tokenizer)
 
     def ctc(text: str) -> float:
         return float(ctc_log_likelihoods(audio, frames, [tokenizer.encode(text)])[0])
@@ -334,6 +337,33 @@ def test_a_candidate_replaces_the_answer_only_where_the_joint_score_prefers_it()
     assert rewrite(model, {}, (), (log_probs[:1], lengths[:1]), ["AB CE"], [answer], [graph],
                    spotted[:1], -5.0, [["AB CF"]]) == [None]
     assert ("AB CD", 0) in model.asked and all(text != "AB CF" for text, _ in model.asked)
+
+
+def test_a_batch_is_rewritten_as_each_of_its_rows_alone():
+    """The rows' answers are aligned together (padded frames), and each row's rewriting is
+    what it gets decoded alone."""
+    tokenizer = CharTokenizer()
+    audios = [posteriors(tokenizer.encode("AB CD"), frames_each=2),
+              posteriors(tokenizer.encode("QZ CD")), posteriors(tokenizer.encode("XY CD"))]
+    frames = [audio.shape[0] for audio in audios]
+    padded = torch.full((3, max(frames), 60), -50.0)
+    for row, audio in enumerate(audios):
+        padded[row, :frames[row]] = audio
+    graph = ContextGraph.build([("CD", None)], tokenizer)
+    spotted = [graph.spotted(audio.numpy(), BLANK, -5.0) for audio in audios]
+    texts = ["AB CE", "QZ CE", "XY CE"]
+    answers = [tokenizer.encode(text) for text in texts]
+    # the decoder against the third's CD by more than the audio and the bonus give it
+    priors = {"AB CE": 0.0, "AB CD": -1.0, "QZ CE": 0.0, "QZ CD": -1.0, "XY CE": 0.0,
+              "XY CD": -30.0}
+    together = rewrite(FakeModel(priors), {}, (), (padded, torch.tensor(frames)), texts,
+                       answers, [graph, graph, graph], spotted, -5.0)
+    alone = [rewrite(FakeModel(priors), {}, (), (audio[None], torch.tensor([n])), [text],
+                     [answer], [graph], [found], -5.0)[0]
+             for audio, n, text, answer, found in zip(audios, frames, texts, answers, spotted,
+                                                      strict=True)]
+    assert together == alone == [("AB CD", tokenizer.encode("AB CD")),
+                                 ("QZ CD", tokenizer.encode("QZ CD")), None]
 
 
 def test_decoding_rewrites_with_heard_words_and_keeps_ids_and_text_together(tokenizer, shards):
