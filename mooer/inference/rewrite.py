@@ -26,6 +26,7 @@ score does not prefer is never written, so a list of distractors changes next to
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -223,16 +224,16 @@ def candidates(answer: Placed, tries: Sequence[Try]) -> dict[str, tuple[str, str
 
 @dataclass
 class Option:
-    """What `rewrite` scores in its decoder pass: an answer, a candidate, or another hypothesis
-    of the beam, with its CTC log-likelihood, the bonus it earns and its joint score (`total`,
-    once scored)."""
+    """What `rewrite` scores in its decoder passes: an answer, a candidate, or another
+    hypothesis of the beam, with its CTC log-likelihood, the bonus it earns and its joint
+    score (`total`, NaN until a pass has scored it)."""
 
     text: str
     ids: list[int]
     ctc: float
     bonus: float
     candidate: bool
-    total: float = 0.0
+    total: float = math.nan
 
 
 def rewritings(text: str, answer: Sequence[int], tries: Sequence[Try],
@@ -319,7 +320,7 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
             scored += [winner, *[Option(other, tokens, score, 0.0, False)
                                  for other, tokens, score in zip(others, other_ids, scores,
                                                                  strict=True)]]
-    confirmed = best_candidates(model, batch, encoded, rows, scored, scored_first=True)
+    confirmed = best_candidates(model, batch, encoded, rows, scored)
     chosen: list[tuple[str, list[int]] | None] = [None] * len(texts)
     for row, winner in winners.items():
         if row in confirmed or row not in rows:  # beat them all, or there were none
@@ -328,20 +329,18 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
 
 
 def best_candidates(model: Any, batch: dict[str, Any], encoded: tuple, rows: list[int],
-                    scored: list[Option], scored_first: bool = False) -> dict[int, Option]:
+                    scored: list[Option]) -> dict[int, Option]:
     """Each row's best candidate among `scored` (the options of the batch's `rows`), where it
     scores higher than every other option of its row, by the decoder (one teacher-forced
-    pass: those not yet scored, all or, with `scored_first`, all but each row's first) and
-    the CTC head and the bonus."""
-    if not rows:
-        return {}
-    todo = [n for n, row in enumerate(rows) if not scored_first or rows.index(row) != n]
-    end = [] if model.tokenizer.eos_token_id is None else [model.tokenizer.eos_token_id]
-    decoder = model.answer_log_probs(batch, [scored[n].ids + end for n in todo], encoded,
-                                     rows=[rows[n] for n in todo])
-    for n, log_likelihoods in zip(todo, decoder, strict=True):
-        scored[n].total = (sum(log_likelihoods) + REWRITE_WEIGHT * scored[n].ctc
-                           + scored[n].bonus)
+    pass over the options not scored yet) and the CTC head and the bonus."""
+    todo = [n for n, option in enumerate(scored) if math.isnan(option.total)]
+    if todo:
+        end = [] if model.tokenizer.eos_token_id is None else [model.tokenizer.eos_token_id]
+        decoder = model.answer_log_probs(batch, [scored[n].ids + end for n in todo], encoded,
+                                         rows=[rows[n] for n in todo])
+        for n, log_likelihoods in zip(todo, decoder, strict=True):
+            scored[n].total = (sum(log_likelihoods) + REWRITE_WEIGHT * scored[n].ctc
+                               + scored[n].bonus)
     found = {}
     for row in dict.fromkeys(rows):
         mine = [option for r, option in zip(rows, scored, strict=True) if r == row]
