@@ -273,7 +273,7 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
             ctc: tuple[torch.Tensor, torch.Tensor], texts: Sequence[str],
             answers: Sequence[Sequence[int]], graphs: Sequence[ContextGraph | None],
             spotted: Sequence[Spotting | None], threshold: float,
-            alternatives: Sequence[Sequence[str]] | None = None
+            alternatives: Sequence[Sequence[Sequence[int]]] | None = None
             ) -> list[tuple[str, list[int]] | None]:
     """Each answer of a batch (its text and token ids) rewritten with the words of its graph
     heard at `threshold` (`spotted`: each row's `ContextGraph.spotted`), as its text and
@@ -281,9 +281,9 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
 
     The answer is aligned on the CTC head (its words' frames: `placed`), and the candidates
     that gain most on it by the audio and the bonus (`rewritings`) are scored with it in one
-    decoder pass. Where one beats the answer, the row's `alternatives` (the texts of the
-    beam's other hypotheses) are scored in a second pass: it is kept only where it beats each
-    of those too."""
+    decoder pass. Where one beats the answer, the row's `alternatives` (the token ids of the
+    beam's other hypotheses, read as text only there) are scored in a second pass: it is kept
+    only where it beats each of those too."""
     log_probs, lengths = ctc
     log_probs = log_probs.float().cpu()
     tokenizer = model.tokenizer
@@ -311,8 +311,10 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
     rows, scored = [], []
     for row, winner in winners.items():
         seen = {winner.text, texts[row]}
-        others = list(dict.fromkeys(other for other in (alternatives[row] if alternatives
-                                                        else ()) if other and other not in seen))
+        others = list(dict.fromkeys(
+            text for text in (tokenizer.decode(ids, skip_special_tokens=True)
+                              for ids in (alternatives[row] if alternatives else ()))
+            if text and text not in seen))
         if others:
             other_ids = encode_all(tokenizer, others)
             scores = ctc_log_likelihoods(log_probs[row], int(lengths[row]), other_ids).tolist()

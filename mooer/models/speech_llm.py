@@ -30,8 +30,9 @@ class Generated:
     token_ids: list[list[int]]
     texts: list[str]
     scores: torch.Tensor | None = None  # each row's beam score, when asked (output_scores)
-    # when asked (generate's `others`): the texts of each row's other finished beams, best first
-    others: list[list[str]] | None = None
+    # when asked (generate's `others`): the token ids of each row's other finished beams (eos
+    # and padding removed), best first
+    others: list[list[list[int]]] | None = None
 
 
 def segment_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
@@ -323,7 +324,7 @@ class SpeechLLM(nn.Module):
                  output_scores: bool = False, encoded: tuple | None = None,
                  others: bool = False, **kwargs: Any) -> Generated:
         """Decode the answers of a batch (its prompt part: columns before `prompt_width`).
-        `others`: also the texts of each row's other beams (`Generated.others`; beam search
+        `others`: also the token ids of each row's other beams (`Generated.others`; beam search
         only), which the search holds anyway: the answers are the same.
 
         Defaults are MooER's: beam 4, length penalty 0.8, 200 new tokens, eos logit -0.2.
@@ -372,10 +373,11 @@ class SpeechLLM(nn.Module):
                 if token != pad:
                     ids.append(token)
             token_ids.append(ids)
-        texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids]
         scores = getattr(result, "sequences_scores", None) if output_scores else None
-        if not others:
-            return Generated(token_ids, texts, scores)
-        n = num_return_sequences
-        return Generated(token_ids[::n], texts[::n], None if scores is None else scores[::n],
-                         [texts[row + 1:row + n] for row in range(0, len(texts), n)])
+        n = num_return_sequences if others else 1  # the others are not decoded into text
+        answers = token_ids[::n]
+        return Generated(answers,
+                         [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in answers],
+                         None if scores is None else scores[::n],
+                         [token_ids[row + 1:row + n] for row in range(0, len(token_ids), n)]
+                         if others else None)

@@ -329,13 +329,14 @@ def test_a_candidate_replaces_the_answer_only_where_the_joint_score_prefers_it()
     for prior, expected in ((2.0, None), (-2.0, ("AB CD", tokenizer.encode("AB CD")))):
         model = FakeModel({**priors, "AB CF": prior})
         assert rewrite(model, {}, (), (log_probs[:1], lengths[:1]), ["AB CE"], [answer],
-                       [graph], spotted[:1], -5.0, [["AB CF", "AB CE", ""]]) == [expected]
+                       [graph], spotted[:1], -5.0,
+                       [[tokenizer.encode("AB CF"), answer, []]]) == [expected]
         assert ("AB CF", 0) in model.asked  # scored once the candidate beat the answer
         assert sum(text == "AB CE" for text, _ in model.asked) == 1
     # no candidate beats the answer: the beam's other hypotheses are not scored at all
     model = FakeModel({**priors, "AB CD": -(margin + 1), "AB CF": 0.0})
     assert rewrite(model, {}, (), (log_probs[:1], lengths[:1]), ["AB CE"], [answer], [graph],
-                   spotted[:1], -5.0, [["AB CF"]]) == [None]
+                   spotted[:1], -5.0, [[tokenizer.encode("AB CF")]]) == [None]
     assert ("AB CD", 0) in model.asked and all(text != "AB CF" for text, _ in model.asked)
 
 

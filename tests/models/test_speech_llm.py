@@ -234,8 +234,8 @@ def test_batched_decoding_equals_one_by_one(tokenizer, batch, num_beams):
 
 
 def test_the_beams_other_hypotheses_come_with_the_same_answers(tokenizer, batch):
-    """`others`: each row's answer as without it, and the texts of its other finished beams
-    (what transformers returns as its next best sequences), best first."""
+    """`others`: each row's answer as without it, and the token ids of its other finished
+    beams (what transformers returns as its next best sequences), best first."""
     model = tiny_model(tokenizer, 3).eval()
     plain = model.generate(batch, num_beams=3, max_new_tokens=8)
     with_others = model.generate(batch, num_beams=3, max_new_tokens=8, others=True)
@@ -244,9 +244,10 @@ def test_the_beams_other_hypotheses_come_with_the_same_answers(tokenizer, batch)
     every = model.generate(batch, num_beams=3, max_new_tokens=8, num_return_sequences=3)
     rows = len(batch["keys"])
     assert len(every.texts) == 3 * rows
-    assert with_others.others == [every.texts[3 * row + 1:3 * row + 3] for row in range(rows)]
-    assert any(text != plain.texts[row] for row in range(rows)
-               for text in with_others.others[row])  # other hypotheses, not copies
+    assert with_others.others == [every.token_ids[3 * row + 1:3 * row + 3]
+                                  for row in range(rows)]
+    assert any(ids != plain.token_ids[row] for row in range(rows)
+               for ids in with_others.others[row])  # other hypotheses, not copies
     # greedy search holds no other hypotheses
     assert model.generate(batch, num_beams=1, max_new_tokens=4, others=True).others is None
 
