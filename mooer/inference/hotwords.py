@@ -309,7 +309,6 @@ def spot_stretches(log_probs: np.ndarray, sequences: Sequence[Sequence[int]], bl
     last = np.full(len(sequences), -1, dtype=np.int64)
     if not frames or not sequences:
         return found, first, last
-    relative = log_probs - log_probs.max(1, keepdims=True)  # <= 0; the best label 0
     states: list[int] = []
     enter, step, jump, ends = [], [], [], []  # masks over states; each sequence's last token
     for ids in sequences:
@@ -322,7 +321,9 @@ def spot_stretches(log_probs: np.ndarray, sequences: Sequence[Sequence[int]], bl
         step += [False] + [True] * (len(chain) - 1)
         jump += skips
         ends.append(base + len(chain) - 2)
-    emit = relative[:, states]  # [T, S]
+    # the sequences' states' scores under each frame's best label (<= 0; the best 0): only
+    # their columns, not the whole vocabulary's
+    emit = log_probs[:, states] - log_probs.max(1, keepdims=True)  # [T, S]
     can_enter, can_step, can_jump = np.array(enter), np.array(step), np.array(jump)
     last_token = np.array(ends)
     size = len(states)
