@@ -6,6 +6,8 @@ per length bucket."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -46,6 +48,18 @@ def gradients(model, batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Te
     grads = {n: p.grad.clone() for n, p in model.named_parameters()
              if p.requires_grad and (n.startswith("projector.") or "lora_" in n)}
     return out, grads
+
+
+@contextlib.contextmanager
+def hidden_of_projector(model):
+    """Records the input of the projector's ReLU (the output of its linear1) on each forward."""
+    seen: list[torch.Tensor] = []
+    hook = model.projector.linear1.register_forward_hook(
+        lambda module, args, output: seen.append(output.detach().clone()))
+    try:
+        yield seen
+    finally:
+        hook.remove()
 
 
 def test_packed_rows_give_the_padded_batchs_losses_and_gradients(tokenizer, samples):
@@ -218,11 +232,23 @@ def test_compiled_regions_give_the_eager_loss_and_keep_checkpoint_keys(tokenizer
     assert compile_regions(compiled) == 2 + 2  # tiny: 2 decoder layers, 2 encoder blocks
     assert list(compiled.state_dict()) == keys  # a checkpoint loads compiled or not
     batch = collate(samples[:4], pad_id=tokenizer.pad_token_id)
-    out_eager, grads_eager = gradients(eager, batch)
-    out_compiled, grads_compiled = gradients(compiled, batch)
+    with hidden_of_projector(eager) as hidden_eager, hidden_of_projector(compiled) as hidden_compiled:
+        out_eager, grads_eager = gradients(eager, batch)
+        out_compiled, grads_compiled = gradients(compiled, batch)
     torch.testing.assert_close(out_compiled["loss"], out_eager["loss"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hidden_compiled[0], hidden_eager[0], rtol=1e-4, atol=1e-5)
+    # A compiled kernel rounds in another order: a hidden unit of the projector's ReLU whose input
+    # is within rounding of 0 may pass a frame in one path and block it in the other. That
+    # changes the unit's own row of linear1's gradient, and nothing else. So such units (found
+    # by comparing the two paths' inputs to the ReLU, and only ones at the kink) are left out of
+    # linear1's rows; every other value must agree.
+    eager_in, compiled_in = hidden_eager[0].flatten(0, -2), hidden_compiled[0].flatten(0, -2)
+    flips = (eager_in > 0) != (compiled_in > 0)  # [frames, units]
+    assert int(flips.sum()) <= 2 and bool((eager_in[flips].abs() < 1e-5).all())
+    flipped = flips.any(0)
     for name, grad in grads_eager.items():
-        torch.testing.assert_close(grads_compiled[name], grad, rtol=1e-4, atol=1e-5)
+        keep = ~flipped if name.startswith("projector.linear1.") else slice(None)
+        torch.testing.assert_close(grads_compiled[name][keep], grad[keep], rtol=1e-4, atol=1e-5)
     eager.load_state_dict(compiled.state_dict())  # compiled -> eager
     compiled.load_state_dict(eager.state_dict())  # and back
 
