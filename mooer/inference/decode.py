@@ -154,8 +154,19 @@ def hearing(ctc: tuple[torch.Tensor, torch.Tensor], graphs: list[ContextGraph | 
     log_probs, lengths = ctc
     posteriors = log_probs.cpu().numpy()
     blank = posteriors.shape[-1] - 1
-    return [None if g is None else g.spotted(posteriors[row, :int(lengths[row])], blank, floor)
-            for row, g in enumerate(graphs)]
+    found: list[Spotting | None] = [None] * len(graphs)
+    shared: dict[int, list[int]] = {}  # the rows of each graph (a list for a whole set: one)
+    for row, g in enumerate(graphs):
+        if g is not None:
+            shared.setdefault(id(g), []).append(row)
+    for rows in shared.values():
+        graph = graphs[rows[0]]
+        assert graph is not None
+        spotted = graph.spotted_rows([posteriors[row, :int(lengths[row])] for row in rows],
+                                     blank, floor)
+        for row, spotting in zip(rows, spotted, strict=True):
+            found[row] = spotting
+    return found
 
 
 def rewritten(generated: Generated, answers: list[tuple[str, list[int]] | None]) -> Generated:

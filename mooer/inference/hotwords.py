@@ -33,7 +33,8 @@ from mooer.data.hotword_list import (
 from mooer.inference.align import ctc_chain
 
 __all__ = ["CHECKED_SCORE", "CHECK_THRESHOLD", "DEFAULT_SCORE", "REWRITE_THRESHOLD", "ROOT",
-           "ContextGraph", "HotwordBias", "Spotting", "spot", "spot_stretches", "token_variants"]
+           "ContextGraph", "HotwordBias", "Spotting", "spot", "spot_rows", "spot_stretches",
+           "token_variants"]
 
 
 def token_variants(word: str, tokenizer) -> list[list[int]]:
@@ -52,11 +53,11 @@ def token_variants(word: str, tokenizer) -> list[list[int]]:
 @dataclass(frozen=True)
 class Transition:
     """The bonus of each token from a state, as a sparse row: `default` (the bonus taken back)
-    for every token, plus `values` for `tokens` (what they earn beyond the default)."""
+    for every token, plus `value_list` for `token_list` (what they earn beyond the default)."""
 
     default: float
-    tokens: torch.Tensor
-    values: torch.Tensor
+    token_list: tuple[int, ...]
+    value_list: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class ContextGraph:
     _next: dict[tuple[State, int], State] = field(default_factory=dict, repr=False)
     _kept: dict[tuple[int, ...], ContextGraph] = field(default_factory=dict, repr=False)
     _flat: tuple | None = field(default=None, repr=False)
+    _forms: dict[int, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, words: Iterable[tuple[str, float | None]], tokenizer,
@@ -111,6 +113,7 @@ class ContextGraph:
                 self.add(ids, score if weight is None else weight)
         self.link()
         self._flat = None
+        self._forms.clear()
 
     def checked(self, log_probs: np.ndarray, blank: int,
                 threshold: float = CHECK_THRESHOLD) -> ContextGraph | None:
@@ -159,19 +162,44 @@ class ContextGraph:
         each of `sequences` (`spot_stretches`: 0 its best path does, below 0 by how many nats
         it would have to change); -inf where it cannot reach `floor` (not searched: a long
         list is mostly such words)."""
+        return self.spotted_rows([log_probs], blank, floor)[0]
+
+    def spotted_rows(self, rows: Sequence[np.ndarray], blank: int, floor: float
+                     ) -> list[Spotting]:
+        """`spotted` on several utterances' log-posteriors ([T, V] each) at once."""
         sequences, _, starts, flat = self._flatten()
-        found = Spotting(np.full(len(sequences), -np.inf),
-                         np.full(len(sequences), -1, dtype=np.int64),
-                         np.full(len(sequences), -1, dtype=np.int64))
+        found = [Spotting(np.full(len(sequences), -np.inf),
+                          np.full(len(sequences), -1, dtype=np.int64),
+                          np.full(len(sequences), -1, dtype=np.int64)) for _ in rows]
         if not sequences:
             return found
         # a path's score is a sum of frames' scores under their best (each <= 0), and each of
         # a sequence's tokens takes a frame of its own: it cannot score above the sum of its
         # tokens' best scores on any frame, and is not searched where that is below `floor`
-        peaks = (log_probs - log_probs.max(1, keepdims=True)).max(0)
-        possible = np.nonzero(np.add.reduceat(peaks[flat], starts) >= floor)[0]
-        scores, first, last = spot_stretches(log_probs, [sequences[j] for j in possible], blank)
-        found.scores[possible], found.first[possible], found.last[possible] = scores, first, last
+        possible = []
+        for log_probs in rows:
+            if not log_probs.shape[0]:
+                possible.append(np.zeros(len(sequences), dtype=bool))
+                continue
+            peaks = (log_probs - log_probs.max(1, keepdims=True)).max(0)
+            possible.append(np.add.reduceat(peaks[flat], starts) >= floor)
+        searched = np.nonzero(np.any(possible, axis=0))[0]  # for any utterance: once for all
+        if not len(searched):
+            return found
+        scores, first, last = spot_rows(rows, [sequences[j] for j in searched], blank)
+        for r, spotting in enumerate(found):
+            mine = possible[r][searched]
+            where = searched[mine]
+            spotting.scores[where] = scores[r, mine]
+            spotting.first[where], spotting.last[where] = first[r, mine], last[r, mine]
+        return found
+
+    def form(self, sequence: int, tokenizer) -> str:
+        """A token sequence (an index into `sequences`) as text, without the spaces around it
+        (cached: rewriting asks for the same few words utterance after utterance)."""
+        found = self._forms.get(sequence)
+        if found is None:
+            found = self._forms[sequence] = tokenizer.decode(self.sequences[sequence]).strip()
         return found
 
     def heard(self, spotted: Spotting, threshold: float) -> list[tuple[int, int]]:
@@ -283,9 +311,7 @@ class ContextGraph:
             for at in reversed(chain):  # the deepest node that has the token decides
                 for token in self.children[at]:
                     values[token] = self.step(state, token)[1]
-            row = Transition(-pending, torch.tensor(list(values), dtype=torch.long),
-                             torch.tensor([v + pending for v in values.values()],
-                                          dtype=torch.float32))
+            row = Transition(-pending, tuple(values), tuple(v + pending for v in values.values()))
             self._rows[state] = row
         return row
 
@@ -303,11 +329,20 @@ def spot_stretches(log_probs: np.ndarray, sequences: Sequence[Sequence[int]], bl
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`spot`, and where: the first and last frame of each sequence's best stretch (its first
     and last token's; of equally good stretches, the shortest; -1 where none)."""
-    frames = log_probs.shape[0]
-    found = np.full(len(sequences), -np.inf)
-    first = np.full(len(sequences), -1, dtype=np.int64)
-    last = np.full(len(sequences), -1, dtype=np.int64)
-    if not frames or not sequences:
+    found, first, last = spot_rows([log_probs], sequences, blank)
+    return found[0], first[0], last[0]
+
+
+def spot_rows(rows: Sequence[np.ndarray], sequences: Sequence[Sequence[int]], blank: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`spot_stretches` of the same sequences on several utterances' log-posteriors ([T, V]
+    each, T their own) at once: each result [utterances, sequences], every row as alone."""
+    count, size_rows = len(sequences), len(rows)
+    found = np.full((size_rows, count), -np.inf)
+    first = np.full((size_rows, count), -1, dtype=np.int64)
+    last = np.full((size_rows, count), -1, dtype=np.int64)
+    lengths = np.array([row.shape[0] for row in rows], dtype=np.int64)
+    if not count or not size_rows or not lengths.max():
         return found, first, last
     states: list[int] = []
     enter, step, jump, ends = [], [], [], []  # masks over states; each sequence's last token
@@ -321,33 +356,38 @@ def spot_stretches(log_probs: np.ndarray, sequences: Sequence[Sequence[int]], bl
         step += [False] + [True] * (len(chain) - 1)
         jump += skips
         ends.append(base + len(chain) - 2)
+    size = len(states)
     # the sequences' states' scores under each frame's best label (<= 0; the best 0): only
-    # their columns, not the whole vocabulary's
-    emit = log_probs[:, states] - log_probs.max(1, keepdims=True)  # [T, S]
+    # their columns, not the whole vocabulary's; frames past an utterance's end are never read
+    emit = np.zeros((size_rows, int(lengths.max()), size), dtype=rows[0].dtype)  # [B, T, S]
+    for r, row in enumerate(rows):
+        if row.shape[0]:
+            emit[r, :row.shape[0]] = row[:, states] - row.max(1, keepdims=True)
     can_enter, can_step, can_jump = np.array(enter), np.array(step), np.array(jump)
     last_token = np.array(ends)
-    size = len(states)
-    score = np.full(size, -np.inf)
-    start = np.zeros(size, dtype=np.int64)  # where each state's best path began
-    shifted, skipped = np.full(size, -np.inf), np.full(size, -np.inf)  # from the state before
-    came, jumped = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
-    entering = np.where(can_enter, 0.0, -np.inf)
-    for t in range(frames):
-        shifted[1:], skipped[2:] = score[:-1], score[:-2]
-        came[1:], jumped[2:] = start[:-1], start[:-2]
+    score = np.full((size_rows, size), -np.inf)
+    start = np.zeros((size_rows, size), dtype=np.int64)  # where each state's best path began
+    # from the state before, and the one before that
+    shifted, skipped = np.full_like(score, -np.inf), np.full_like(score, -np.inf)
+    came, jumped = np.zeros_like(start), np.zeros_like(start)
+    entering = np.broadcast_to(np.where(can_enter, 0.0, -np.inf), score.shape)
+    for t in range(emit.shape[1]):
+        shifted[:, 1:], skipped[:, 2:] = score[:, :-1], score[:, :-2]
+        came[:, 1:], jumped[:, 2:] = start[:, :-1], start[:, :-2]
         # entering anew first: of equal paths, the one that starts latest (leading blanks
         # are not part of the word)
-        best, origin = entering.copy(), np.full(size, t)
+        best, origin = entering.copy(), np.full(score.shape, t)
         for option, began, allowed in ((shifted, came, can_step), (skipped, jumped, can_jump),
                                        (score, start, None)):
             better = option > best if allowed is None else (option > best) & allowed
             best = np.where(better, option, best)
             origin = np.where(better, began, origin)
-        score, start = best + emit[t], origin
-        ended = score[last_token]
-        improved = ended > found  # of equal scores, the earliest end (trailing blanks cost 0)
+        score, start = best + emit[:, t], origin
+        ended = score[:, last_token]
+        # of equal scores, the earliest end (trailing blanks cost 0); an utterance's own frames
+        improved = (ended > found) & (t < lengths)[:, None]
         found = np.where(improved, ended, found)
-        first = np.where(improved, start[last_token], first)
+        first = np.where(improved, start[:, last_token], first)
         last = np.where(improved, t, last)
     return found, first, last
 
@@ -386,15 +426,32 @@ class HotwordBias:
                 states[(which, prefix)] = state
             groups.setdefault((which, state), []).append(r)
         self.states = states
+        # every group's bonus in two additions for the whole batch: the defaults (a partial
+        # match taken back) on their rows, then each token's value on top
+        taken: list[int] = []  # rows with a default, and it
+        back: list[float] = []
+        rows_of: list[int] = []  # (row, token, value) of every token with a value
+        tokens_of: list[int] = []
+        values_of: list[float] = []
         for (which, state), members in groups.items():
             graph = self.graphs[which]
             assert graph is not None
             row = graph.transition(state)
-            index = torch.tensor(members, device=scores.device)
             if row.default:
-                scores[index] += row.default
-            if len(row.tokens):
-                tokens = row.tokens.to(scores.device)
-                values = row.values.to(scores.device, scores.dtype)
-                scores[index[:, None], tokens[None, :]] += values
+                taken += members
+                back += [row.default] * len(members)
+            if row.token_list:
+                for member in members:
+                    rows_of += [member] * len(row.token_list)
+                    tokens_of += row.token_list
+                    values_of += row.value_list
+        if taken:
+            index = torch.tensor(taken, device=scores.device)
+            scores[index] += torch.tensor(back, device=scores.device, dtype=scores.dtype)[:, None]
+        if rows_of:
+            device = scores.device
+            scores.index_put_((torch.tensor(rows_of, device=device),
+                               torch.tensor(tokens_of, device=device)),
+                              torch.tensor(values_of, device=device, dtype=torch.float32).to(
+                                  scores.dtype), accumulate=True)
         return scores

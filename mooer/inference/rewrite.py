@@ -202,7 +202,7 @@ def to_try(text: str, graph: ContextGraph, spotted: Spotting, threshold: float, 
     sequences = graph.sequences
     for entry, best in graph.heard(spotted, threshold):
         ids = sequences[best]
-        form = tokenizer.decode(ids).strip()
+        form = graph.form(best, tokenizer)
         weight = graph.entries[entry][1]
         bonus = REWRITE_SHARE * (graph.default_score if weight is None else weight) * len(ids)
         if form and bonus > 0 and not holds(said, form):

@@ -78,7 +78,7 @@ def test_the_sparse_row_equals_every_single_step():
     for state in states:
         row = graph.transition(state)
         dense = torch.full((60,), row.default)
-        dense[row.tokens] += row.values
+        dense[list(row.token_list)] += torch.tensor(row.value_list)
         expected = torch.tensor([graph.step(state, t)[1] for t in range(60)])
         torch.testing.assert_close(dense, expected)
 

@@ -205,6 +205,36 @@ def test_spotting_a_list_searches_only_what_can_reach_the_floor():
     assert (graph.spotted(log_probs, BLANK, -6.0).scores == -np.inf).any()  # some skipped
 
 
+def test_spotting_utterances_together_gives_what_each_gives_alone():
+    """A batch's rows are spotted in one pass (`spotted_rows`: a whole set's list is one
+    graph): each row's scores and frames are those of spotting it alone, whatever its length
+    (none included) and whichever sequences the others make searched."""
+    from mooer.inference.hotwords import spot_rows, spot_stretches
+
+    tokenizer = CharTokenizer()
+    generator = torch.Generator().manual_seed(8)
+    rows = [(torch.randn(frames, 60, generator=generator) * 3).log_softmax(-1).numpy()
+            for frames in (14, 3, 0, 9)]
+    rows[1] = posteriors(tokenizer.encode("Q"), frames_each=1).numpy()  # Q only here
+    graph = ContextGraph.build([(w, None) for w in ("AB", "ABC", "Q", "XYZW", "B A", "CC")],
+                               tokenizer)
+    for floor in (-2.0, -8.0, -40.0):
+        together = graph.spotted_rows(rows, BLANK, floor)
+        for log_probs, spotting in zip(rows, together, strict=True):
+            alone = graph.spotted(log_probs, BLANK, floor)
+            np.testing.assert_array_equal(spotting.scores, alone.scores)
+            np.testing.assert_array_equal(spotting.first, alone.first)
+            np.testing.assert_array_equal(spotting.last, alone.last)
+    assert (together[2].scores == -np.inf).all() and (together[2].first == -1).all()
+    q = graph.sequences.index(tokenizer.encode("Q"))
+    assert together[1].scores[q] == pytest.approx(0.0)  # the row that holds it spells it
+    found, first, last = spot_rows(rows, [[1, 2], [17]], BLANK)
+    for r, log_probs in enumerate(rows):
+        alone = spot_stretches(log_probs, [[1, 2], [17]], BLANK)
+        for have, want in zip((found[r], first[r], last[r]), alone, strict=True):
+            np.testing.assert_array_equal(have, want)
+
+
 def test_a_heard_word_makes_candidates_where_it_was_heard_in_the_form_heard():
     tokenizer = CharTokenizer()
     graph = ContextGraph.build([("CD", None), ("QZ", None), ("EF", 3.0)], tokenizer)
