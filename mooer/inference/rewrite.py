@@ -7,8 +7,10 @@ more often (`i meet priya` for `yusuf`) however the audio sounds. So after decod
 listed word the encoder's CTC head hears somewhere in the utterance (its tokens spelled within
 `threshold` nats of the head's best path: `ContextGraph.spotted`) is tried where the head hears
 it: in place of the answer's words on those frames (the answer aligned on the head), or between
-them. A candidate replaces the answer when the model's own joint score of it is higher than
-the answer's and than each of the beam's other hypotheses':
+them. Where a candidate's joint score is higher than the answer's, the beam's other
+hypotheses are scored too, and the best of them all is written: the candidate, or a hypothesis
+of the beam the model itself prefers to it (such as the one without a word that the beam's
+bonus, not the model, put in the answer). The joint score:
 
     decoder log-likelihood (teacher forced, end of answer included)
     + REWRITE_WEIGHT * CTC log-likelihood
@@ -282,8 +284,9 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
     The answer is aligned on the CTC head (its words' frames: `placed`), and the candidates
     that gain most on it by the audio and the bonus (`rewritings`) are scored with it in one
     decoder pass. Where one beats the answer, the row's `alternatives` (the token ids of the
-    beam's other hypotheses, read as text only there) are scored in a second pass: it is kept
-    only where it beats each of those too."""
+    beam's other hypotheses, read as text only there) are scored in a second pass, and the best
+    of the candidate and those is written (a hypothesis of the beam with the ids the beam gave
+    it). Where no candidate beats the answer, it stands, and nothing more is scored."""
     log_probs, lengths = ctc
     log_probs = log_probs.float().cpu()
     tokenizer = model.tokenizer
@@ -309,12 +312,14 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
     winners = best_candidates(model, batch, encoded, rows, scored)
     # the beam's other hypotheses of the rows a candidate won, which it must beat too
     rows, scored = [], []
+    generated: dict[tuple[int, str], list[int]] = {}  # a hypothesis' ids as the beam made them
     for row, winner in winners.items():
         seen = {winner.text, texts[row]}
-        others = list(dict.fromkeys(
-            text for text in (tokenizer.decode(ids, skip_special_tokens=True)
-                              for ids in (alternatives[row] if alternatives else ()))
-            if text and text not in seen))
+        for ids in alternatives[row] if alternatives else ():
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            if text and text not in seen:
+                generated.setdefault((row, text), list(ids))
+        others = [text for r, text in generated if r == row]
         if others:
             other_ids = encode_all(tokenizer, others)
             scores = ctc_log_likelihoods(log_probs[row], int(lengths[row]), other_ids).tolist()
@@ -322,11 +327,14 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
             scored += [winner, *[Option(other, tokens, score, 0.0, False)
                                  for other, tokens, score in zip(others, other_ids, scores,
                                                                  strict=True)]]
-    confirmed = best_candidates(model, batch, encoded, rows, scored)
+    best_candidates(model, batch, encoded, rows, scored)
     chosen: list[tuple[str, list[int]] | None] = [None] * len(texts)
     for row, winner in winners.items():
-        if row in confirmed or row not in rows:  # beat them all, or there were none
-            chosen[row] = winner.text, winner.ids
+        # what the model's joint score prefers of all the row's options: the candidate, or
+        # a hypothesis of the beam that beats it (and so the answer too) by the model alone
+        best = max((option for r, option in zip(rows, scored, strict=True) if r == row),
+                   key=lambda option: option.total, default=winner)
+        chosen[row] = best.text, generated.get((row, best.text), best.ids)
     return chosen
 
 

@@ -353,14 +353,15 @@ def test_a_candidate_replaces_the_answer_only_where_the_joint_score_prefers_it()
         model = FakeModel({"AB XY": 0.0, "AB CD": prior})
         assert rewrite(model, {}, (), (log_probs[:1], lengths[:1]), ["AB XY"], [other],
                        [graph], spotted[:1], -5.0) == [expected]
-    # another hypothesis of the beam that the model scores higher than the candidate: the
-    # answer stands; one it scores lower changes nothing
+    # another hypothesis of the beam that the model scores higher than the candidate (which
+    # beat the answer): it is written; one it scores lower changes nothing
     assert ctc("AB CF") == pytest.approx(ctc("AB CE"), abs=1e-3)  # as far from the audio
-    for prior, expected in ((2.0, None), (-2.0, ("AB CD", tokenizer.encode("AB CD")))):
+    beam_ids = tokenizer.encode("AB CF")
+    for prior, expected in ((2.0, ("AB CF", beam_ids)),
+                            (-2.0, ("AB CD", tokenizer.encode("AB CD")))):
         model = FakeModel({**priors, "AB CF": prior})
         assert rewrite(model, {}, (), (log_probs[:1], lengths[:1]), ["AB CE"], [answer],
-                       [graph], spotted[:1], -5.0,
-                       [[tokenizer.encode("AB CF"), answer, []]]) == [expected]
+                       [graph], spotted[:1], -5.0, [[beam_ids, answer, []]]) == [expected]
         assert ("AB CF", 0) in model.asked  # scored once the candidate beat the answer
         assert sum(text == "AB CE" for text, _ in model.asked) == 1
     # no candidate beats the answer: the beam's other hypotheses are not scored at all
