@@ -310,15 +310,15 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
             rows.append(row)
             scored.append(Option(written, ids, score, bonus, n > 0))
     winners = best_candidates(model, batch, encoded, rows, scored)
-    # the beam's other hypotheses of the rows a candidate won, which it must beat too
+    # the beam's other hypotheses of the rows a candidate won, scored with it
     rows, scored = [], []
     generated: dict[tuple[int, str], list[int]] = {}  # a hypothesis' ids as the beam made them
     for row, winner in winners.items():
         seen = {winner.text, texts[row]}
-        for ids in alternatives[row] if alternatives else ():
-            text = tokenizer.decode(ids, skip_special_tokens=True)
+        for hypothesis in alternatives[row] if alternatives else ():
+            text = tokenizer.decode(hypothesis, skip_special_tokens=True)
             if text and text not in seen:
-                generated.setdefault((row, text), list(ids))
+                generated.setdefault((row, text), list(hypothesis))
         others = [text for r, text in generated if r == row]
         if others:
             other_ids = encode_all(tokenizer, others)
