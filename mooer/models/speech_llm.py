@@ -311,8 +311,11 @@ class SpeechLLM(nn.Module):
         inputs = torch.cat([embeddings, self.llm.get_input_embeddings()(answers)], 1)
         attention = torch.cat([mask.to(answer_mask.dtype), answer_mask], 1)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        # the vocabulary's logits only where an answer token is predicted (from the prompt's
+        # last position on), not over the prompt: on a 151k vocabulary that is most of the
+        # pass's memory
         logits = self.llm(inputs_embeds=inputs, attention_mask=attention, position_ids=positions,
-                          use_cache=False).logits[:, width - 1:width - 1 + longest]
+                          use_cache=False, logits_to_keep=longest + 1).logits[:, :longest]
         chosen = logits.float().log_softmax(-1).gather(-1, answers[..., None])[..., 0]
         return [chosen[row, :len(ids)].tolist() for row, ids in enumerate(token_ids)]
 
