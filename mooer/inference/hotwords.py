@@ -105,6 +105,7 @@ class ContextGraph:
             variants = token_variants(word, tokenizer)
             graph.entries.append((word, weight, variants))
         graph._fill(DEFAULT_SCORE if score is None else score)
+        graph._flatten()  # what spotting reads, once a list (not in the first utterance's time)
         return graph
 
     def _fill(self, score: float) -> None:
