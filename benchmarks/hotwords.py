@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import random
 import re
+import statistics
 import tempfile
 import time
 from collections import Counter
@@ -168,6 +169,8 @@ def main() -> None:
                         help="also a list this long (made-up two-character Mandarin words and "
                              "the training vocabulary's rare words), for speed; 0: not")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="with --batch_size: decode the set this many times a condition")
     parser.add_argument("--batch_size", type=int, default=None,
                         help="decode in batches of N with one list for the whole set (as "
                              "evaluate.py's hotwords=), not one utterance at a time")
@@ -224,21 +227,25 @@ def main() -> None:
         return random.Random(f"{args.seed}:{key}").sample(words, len(words))
     hypotheses: list[dict[str, str]] = [{} for _ in conditions]
     seconds = [0.0] * len(conditions)
+    ratios: list[float | None] = [None] * len(conditions)  # None: from the seconds
     if args.batch_size:
         decode_whole_set(args, kaldi / args.set, tests, recognizers, conditions, tokenizer,
-                         hypotheses, seconds)
+                         hypotheses, seconds, ratios)
     else:
         decode_one_by_one(args, tests, audio, recognizers, conditions, tokenizer, shuffled,
                           hypotheses, seconds)
-    report(args, tests, true, conditions, hypotheses, seconds, recognizers)
+    report(args, tests, true, conditions, hypotheses, seconds, ratios)
 
 
 def decode_whole_set(args: argparse.Namespace, source: Path, tests: dict[str, str],
                      recognizers: dict, conditions: list[Condition], tokenizer,
-                     hypotheses: list[dict[str, str]], seconds: list[float]) -> None:
-    """The set in batches under every condition in turn (one list for all), three times after
-    a warm-up, each round in another order; each condition's seconds are its fastest round's
-    (the one a busy machine disturbed least)."""
+                     hypotheses: list[dict[str, str]], seconds: list[float],
+                     ratios: list[float | None]) -> None:
+    """The set in batches under every condition in turn (one list for all), `--rounds` times
+    after a warm-up, each round in another order; each condition's seconds are its fastest
+    round's (the one a busy machine disturbed least), and its ratio to no list the median of
+    the rounds' own ratios (a round's conditions run minutes apart at most, so a slow spell of
+    the machine weighs on both sides of a ratio)."""
     first = next(iter(tests))
     graphs = [None if words_of is None else
               ContextGraph.build([(w, None) for w in words_of[first]], tokenizer, value)
@@ -247,7 +254,7 @@ def decode_whole_set(args: argparse.Namespace, source: Path, tests: dict[str, st
     for recognizer in recognizers.values():  # warm-up
         recognizer.decode(source, "asr", progress=False, keys=frozenset([first]))
     rounds: list[list[float]] = [[] for _ in conditions]
-    for turn in tqdm(range(3), desc="rounds"):
+    for turn in tqdm(range(args.rounds), desc="rounds"):
         order = list(range(len(conditions)))
         for c in order[turn:] + order[:turn]:
             method, _, _, (_, options), _ = conditions[c]
@@ -258,6 +265,8 @@ def decode_whole_set(args: argparse.Namespace, source: Path, tests: dict[str, st
             hypotheses[c].update(decoded.hypotheses)
     for c, taken in enumerate(rounds):
         seconds[c] = min(taken)
+        base = baseline_of(conditions)[conditions[c][0]]
+        ratios[c] = statistics.median(t / b for t, b in zip(taken, rounds[base], strict=True))
 
 
 def decode_one_by_one(args: argparse.Namespace, tests: dict[str, str], audio: dict[str, str],
@@ -285,13 +294,19 @@ def decode_one_by_one(args: argparse.Namespace, tests: dict[str, str], audio: di
                 hypotheses[c].update(decoded.hypotheses)
 
 
+def baseline_of(conditions: list[Condition]) -> dict[str, int]:
+    """Each method's condition without a list (what its times are compared with)."""
+    return {method: next(c for c, condition in enumerate(conditions)
+                         if condition[0] == method and condition[4] is None)
+            for method in dict.fromkeys(condition[0] for condition in conditions)}
+
+
 def report(args: argparse.Namespace, tests: dict[str, str], true: Lists,
            conditions: list[Condition], hypotheses: list[dict[str, str]], seconds: list[float],
-           recognizers: dict) -> None:
-    """The table: each condition's B-WER, U-WER, MER, insertions and time."""
-    baseline = {method: next(c for c, condition in enumerate(conditions)
-                             if condition[0] == method and condition[4] is None)
-                for method in recognizers}
+           ratios: list[float | None]) -> None:
+    """The table: each condition's B-WER, U-WER, MER, insertions and time (and its ratio to
+    no list: `ratios` where given, else from the seconds)."""
+    baseline = baseline_of(conditions)
     with_words = sum(1 for k in tests if true[k])
     print(f"\n{len(tests)} utterances of {args.set} ({with_words} with a rare English word; "
           f"{sum(len(v) for v in true.values())} rare words), beam {args.num_beams}, "
@@ -313,7 +328,8 @@ def report(args: argparse.Namespace, tests: dict[str, str], true: Lists,
         print(f"| {method} | {name} | {label} | {biased.b_wer:.2f} % | {biased.u_wer:.2f} % | "
               f"{result.error_rate:.2f} % | "
               f"{'-' if listed is None else f'{100 * inserted / len(tests):.1f} %'} | "
-              f"{seconds[c]:.1f} | {seconds[c] / seconds[baseline[method]]:.2f}x |")
+              f"{seconds[c]:.1f} | "
+              f"{ratios[c] or seconds[c] / seconds[baseline[method]]:.2f}x |")
 
 if __name__ == "__main__":
     main()
