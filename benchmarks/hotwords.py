@@ -174,6 +174,10 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=None,
                         help="decode in batches of N with one list for the whole set (as "
                              "evaluate.py's hotwords=), not one utterance at a time")
+    parser.add_argument("--hypotheses", type=Path, default=None,
+                        help="also write each condition's hypotheses (Kaldi text, one file a "
+                             "row of the table, numbered as its rows) and the utterances whose "
+                             "list word was counted as inserted, to this directory")
     parser.add_argument("--set", default="test",
                         help="the Kaldi set under <data_dir>/demo/kaldi decoded (test: the "
                              "held-out sentences; unseen_voices: voices training never heard; "
@@ -320,11 +324,19 @@ def report(args: argparse.Namespace, tests: dict[str, str], true: Lists,
         hyps, plain = hypotheses[c], hypotheses[baseline[method]]
         result = score(tests, hyps)
         biased = biased_score(result, true)
-        inserted = 0
-        if listed is not None:
-            inserted = sum(1 for key, hyp in hyps.items()
-                           if any(holds(hyp, w) and not holds(tests[key], w)
-                                  and not holds(plain.get(key, ""), w) for w in listed[key]))
+        inserted_in = [] if listed is None else [
+            key for key, hyp in hyps.items()
+            if any(holds(hyp, w) and not holds(tests[key], w) and not holds(plain.get(key, ""), w)
+                   for w in listed[key])]
+        inserted = len(inserted_in)
+        if args.hypotheses is not None:
+            args.hypotheses.mkdir(parents=True, exist_ok=True)
+            slug = re.sub(r"[^a-z0-9]+", "_", f"{method} {name} {label}".lower()).strip("_")
+            (args.hypotheses / f"{c:02d}.{slug}.txt").write_text(
+                "".join(f"{key} {hyps[key]}\n" for key in sorted(hyps)), encoding="utf-8")
+            (args.hypotheses / f"{c:02d}.{slug}.inserted").write_text("".join(
+                f"{key}\tref: {tests[key]}\tno list: {plain.get(key, '')}\thyp: {hyps[key]}\n"
+                for key in sorted(inserted_in)), encoding="utf-8")
         print(f"| {method} | {name} | {label} | {biased.b_wer:.2f} % | {biased.u_wer:.2f} % | "
               f"{result.error_rate:.2f} % | "
               f"{'-' if listed is None else f'{100 * inserted / len(tests):.1f} %'} | "
