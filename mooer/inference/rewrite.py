@@ -327,7 +327,7 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
             scored += [winner, *[Option(other, tokens, score, 0.0, False)
                                  for other, tokens, score in zip(others, other_ids, scores,
                                                                  strict=True)]]
-    best_candidates(model, batch, encoded, rows, scored)
+    score_options(model, batch, encoded, rows, scored)
     chosen: list[tuple[str, list[int]] | None] = [None] * len(texts)
     for row, winner in winners.items():
         # what the model's joint score prefers of all the row's options: the candidate, or
@@ -338,11 +338,11 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
     return chosen
 
 
-def best_candidates(model: Any, batch: dict[str, Any], encoded: tuple, rows: list[int],
-                    scored: list[Option]) -> dict[int, Option]:
-    """Each row's best candidate among `scored` (the options of the batch's `rows`), where it
-    scores higher than every other option of its row, by the decoder (one teacher-forced
-    pass over the options not scored yet) and the CTC head and the bonus."""
+def score_options(model: Any, batch: dict[str, Any], encoded: tuple, rows: list[int],
+                  scored: list[Option]) -> None:
+    """Each option's joint score (`Option.total`): the decoder's log-likelihood (one
+    teacher-forced pass over the options of the batch's `rows` not scored yet), plus the CTC
+    head's and the bonus."""
     todo = [n for n, option in enumerate(scored) if math.isnan(option.total)]
     if todo:
         end = [] if model.tokenizer.eos_token_id is None else [model.tokenizer.eos_token_id]
@@ -351,6 +351,13 @@ def best_candidates(model: Any, batch: dict[str, Any], encoded: tuple, rows: lis
         for n, log_likelihoods in zip(todo, decoder, strict=True):
             scored[n].total = (sum(log_likelihoods) + REWRITE_WEIGHT * scored[n].ctc
                                + scored[n].bonus)
+
+
+def best_candidates(model: Any, batch: dict[str, Any], encoded: tuple, rows: list[int],
+                    scored: list[Option]) -> dict[int, Option]:
+    """Each row's best candidate among `scored` (the options of the batch's `rows`), where its
+    joint score (`score_options`) is higher than every other option's of its row."""
+    score_options(model, batch, encoded, rows, scored)
     found = {}
     for row in dict.fromkeys(rows):
         mine = [option for r, option in zip(rows, scored, strict=True) if r == row]
