@@ -177,17 +177,18 @@ class ContextGraph:
         # a path's score is a sum of frames' scores under their best (each <= 0), and each of
         # a sequence's tokens takes a frame of its own: it cannot score above the sum of its
         # tokens' best scores on any frame, and is not searched where that is below `floor`
-        possible = []
+        possible, tops = [], []  # each frame's best score (a pass over [T, V]), once a row
         for log_probs in rows:
+            tops.append(log_probs.max(1, keepdims=True))
             if not log_probs.shape[0]:
                 possible.append(np.zeros(len(sequences), dtype=bool))
                 continue
-            peaks = (log_probs - log_probs.max(1, keepdims=True)).max(0)
+            peaks = (log_probs - tops[-1]).max(0)
             possible.append(np.add.reduceat(peaks[flat], starts) >= floor)
         searched = np.nonzero(np.any(possible, axis=0))[0]  # for any utterance: once for all
         if not len(searched):
             return found
-        scores, first, last = spot_rows(rows, [sequences[j] for j in searched], blank)
+        scores, first, last = spot_rows(rows, [sequences[j] for j in searched], blank, tops)
         for r, spotting in enumerate(found):
             mine = possible[r][searched]
             where = searched[mine]
@@ -334,10 +335,12 @@ def spot_stretches(log_probs: np.ndarray, sequences: Sequence[Sequence[int]], bl
     return found[0], first[0], last[0]
 
 
-def spot_rows(rows: Sequence[np.ndarray], sequences: Sequence[Sequence[int]], blank: int
+def spot_rows(rows: Sequence[np.ndarray], sequences: Sequence[Sequence[int]], blank: int,
+              tops: Sequence[np.ndarray] | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`spot_stretches` of the same sequences on several utterances' log-posteriors ([T, V]
-    each, T their own) at once: each result [utterances, sequences], every row as alone."""
+    each, T their own) at once: each result [utterances, sequences], every row as alone.
+    `tops`: each row's best score a frame ([T, 1]), where the caller has them already."""
     count, size_rows = len(sequences), len(rows)
     found = np.full((size_rows, count), -np.inf)
     first = np.full((size_rows, count), -1, dtype=np.int64)
@@ -363,7 +366,8 @@ def spot_rows(rows: Sequence[np.ndarray], sequences: Sequence[Sequence[int]], bl
     emit = np.zeros((size_rows, int(lengths.max()), size), dtype=rows[0].dtype)  # [B, T, S]
     for r, row in enumerate(rows):
         if row.shape[0]:
-            emit[r, :row.shape[0]] = row[:, states] - row.max(1, keepdims=True)
+            emit[r, :row.shape[0]] = row[:, states] - (
+                row.max(1, keepdims=True) if tops is None else tops[r])
     can_enter, can_step, can_jump = np.array(enter), np.array(step), np.array(jump)
     last_token = np.array(ends)
     score = np.full((size_rows, size), -np.inf)
