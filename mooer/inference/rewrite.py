@@ -315,11 +315,13 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
     generated: dict[tuple[int, str], list[int]] = {}  # a hypothesis' ids as the beam made them
     for row, winner in winners.items():
         seen = {winner.text, texts[row]}
+        others = []
         for hypothesis in alternatives[row] if alternatives else ():
             text = tokenizer.decode(hypothesis, skip_special_tokens=True)
             if text and text not in seen:
-                generated.setdefault((row, text), list(hypothesis))
-        others = [text for r, text in generated if r == row]
+                seen.add(text)
+                others.append(text)
+                generated[(row, text)] = list(hypothesis)
         if others:
             other_ids = encode_all(tokenizer, others)
             scores = ctc_log_likelihoods(log_probs[row], int(lengths[row]), other_ids).tolist()
