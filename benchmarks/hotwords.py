@@ -26,8 +26,9 @@ tried in the answer, kept where the model scores them higher, `mooer.inference.r
 With `--batch_size N` the set is decoded as evaluate.py decodes it with `hotwords=FILE`: in
 batches of N, with one list for every utterance (the set's true rare words together, plus the
 first utterance's distractors that no reference of the set holds; those alone for "distractors
-only"), each condition in turn over the whole set, three times (the fastest counts); "inserted"
-then counts any list word, another utterance's true word too.
+only"), each condition in turn over the whole set, `--rounds` times (the seconds are the
+fastest round's, the ratio to no list the median of the rounds' own ratios); "inserted" then
+counts any list word, another utterance's true word too.
 
 Trained biasing (`--trained_run_dir`, a run trained with `task/context=hotwords`, which is
 shown the list as well) is measured in the same table, on the same utterances and
@@ -267,9 +268,10 @@ def decode_whole_set(args: argparse.Namespace, source: Path, tests: dict[str, st
                                                  hotwords=graphs[c], **options)
             rounds[c].append(time.perf_counter() - started)
             hypotheses[c].update(decoded.hypotheses)
+    baseline = baseline_of(conditions)
     for c, taken in enumerate(rounds):
         seconds[c] = min(taken)
-        base = baseline_of(conditions)[conditions[c][0]]
+        base = baseline[conditions[c][0]]
         ratios[c] = statistics.median(t / b for t, b in zip(taken, rounds[base], strict=True))
 
 
