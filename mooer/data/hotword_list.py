@@ -28,6 +28,12 @@ REWRITE_TOP = 2
 # common at least this share: difflib's ratio; Han: as many characters); another word must win
 # by the model's own score alone, over the answer and over the beam's other hypotheses
 RESPELLING = 0.5
+# a candidate the decoder finds more than this many nats less likely than the answer is not
+# written, however well it fits the audio (`i meet home` for `i meet marcus`): the audio may
+# overturn the decoder's preference between words it finds plausible there, not make it write
+# one it does not (the words kept lost at most 2.2 nats, those dropped 3.3 to 7.1:
+# benchmarks/hotwords.py on the names sets)
+REWRITE_DROP = 3.0
 
 
 def threshold_or_off(text: str) -> float | None:

@@ -17,6 +17,9 @@ bonus, not the model, put in the answer). The joint score:
     + REWRITE_SHARE * the word's bonus per token * tokens, where it may be a respelling of the
       words it replaces (`respelling`: `olia` for `olivia`), else nothing
 
+A candidate the decoder finds more than REWRITE_DROP nats less likely than the answer is not
+written, however well it fits the audio (`i meet home` for `i meet marcus`).
+
 The list proposes; the audio and the decoder decide. The bonus may make a listed word win over
 the decoder's spelling of it, never over another word: a name the model heard a few times often
 sounds as close to the audio as the one spoken, and a list of other names would put one of them
@@ -36,7 +39,13 @@ from typing import Any, NamedTuple
 
 import torch
 
-from mooer.data.hotword_list import RESPELLING, REWRITE_SHARE, REWRITE_TOP, REWRITE_WEIGHT
+from mooer.data.hotword_list import (
+    RESPELLING,
+    REWRITE_DROP,
+    REWRITE_SHARE,
+    REWRITE_TOP,
+    REWRITE_WEIGHT,
+)
 from mooer.data.text import WORD_JOINER
 from mooer.inference.align import HAN, matched_words, token_pieces, viterbi_batch
 from mooer.inference.hotwords import ContextGraph, Spotting
@@ -227,15 +236,20 @@ def candidates(answer: Placed, tries: Sequence[Try]) -> dict[str, tuple[str, str
 @dataclass
 class Option:
     """What `rewrite` scores in its decoder passes: an answer, a candidate, or another
-    hypothesis of the beam, with its CTC log-likelihood, the bonus it earns and its joint
-    score (`total`, NaN until a pass has scored it)."""
+    hypothesis of the beam, with its CTC log-likelihood, the bonus it earns and the decoder's
+    log-likelihood (NaN until a pass has scored it)."""
 
     text: str
     ids: list[int]
     ctc: float
     bonus: float
     candidate: bool
-    total: float = math.nan
+    decoder: float = math.nan
+
+    @property
+    def total(self) -> float:
+        """The joint score: decoder + REWRITE_WEIGHT * CTC + bonus (NaN until scored)."""
+        return self.decoder + REWRITE_WEIGHT * self.ctc + self.bonus
 
 
 def rewritings(text: str, answer: Sequence[int], tries: Sequence[Try],
@@ -286,7 +300,9 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
     decoder pass. Where one beats the answer, the row's `alternatives` (the token ids of the
     beam's other hypotheses, read as text only there) are scored in a second pass, and the best
     of the candidate and those is written (a hypothesis of the beam with the ids the beam gave
-    it). Where no candidate beats the answer, it stands, and nothing more is scored."""
+    it). A candidate the decoder finds more than REWRITE_DROP nats less likely than the answer
+    is not written: there the best of the answer and those hypotheses is. Where no candidate
+    beats the answer, it stands, and nothing more is scored."""
     log_probs, lengths = ctc
     log_probs = log_probs.float().cpu()
     tokenizer = model.tokenizer
@@ -309,12 +325,13 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
         for n, (written, ids, score, bonus) in enumerate(picked):
             rows.append(row)
             scored.append(Option(written, ids, score, bonus, n > 0))
-    winners = best_candidates(model, batch, encoded, rows, scored)
-    # the beam's other hypotheses of the rows a candidate won, scored with it
+    contested = best_candidates(model, batch, encoded, rows, scored)
+    # the beam's other hypotheses of the rows where a candidate beat the answer, scored with
+    # the candidate to write (or, where the decoder vetoed it, the answer)
     rows, scored = [], []
     generated: dict[tuple[int, str], list[int]] = {}  # a hypothesis' ids as the beam made them
-    for row, winner in winners.items():
-        seen = {winner.text, texts[row]}
+    for row, kept in contested.items():
+        seen = {kept.text, texts[row]}
         others = []
         for hypothesis in alternatives[row] if alternatives else ():
             text = tokenizer.decode(hypothesis, skip_special_tokens=True)
@@ -326,45 +343,51 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
             other_ids = encode_all(tokenizer, others)
             scores = ctc_log_likelihoods(log_probs[row], int(lengths[row]), other_ids).tolist()
             rows += [row, *[row] * len(others)]
-            scored += [winner, *[Option(other, tokens, score, 0.0, False)
-                                 for other, tokens, score in zip(others, other_ids, scores,
-                                                                 strict=True)]]
+            scored += [kept, *[Option(other, tokens, score, 0.0, False)
+                               for other, tokens, score in zip(others, other_ids, scores,
+                                                               strict=True)]]
     score_options(model, batch, encoded, rows, scored)
     chosen: list[tuple[str, list[int]] | None] = [None] * len(texts)
-    for row, winner in winners.items():
-        # what the model's joint score prefers of all the row's options: the candidate, or
-        # a hypothesis of the beam that beats it (and so the answer too) by the model alone
+    for row, kept in contested.items():
+        # what the model's joint score prefers of all the row's options: the candidate (or the
+        # answer), or a hypothesis of the beam that beats it by the model alone
         best = max((option for r, option in zip(rows, scored, strict=True) if r == row),
-                   key=lambda option: option.total, default=winner)
-        chosen[row] = best.text, generated.get((row, best.text), best.ids)
+                   key=lambda option: option.total, default=kept)
+        if best.candidate or (row, best.text) in generated:
+            chosen[row] = best.text, generated.get((row, best.text), best.ids)
     return chosen
 
 
 def score_options(model: Any, batch: dict[str, Any], encoded: tuple, rows: list[int],
                   scored: list[Option]) -> None:
-    """Each option's joint score (`Option.total`): the decoder's log-likelihood (one
-    teacher-forced pass over the options of the batch's `rows` not scored yet), plus the CTC
-    head's and the bonus."""
-    todo = [n for n, option in enumerate(scored) if math.isnan(option.total)]
+    """Each option's decoder log-likelihood (`Option.decoder`, which makes its joint score
+    `Option.total`): one teacher-forced pass over the options of the batch's `rows` not
+    scored yet."""
+    todo = [n for n, option in enumerate(scored) if math.isnan(option.decoder)]
     if todo:
         end = [] if model.tokenizer.eos_token_id is None else [model.tokenizer.eos_token_id]
         decoder = model.answer_log_probs(batch, [scored[n].ids + end for n in todo], encoded,
                                          rows=[rows[n] for n in todo])
         for n, log_likelihoods in zip(todo, decoder, strict=True):
-            scored[n].total = (sum(log_likelihoods) + REWRITE_WEIGHT * scored[n].ctc
-                               + scored[n].bonus)
+            scored[n].decoder = sum(log_likelihoods)
 
 
 def best_candidates(model: Any, batch: dict[str, Any], encoded: tuple, rows: list[int],
                     scored: list[Option]) -> dict[int, Option]:
-    """Each row's best candidate among `scored` (the options of the batch's `rows`), where its
-    joint score (`score_options`) is higher than every other option's of its row."""
+    """The rows where a candidate among `scored` (the options of the batch's `rows`: its
+    answer first) has a joint score (`score_options`) higher than every other option's of its
+    row, each with the candidate to write: the best whose decoder log-likelihood is at most
+    REWRITE_DROP nats below the answer's, where it too beats them all; else the answer (the
+    decoder vetoed the candidate, but the answer is in doubt: the beam's other hypotheses may
+    still beat it)."""
     score_options(model, batch, encoded, rows, scored)
     found = {}
     for row in dict.fromkeys(rows):
         mine = [option for r, option in zip(rows, scored, strict=True) if r == row]
         rival = max(option.total for option in mine if not option.candidate)
-        best = max((option for option in mine if option.candidate), key=lambda o: o.total)
-        if best.total > rival:
-            found[row] = best
+        if max(option.total for option in mine if option.candidate) > rival:
+            best = max((option for option in mine if option.candidate
+                        and option.decoder >= mine[0].decoder - REWRITE_DROP),
+                       key=lambda o: o.total, default=None)
+            found[row] = best if best is not None and best.total > rival else mine[0]
     return found

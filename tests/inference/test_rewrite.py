@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from mooer.data.hotword_list import CHECKED_SCORE, REWRITE_SHARE, REWRITE_WEIGHT
+from mooer.data.hotword_list import (
+    CHECKED_SCORE,
+    REWRITE_DROP,
+    REWRITE_SHARE,
+    REWRITE_WEIGHT,
+)
 from mooer.inference.hotwords import ContextGraph
 from mooer.inference.rewrite import (
     Placed,
@@ -312,7 +317,9 @@ class FakeModel:
         return result
 
 
-def test_a_candidate_replaces_the_answer_only_where_the_joint_score_prefers_it():
+def test_a_candidate_replaces_the_answer_only_where_the_joint_score_prefers_it(monkeypatch):
+    # the decoder's own veto (REWRITE_DROP) aside: tested below
+    monkeypatch.setattr("mooer.inference.rewrite.REWRITE_DROP", 1e9)
     tokenizer = CharTokenizer()
     audio = posteriors(tokenizer.encode("AB CD"), frames_each=2)
     log_probs = torch.stack([audio, audio])
@@ -371,6 +378,35 @@ def test_a_candidate_replaces_the_answer_only_where_the_joint_score_prefers_it()
     assert ("AB CD", 0) in model.asked and all(text != "AB CF" for text, _ in model.asked)
 
 
+def test_a_candidate_the_decoder_finds_far_less_likely_is_not_written():
+    """However much the audio gains, a candidate the decoder scores more than REWRITE_DROP
+    nats below the answer is not written; one just inside it is. A vetoed candidate that beat
+    the answer still puts it in doubt: the beam's other hypotheses are scored against the
+    answer, and one the joint score prefers is written."""
+    tokenizer = CharTokenizer()
+    audio = posteriors(tokenizer.encode("AB CD"), frames_each=2)
+    graph = ContextGraph.build([("CD", None)], tokenizer)
+    spotted = [graph.spotted(audio.numpy(), BLANK, -5.0)]
+    ctc = ctc_log_likelihoods(audio, audio.shape[0],
+                              [tokenizer.encode("AB CD"), tokenizer.encode("AB XY")])
+    gain = REWRITE_WEIGHT * float(ctc[0] - ctc[1])  # XY is no respelling of CD: no bonus
+    assert gain > REWRITE_DROP + 1  # the joint score prefers CD either side of the line
+    other = tokenizer.encode("AB XY")
+    for drop, expected in ((REWRITE_DROP - 0.5, ("AB CD", tokenizer.encode("AB CD"))),
+                           (REWRITE_DROP + 0.5, None)):
+        model = FakeModel({"AB XY": 0.0, "AB CD": -drop})
+        assert rewrite(model, {}, (), (audio[None], torch.tensor([audio.shape[0]])),
+                       ["AB XY"], [other], [graph], spotted, -5.0) == [expected]
+    beam = tokenizer.encode("AB CF")
+    edge = REWRITE_WEIGHT * float(ctc_log_likelihoods(audio, audio.shape[0], [beam])[0] - ctc[1])
+    assert edge > 1  # CF is nearer the audio than XY
+    for prior, expected in ((-(edge - 0.5), ("AB CF", beam)), (-(edge + 0.5), None)):
+        model = FakeModel({"AB XY": 0.0, "AB CD": -(REWRITE_DROP + 0.5), "AB CF": prior})
+        assert rewrite(model, {}, (), (audio[None], torch.tensor([audio.shape[0]])),
+                       ["AB XY"], [other], [graph], spotted, -5.0, [[beam]]) == [expected]
+        assert ("AB CF", 0) in model.asked
+
+
 def test_a_batch_is_rewritten_as_each_of_its_rows_alone():
     """The rows' answers are aligned together (padded frames), and each row's rewriting is
     what it gets decoded alone."""
@@ -398,11 +434,15 @@ def test_a_batch_is_rewritten_as_each_of_its_rows_alone():
                                  ("QZ CD", tokenizer.encode("QZ CD")), None]
 
 
-def test_decoding_rewrites_with_heard_words_and_keeps_ids_and_text_together(tokenizer, shards):
+def test_decoding_rewrites_with_heard_words_and_keeps_ids_and_text_together(tokenizer, shards,
+                                                                          monkeypatch):
     """On a tiny model with a CTC head: rewriting at a threshold nothing reaches changes
     nothing; with a CTC head that hears only the word's tokens (and blanks), so surely that
     no decoder score outweighs the audio, every answer takes the word (by the audio alone:
-    the answers' random text is no respelling of it), and its token ids are the text's."""
+    the answers' random text is no respelling of it), and its token ids are the text's. (The
+    random decoder finds any word unlikely: its veto, REWRITE_DROP, is off here and tested
+    on its own.)"""
+    monkeypatch.setattr("mooer.inference.rewrite.REWRITE_DROP", 1e9)
     from mooer.data.features import ParaformerFrontend
     from mooer.inference.decode import decode, decoding_loader
     from tests.conftest import prompt_format
