@@ -86,12 +86,11 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
     decoding = dict(decoding)
     graph = decoding.pop("hotwords", None)  # a ContextGraph (or one an uttid): a fresh
     # processor a batch
-    # with a CTC head, only the listed words the audio holds are biased (None: all of them)
+    # with a CTC head, only the listed words it hears are biased (None: all of them)
     check = decoding.pop("hotword_check", CHECK_THRESHOLD)
     # with a CTC head, the listed words it hears within this many nats are tried in the answer
     # after decoding, and kept where the model prefers them (None: not)
     rewriting = decoding.pop("hotword_rewrite", REWRITE_THRESHOLD)
-    floor = min((t for t in (check, rewriting) if t is not None), default=None)
     timestamps = decoding.pop("timestamps", False)  # word times by CTC forced alignment
     scored = decoding.pop("token_log_probs", False)  # the decoder's posteriors of the answers
     log_probs: dict[str, list[float]] = {}
@@ -105,30 +104,9 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
                 seen.add(key)
             graphs = ([graph.get(key) for key in batch["keys"]] if isinstance(graph, dict)
                       else [graph] * len(batch["keys"]) if graph else [])
-            # a list at score 0 biases nothing here (a prompt may still list it)
-            graphs = [g if g is not None and g.biases else None for g in graphs]
             moved = move_batch(batch, device, dtype)
-            listening = any(graphs) and floor is not None and model.has_ctc_head
-            # the encoder pass, shared with the alignment, the scoring and the hotwords' check
-            # and rewriting, and the CTC head's posteriors, shared by all of them but scoring
-            encoded = model.encode(moved) if timestamps or scored or listening else None
-            ctc = model.ctc_log_probs(moved, encoded) if timestamps or listening else None
-            listed, spotted = graphs, []
-            if listening and ctc is not None and floor is not None:
-                spotted = hearing(ctc, graphs, floor)
-                if check is not None:
-                    graphs = [None if g is None or found is None else g.cut(found, check)
-                              for g, found in zip(graphs, spotted, strict=True)]
-            options = decoding if not any(graphs) else {
-                **decoding, "logits_processor": [*decoding.get("logits_processor", []),
-                                                 HotwordBias(graphs)]}
-            rewriting_now = bool(spotted) and rewriting is not None
-            # the beam's other hypotheses: a listed word must beat them too (rewriting)
-            generated = model.generate(moved, encoded=encoded, others=rewriting_now, **options)
-            if rewriting_now and rewriting is not None and encoded is not None and ctc is not None:
-                generated = rewritten(generated, rewrite(
-                    model, moved, encoded, ctc, generated.texts, generated.token_ids, listed,
-                    spotted, rewriting, generated.others))
+            generated, encoded, ctc = generate_batch(model, moved, graphs, decoding, check,
+                                                     rewriting, timestamps, scored)
             hypotheses.update(zip(batch["keys"], generated.texts, strict=True))
             references.update(zip(batch["keys"], batch["targets"], strict=True))
             tokens.update(zip(batch["keys"], generated.token_ids, strict=True))
@@ -145,6 +123,42 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
                     len(duplicates), " ".join(sorted(set(duplicates))[:10]))
     return Decoded(hypotheses, references, seconds, time.perf_counter() - started, duplicates,
                    tokens, durations, words, token_log_probs=log_probs)
+
+
+def generate_batch(model: SpeechLLM, moved: dict[str, Any], graphs: list[ContextGraph | None],
+                   decoding: dict[str, Any], check: float | None = CHECK_THRESHOLD,
+                   rewriting: float | None = REWRITE_THRESHOLD, timestamps: bool = False,
+                   scored: bool = False) -> tuple[Generated, tuple | None,
+                                                  tuple[torch.Tensor, torch.Tensor] | None]:
+    """One batch's answers (on its device), biased towards each row's graph (`graphs`: one a
+    row, or none for the batch): with a CTC head, checked at `check` and rewritten at
+    `rewriting` (`decode`); with the encoder's output and the CTC head's posteriors where they
+    were computed (for the hotwords, or asked: `timestamps`, `scored`)."""
+    # a list at score 0 biases nothing here (a prompt may still list it)
+    graphs = [g if g is not None and g.biases else None for g in graphs]
+    floor = min((t for t in (check, rewriting) if t is not None), default=None)
+    listening = any(graphs) and floor is not None and model.has_ctc_head
+    # the encoder pass, shared with the alignment, the scoring and the hotwords' check
+    # and rewriting, and the CTC head's posteriors, shared by all of them but scoring
+    encoded = model.encode(moved) if timestamps or scored or listening else None
+    ctc = model.ctc_log_probs(moved, encoded) if timestamps or listening else None
+    listed, spotted = graphs, []
+    if listening and ctc is not None and floor is not None:
+        spotted = hearing(ctc, graphs, floor)
+        if check is not None:
+            graphs = [None if g is None or found is None else g.cut(found, check)
+                      for g, found in zip(graphs, spotted, strict=True)]
+    options = decoding if not any(graphs) else {
+        **decoding, "logits_processor": [*decoding.get("logits_processor", []),
+                                         HotwordBias(graphs)]}
+    rewriting_now = bool(spotted) and rewriting is not None
+    # the beam's other hypotheses: a listed word must beat them too (rewriting)
+    generated = model.generate(moved, encoded=encoded, others=rewriting_now, **options)
+    if rewriting_now and rewriting is not None and encoded is not None and ctc is not None:
+        generated = rewritten(generated, rewrite(
+            model, moved, encoded, ctc, generated.texts, generated.token_ids, listed,
+            spotted, rewriting, generated.others))
+    return generated, encoded, ctc
 
 
 def hearing(ctc: tuple[torch.Tensor, torch.Tensor], graphs: list[ContextGraph | None],
