@@ -421,6 +421,93 @@ def decoding_rows(model, cfg, device: torch.device, args) -> list[Row]:
     return rows
 
 
+def hotword_rows(model, cfg, device: torch.device, args) -> list[Row]:
+    """Decoding a batch of 16 (beam 4) with a hotword list, against no list, on the same batch:
+    the cost of checking (spotting over the CTC head's classes, the beam's bonus) and of
+    rewriting (alignment, CTC and decoder passes) at these shapes. The model is at random init,
+    with a fresh CTC head (made as peaked as a trained one): the list's "heard" words are pairs
+    of tokens on its own best path (heard at 0 nats, so they are biased, tried and scored as a
+    true word is), its distractors random pairs (the note says how many rows heard a word).
+    Each condition `--repeats` times, interleaved; the ratio is the median of each repeat's own
+    ratio to no list."""
+    from mooer.inference.decode import generate_batch, hearing
+    from mooer.inference.hotwords import CHECK_THRESHOLD, REWRITE_THRESHOLD, ContextGraph
+
+    model.eval()
+    vocab = cfg.llm.architecture.vocab_size
+    dtype = torch_dtype(cfg.llm.dtype)
+    batch = move_batch(collate(synthetic_samples(
+        [args.seconds] * 16, [1] * 16, PROMPT_TOKENS, cfg.projector.downsample, vocab),
+        pad_id=vocab - 2), device, dtype)
+    generate = {"num_beams": 4, "max_new_tokens": args.new_tokens, "eos_bias": 0}
+    with torch.no_grad():
+        if not model.has_ctc_head:  # a fresh head, as peaked as a trained one (logits of
+            model.add_ctc_head()    # spread 8: a random word is far from its best path)
+            spread = model.ctc_head(model.encode(batch)[0]).float().std()
+            model.ctc_head.weight.mul_(8 / spread)
+            model.ctc_head.bias.mul_(8 / spread)
+        log_probs, lengths = model.ctc_log_probs(batch, model.encode(batch))
+    blank = log_probs.shape[-1] - 1
+    heard = []  # two tokens of each row's best path, a word
+    for row in range(log_probs.shape[0]):
+        path = log_probs[row, :int(lengths[row])].argmax(-1).tolist()
+        tokens = [t for i, t in enumerate(path) if t != blank and (i == 0 or t != path[i - 1])]
+        heard += [f"{a} {b}" for a, b in zip(tokens[:6:2], tokens[1:6:2], strict=False)]
+    rng = random.Random(0)
+    distractors = [f"{rng.randrange(vocab - 2)} {rng.randrange(vocab - 2)}" for _ in range(100)]
+    tokenizer = model.tokenizer
+    lists = {"heard words + 100 distractors": heard + distractors,
+             "100 distractors only": distractors}
+    graphs = {name: ContextGraph.build([(w, None) for w in words], tokenizer)
+              for name, words in lists.items()}
+    conditions = [("no list", None, {})]
+    for name in lists:
+        conditions += [(f"{name}, checked and rewritten (default)", name, {}),
+                       (f"{name}, checked", name, {"rewriting": None})]
+    rows = [Row(f"hotwords, beam 4, batch 16, {label}", "hotwords") for label, _, _ in conditions]
+    for name, graph in graphs.items():  # how many rows hear a listed word (check, rewriting)
+        spotted = hearing((log_probs, lengths), [graph] * 16, REWRITE_THRESHOLD)
+        for row, (_, listed, _) in zip(rows, conditions, strict=True):
+            if listed == name:
+                row.fixed.update(words=len(graph), rows_checked=sum(
+                    bool(graph.heard(found, CHECK_THRESHOLD)) for found in spotted),
+                                 rows_tried=sum(bool(graph.heard(found, REWRITE_THRESHOLD))
+                                                for found in spotted))
+
+    def once(listed: str | None, options: dict) -> float:
+        graph = graphs[listed] if listed else None
+        sync(device)
+        started = time.perf_counter()
+        with torch.no_grad():
+            generate_batch(model, batch, [graph] * 16 if graph else [], generate, **options)
+        sync(device)
+        return time.perf_counter() - started
+
+    try:
+        for _, listed, options in conditions:  # warm-up
+            once(listed, options)
+        for _ in range(args.repeats):
+            seconds = []
+            for row, (_, listed, options) in zip(rows, conditions, strict=True):
+                reset_peak(device)
+                seconds.append(once(listed, options))
+                row.per_repeat.append({"rtf": seconds[-1] / (16 * args.seconds),
+                                       "utterances_per_s": 16 / seconds[-1],
+                                       "vs_no_list": seconds[-1] / seconds[0],
+                                       "peak_gib": peak_gib(device)})
+    except Exception as error:  # noqa: BLE001 - reported in the table, the rest stand
+        traceback.print_exc()
+        for row in rows:
+            row.note = f"failed: {type(error).__name__}: {error}"[:200]
+    for row in rows:
+        if row.per_repeat and "words" in row.fixed:
+            row.note = (f"{row.value('vs_no_list'):.2f}x no list; {row.fixed['words']} words, "
+                        f"{row.fixed['rows_checked']} of 16 rows biased, "
+                        f"{row.fixed['rows_tried']} tried")
+        show(row)
+    return rows
+
+
 @contextlib.contextmanager
 def lora_merged(model):
     """LoRA folded into the base weights for the `with` block (peft merge/unmerge)."""
@@ -525,7 +612,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--row_tokens", type=int, default=2048,
                         help="packed rows' length (data.max_tokens_in_row)")
     parser.add_argument("--skip_zero2", action="store_true")
-    parser.add_argument("--only", choices=["train", "tail", "decode"], default=None)
+    parser.add_argument("--only", choices=["train", "tail", "decode", "hotwords"], default=None)
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="dense bf16 peak; by default from the GPU's name (H100/H200: 989)")
     parser.add_argument("--json", type=Path, default=None, help="write every row here")
@@ -548,6 +635,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows += tail_rows(model, cfg, device, args, flops)
         if args.only in (None, "decode"):
             rows += decoding_rows(model, cfg, device, args)
+        if args.only in (None, "hotwords"):
+            rows += hotword_rows(model, cfg, device, args)
         result["top_kernels"] = top_kernels(model, cfg, device, args) if args.only is None else []
     result.update(rows=[row.record() for row in rows], seconds=time.perf_counter() - started,
                   shapes=f"{'tiny' if args.tiny else 'experiment=mt5k'}, LLM {cfg.llm.dtype}, "

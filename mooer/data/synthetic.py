@@ -37,13 +37,22 @@ def synthetic_samples(durations: list[float], answer_tokens: list[int], prompt_t
 
 class SyntheticTokenizer:
     """What SpeechLLM reads of a tokenizer, for synthetic ids: its size, eos (the last id) and
-    padding (the one before), and a decode that spells the ids."""
+    padding (the one before), and a decode that spells the ids (in decimal, an id a word) and
+    an encode that reads them back."""
 
     def __init__(self, vocab: int) -> None:
         self.eos_token_id, self.pad_token_id, self.vocab = vocab - 1, vocab - 2, vocab
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return " ".join(map(str, ids))
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """The ids a text of decimal ids spells (what `decode` writes): a synthetic hotword
+        list's words."""
+        return [int(word) for word in text.split()]
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [self.encode(text) for text in texts]}
 
     def __len__(self) -> int:
         return self.vocab

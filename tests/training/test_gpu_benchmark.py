@@ -1,5 +1,6 @@
-"""benchmarks/gpu.py at tiny shapes on the CPU: every row the CPU can run, the JSON it writes,
-and its two checks (the FLOP formula against FlopCounterMode, packed against padded losses)."""
+"""benchmarks/gpu.py at tiny shapes on the CPU: every row the CPU can run (hotword decoding
+too), the JSON it writes, and its two checks (the FLOP formula against FlopCounterMode, packed
+against padded losses)."""
 
 from __future__ import annotations
 
@@ -56,4 +57,21 @@ def test_gpu_benchmark_runs_every_row_at_tiny_shapes_on_the_cpu(tmp_path):
         batch = int(row["name"].split("batch ")[1].split(",")[0])
         assert row["rtf"] * row["utterances_per_s"] == pytest.approx(1 / 10, rel=1e-6)
         assert 0 < row["rtf"] < wall / (batch * 10)
+    hotwords = [row for row in rows.values() if row["kind"] == "hotwords"]
+    assert [row["name"].split("batch 16, ")[1] for row in hotwords] == [
+        "no list", "heard words + 100 distractors, checked and rewritten (default)",
+        "heard words + 100 distractors, checked",
+        "100 distractors only, checked and rewritten (default)", "100 distractors only, checked"]
+    assert hotwords[0]["vs_no_list"] == 1.0
+    for row in hotwords:
+        assert not row["note"].startswith("failed"), row
+        for rtf, per_second in zip(row["rtf_repeats"], row["utterances_per_s_repeats"],
+                                   strict=True):
+            assert rtf * per_second == pytest.approx(1 / 10, rel=1e-6)
+        assert len(row["vs_no_list_repeats"]) == 2 and row["vs_no_list"] > 0
+    # the words on the CTC head's own best path are heard in every row; random pairs, on a
+    # head as peaked as a trained one, are biased in none
+    assert [(row["words"], row["rows_checked"], row["rows_tried"]) for row in hotwords[1:3]] \
+        == [(148, 16, 16)] * 2
+    assert all(row["words"] == 100 and row["rows_checked"] == 0 for row in hotwords[3:])
     assert "| lightning, auto, bf16-mixed (recipe) |" in result.stdout
