@@ -24,6 +24,11 @@ rows (`data.packing`), and on CUDA packed rows with FlexAttention (`llm.attn_imp
 
 Decoding: beam 4, batch 1 and 16, 30 new tokens, LoRA as adapters and merged.
 
+Hotwords (`--only hotwords` alone): the same batch of 16 decoded with a list, checked and
+rewritten (the decoders' default) and checked alone, against no list: what biasing costs at a
+151k vocabulary and a 7B decoder (`hotword_rows`: the model is at random init, so the list's
+words are taken from its CTC head's own best path, beside 100 random distractors).
+
 FLOPs per sample come from each batch's real lengths (`mooer.models.flops`, whose docstring
 writes the formula out: about 3.97 TFLOP a sample at these shapes), MFU from those over the
 GPU's dense bf16 peak (H100 and H200 SXM: 989 TFLOP/s; --peak_tflops for others); achieved
