@@ -446,12 +446,13 @@ def hotword_rows(model, cfg, device: torch.device, args) -> list[Row]:
         pad_id=vocab - 2), device, dtype)
     generate = {"num_beams": 4, "max_new_tokens": args.new_tokens, "eos_bias": 0}
     with torch.no_grad():
+        encoded = model.encode(batch)
         if not model.has_ctc_head:  # a fresh head, as peaked as a trained one (logits of
             model.add_ctc_head()    # spread 8: a random word is far from its best path)
-            spread = model.ctc_head(model.encode(batch)[0]).float().std()
+            spread = model.ctc_head(encoded[0]).float().std()
             model.ctc_head.weight.mul_(8 / spread)
             model.ctc_head.bias.mul_(8 / spread)
-        log_probs, lengths = model.ctc_log_probs(batch, model.encode(batch))
+        log_probs, lengths = model.ctc_log_probs(batch, encoded)
     blank = log_probs.shape[-1] - 1
     heard = []  # two tokens of each row's best path, a word
     for row in range(log_probs.shape[0]):
