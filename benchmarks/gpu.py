@@ -394,16 +394,22 @@ def tail_rows(model, cfg, device: torch.device, args, flops: StepFlops) -> list[
     return rows
 
 
+def prompt_batch(cfg, size: int, seconds: float, device: torch.device) -> dict:
+    """A padded batch of `size` synthetic utterances of `seconds` whose answer is the eos
+    alone (what generate decodes from), on `device` in the LLM's dtype."""
+    vocab = cfg.llm.architecture.vocab_size
+    return move_batch(collate(synthetic_samples(
+        [seconds] * size, [1] * size, PROMPT_TOKENS, cfg.projector.downsample, vocab),
+        pad_id=vocab - 2), device, torch_dtype(cfg.llm.dtype))
+
+
 def decoding_rows(model, cfg, device: torch.device, args) -> list[Row]:
     model.eval()
-    vocab = cfg.llm.architecture.vocab_size
     rows = []
     for batch_size, merged in ((1, False), (16, False), (1, True), (16, True)):
         name = (f"decode, beam 4, batch {batch_size}, {args.new_tokens} new tokens"
                 + (", LoRA merged" if merged else ""))
-        batch = move_batch(collate(synthetic_samples(
-            [args.seconds] * batch_size, [1] * batch_size, PROMPT_TOKENS,
-            cfg.projector.downsample, vocab), pad_id=vocab - 2), device, torch_dtype(cfg.llm.dtype))
+        batch = prompt_batch(cfg, batch_size, args.seconds, device)
         generate = {"num_beams": 4, "max_new_tokens": args.new_tokens,
                     "min_new_tokens": args.new_tokens, "eos_bias": 0}
         row = Row(name, "decode")
@@ -440,10 +446,7 @@ def hotword_rows(model, cfg, device: torch.device, args) -> list[Row]:
 
     model.eval()
     vocab = cfg.llm.architecture.vocab_size
-    dtype = torch_dtype(cfg.llm.dtype)
-    batch = move_batch(collate(synthetic_samples(
-        [args.seconds] * 16, [1] * 16, PROMPT_TOKENS, cfg.projector.downsample, vocab),
-        pad_id=vocab - 2), device, dtype)
+    batch = prompt_batch(cfg, 16, args.seconds, device)
     generate = {"num_beams": 4, "max_new_tokens": args.new_tokens, "eos_bias": 0}
     with torch.no_grad():
         encoded = model.encode(batch)
