@@ -133,7 +133,8 @@ def generate_batch(model: SpeechLLM, moved: dict[str, Any], graphs: list[Context
     """One batch's answers (on its device), biased towards each row's graph (`graphs`: one a
     row, or none for the batch): with a CTC head, checked at `check` and rewritten at
     `rewriting` (`decode`); with the encoder's output and the CTC head's posteriors where they
-    were computed (for the hotwords, or asked: `timestamps`, `scored`)."""
+    were computed (for the hotwords, or asked: `timestamps`, `scored`; on the host where the
+    hotwords read them)."""
     # a list at score 0 biases nothing here (a prompt may still list it)
     graphs = [g if g is not None and g.biases else None for g in graphs]
     floor = min((t for t in (check, rewriting) if t is not None), default=None)
@@ -142,6 +143,8 @@ def generate_batch(model: SpeechLLM, moved: dict[str, Any], graphs: list[Context
     # and rewriting, and the CTC head's posteriors, shared by all of them but scoring
     encoded = model.encode(moved) if timestamps or scored or listening else None
     ctc = model.ctc_log_probs(moved, encoded) if timestamps or listening else None
+    if listening and ctc is not None:  # on the host once, for spotting, rewriting and times
+        ctc = ctc[0].cpu(), ctc[1]
     listed, spotted = graphs, []
     if listening and ctc is not None and floor is not None:
         spotted = hearing(ctc, graphs, floor)
