@@ -514,7 +514,51 @@ def hotword_rows(model, cfg, device: torch.device, args) -> list[Row]:
                         f"{row.fixed['rows_checked']} of 16 rows biased, "
                         f"{row.fixed['rows_tried']} tried")
         show(row)
-    return rows
+    return [*rows, prompt_cache_row(model, batch, generate, device, args)]
+
+
+def prompt_cache_row(model, batch: dict, generate: dict, device: torch.device, args) -> Row:
+    """Rewriting's decoder pass (3 answers a row of the batch, as many tokens as
+    `--new_tokens`), over the whole prompts again against over the decoding's cache of them
+    (`Generated.prompt_cache`): seconds, peak memory, and the largest difference of their
+    log-probabilities (the same values, to the dtype's rounding)."""
+    row = Row("rewriting's decoder pass, 3 answers a row of 16, prompt cached vs again",
+              "hotwords")
+    size = batch["input_ids"].shape[0]
+    rng = random.Random(1)
+    vocab = model.llm.config.vocab_size
+    answers = [[rng.randrange(vocab - 2) for _ in range(args.new_tokens)] for _ in range(size * 3)]
+    rows = [row for row in range(size) for _ in range(3)]
+    try:
+        with torch.no_grad():
+            cache = model.generate(batch, keep_prompt=True, **generate).prompt_cache
+            if cache is None:
+                raise RuntimeError("the decoder's cache is of a kind not kept")
+
+            def once(kept) -> tuple[float, float, list[list[float]]]:
+                reset_peak(device)
+                sync(device)
+                started = time.perf_counter()
+                found = model.answer_log_probs(batch, answers, rows=rows, prompt_cache=kept)
+                sync(device)
+                return time.perf_counter() - started, peak_gib(device), found
+
+            once(None), once(cache)  # warm-up
+            for _ in range(args.repeats):
+                again, again_peak, plain = once(None)
+                cached, cached_peak, reused = once(cache)
+                row.per_repeat.append({"seconds_again": again, "seconds_cached": cached,
+                                       "cached_vs_again": cached / again,
+                                       "peak_gib_again": again_peak,
+                                       "peak_gib_cached": cached_peak})
+        row.fixed["max_abs_diff"] = max(abs(a - b) for x, y in zip(plain, reused, strict=True)
+                                        for a, b in zip(x, y, strict=True))
+        row.note = (f"{row.value('cached_vs_again'):.2f}x the time of scoring the prompts "
+                    f"again; |diff| {row.fixed['max_abs_diff']:.2e}")
+    except Exception as error:  # noqa: BLE001 - reported in the table, the rest stand
+        traceback.print_exc()
+        row.note = f"failed: {type(error).__name__}: {error}"[:200]
+    return show(row)
 
 
 @contextlib.contextmanager

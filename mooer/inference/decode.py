@@ -156,11 +156,13 @@ def generate_batch(model: SpeechLLM, moved: dict[str, Any], graphs: list[Context
                                          HotwordBias(graphs)]}
     rewriting_now = bool(spotted) and rewriting is not None
     # the beam's other hypotheses: a listed word must beat them too (rewriting)
-    generated = model.generate(moved, encoded=encoded, others=rewriting_now, **options)
+    # and their prompts' keys and values, to score the candidates without the prompts again
+    generated = model.generate(moved, encoded=encoded, others=rewriting_now,
+                               keep_prompt=rewriting_now, **options)
     if rewriting_now and rewriting is not None and encoded is not None and ctc is not None:
         generated = rewritten(generated, rewrite(
             model, moved, encoded, ctc, generated.texts, generated.token_ids, listed,
-            spotted, rewriting, generated.others))
+            spotted, rewriting, generated.others, generated.prompt_cache))
     return generated, encoded, ctc
 
 

@@ -289,8 +289,8 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
             ctc: tuple[torch.Tensor, torch.Tensor], texts: Sequence[str],
             answers: Sequence[Sequence[int]], graphs: Sequence[ContextGraph | None],
             spotted: Sequence[Spotting | None], threshold: float,
-            alternatives: Sequence[Sequence[Sequence[int]]] | None = None
-            ) -> list[tuple[str, list[int]] | None]:
+            alternatives: Sequence[Sequence[Sequence[int]]] | None = None,
+            prompt_cache: Any = None) -> list[tuple[str, list[int]] | None]:
     """Each answer of a batch (its text and token ids) rewritten with the words of its graph
     heard at `threshold` (`spotted`: each row's `ContextGraph.spotted`), as its text and
     token ids, or None where the answer stands.
@@ -302,7 +302,8 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
     of the candidate and those is written (a hypothesis of the beam with the ids the beam gave
     it). A candidate the decoder finds more than REWRITE_DROP nats less likely than the answer
     is not written: there the best of the answer and those hypotheses is. Where no candidate
-    beats the answer, it stands, and nothing more is scored."""
+    beats the answer, it stands, and nothing more is scored. The decoder passes read the
+    prompts from the decoding's `prompt_cache` where it is given (`Generated.prompt_cache`)."""
     log_probs, lengths = ctc
     log_probs = log_probs.float().cpu()
     tokenizer = model.tokenizer
@@ -325,7 +326,7 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
         for n, (written, ids, score, bonus) in enumerate(picked):
             rows.append(row)
             scored.append(Option(written, ids, score, bonus, n > 0))
-    contested = best_candidates(model, batch, encoded, rows, scored)
+    contested = best_candidates(model, batch, encoded, rows, scored, prompt_cache)
     # the beam's other hypotheses of the rows where a candidate beat the answer, scored with
     # the candidate to write (or, where the decoder vetoed it, the answer)
     rows, scored = [], []
@@ -346,7 +347,7 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
             scored += [kept, *[Option(other, tokens, score, 0.0, False)
                                for other, tokens, score in zip(others, other_ids, scores,
                                                                strict=True)]]
-    score_options(model, batch, encoded, rows, scored)
+    score_options(model, batch, encoded, rows, scored, prompt_cache)
     chosen: list[tuple[str, list[int]] | None] = [None] * len(texts)
     for row, kept in contested.items():
         # what the model's joint score prefers of all the row's options: the candidate (or the
@@ -359,28 +360,29 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
 
 
 def score_options(model: Any, batch: dict[str, Any], encoded: tuple, rows: list[int],
-                  scored: list[Option]) -> None:
+                  scored: list[Option], prompt_cache: Any = None) -> None:
     """Each option's decoder log-likelihood (`Option.decoder`, which makes its joint score
     `Option.total`): one teacher-forced pass over the options of the batch's `rows` not
-    scored yet."""
+    scored yet (over the prompts' keys and values in `prompt_cache`, where given)."""
     todo = [n for n, option in enumerate(scored) if math.isnan(option.decoder)]
     if todo:
         end = [] if model.tokenizer.eos_token_id is None else [model.tokenizer.eos_token_id]
         decoder = model.answer_log_probs(batch, [scored[n].ids + end for n in todo], encoded,
-                                         rows=[rows[n] for n in todo])
+                                         rows=[rows[n] for n in todo],
+                                         prompt_cache=prompt_cache)
         for n, log_likelihoods in zip(todo, decoder, strict=True):
             scored[n].decoder = sum(log_likelihoods)
 
 
 def best_candidates(model: Any, batch: dict[str, Any], encoded: tuple, rows: list[int],
-                    scored: list[Option]) -> dict[int, Option]:
+                    scored: list[Option], prompt_cache: Any = None) -> dict[int, Option]:
     """The rows where a candidate among `scored` (the options of the batch's `rows`: its
     answer first) has a joint score (`score_options`) higher than every other option's of its
     row, each with the candidate to write: the best whose decoder log-likelihood is at most
     REWRITE_DROP nats below the answer's, where it too beats them all; else the answer (the
     decoder vetoed the candidate, but the answer is in doubt: the beam's other hypotheses may
     still beat it)."""
-    score_options(model, batch, encoded, rows, scored)
+    score_options(model, batch, encoded, rows, scored, prompt_cache)
     found = {}
     for row in dict.fromkeys(rows):
         mine = [option for r, option in zip(rows, scored, strict=True) if r == row]

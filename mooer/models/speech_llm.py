@@ -8,13 +8,15 @@ scored, so a training step reads nothing back from the device (no host sync: it 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn.attention.flex_attention import create_block_mask
-from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+from transformers import DynamicCache, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+from transformers.cache_utils import DynamicLayer
 
 from mooer.data.collate import audio_slots
 from mooer.models.llm import CausalLM
@@ -33,6 +35,58 @@ class Generated:
     # when asked (generate's `others`): the token ids of each row's other finished beams (eos
     # and padding removed), best first
     others: list[list[list[int]]] | None = None
+    # when asked (generate's `keep_prompt`): the decoder's keys and values of each row's
+    # prompt but its last position (`PromptCache`), to score answers without the prompt again
+    prompt_cache: PromptCache | None = None
+
+
+@dataclass
+class PromptCache:
+    """The decoder's keys and values over a batch's prompts but their last position, one row a
+    prompt: each layer's (keys, values) [rows, kv heads, width - 1, head dim], as the decoding's
+    first pass computed them (`SpeechLLM.generate`, `keep_prompt`). `answer_log_probs` then
+    runs the decoder over an answer and the prompt's last position only (on a 7B decoder the
+    prompt, audio included, is most of such a pass)."""
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+
+    @classmethod
+    def kept(cls, cache: Any, rows: int, width: int) -> PromptCache | None:
+        """The first `width - 1` positions of a generation's cache (transformers' DynamicCache
+        over `rows` prompts, each repeated as many times: beams, returned sequences), one row
+        a prompt; None where the cache is of another kind (a sliding window, a static or
+        quantized cache: the prompt is then scored again)."""
+        layers = getattr(cache, "layers", None)
+        if not layers or width < 2 or any(
+                type(layer) is not DynamicLayer or layer.keys is None for layer in layers):
+            return None
+        total = layers[0].keys.shape[0]
+        if total % rows:
+            return None
+        step = total // rows
+        # copies, so that the generation's cache (every beam, every new token) can go
+        return cls([(layer.keys[::step, :, :width - 1].clone(),
+                     layer.values[::step, :, :width - 1].clone()) for layer in layers])
+
+    @staticmethod
+    def keyword(llm: Any) -> str:
+        """What the decoder's forward calls a cache to read: `cache` (newer transformers,
+        where `past_key_values` is deprecated) or `past_key_values` (older)."""
+        kind: Any = type(llm.get_base_model() if hasattr(llm, "get_base_model") else llm)
+        if kind not in _CACHE_KEYWORDS:
+            _CACHE_KEYWORDS[kind] = ("cache" if "cache" in inspect.signature(kind.forward).parameters
+                                     else "past_key_values")
+        return _CACHE_KEYWORDS[kind]
+
+    def select(self, rows: torch.Tensor) -> DynamicCache:
+        """A fresh DynamicCache of these prompts' rows (a row again for each answer of it); the
+        pass that reads it appends to it, not to this."""
+        return DynamicCache(ddp_cache_data=[(keys.index_select(0, rows),
+                                             values.index_select(0, rows))
+                                            for keys, values in self.layers])
+
+
+_CACHE_KEYWORDS: dict[Any, str] = {}  # what each decoder class's forward calls its cache
 
 
 def segment_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
@@ -283,20 +337,23 @@ class SpeechLLM(nn.Module):
 
     @torch.no_grad()
     def answer_log_probs(self, batch: dict[str, Any], token_ids: list[list[int]],
-                         encoded: tuple | None = None, rows: list[int] | None = None
-                         ) -> list[list[float]]:
+                         encoded: tuple | None = None, rows: list[int] | None = None,
+                         prompt_cache: PromptCache | None = None) -> list[list[float]]:
         """Each answer token's log-probability under the decoder, given the batch's prompt (its
         audio) and the answer's tokens before it (teacher forced, one pass, positions counted
         as `generate` counts them over left padding): the decoder's own confidence in an
         answer, without the decoding's biases (eos, repetition penalty, hotwords). `rows`: the
-        batch row of each answer (None: one answer a row, in order)."""
+        batch row of each answer (None: one answer a row, in order). With the decoding's
+        `prompt_cache` (`Generated.prompt_cache`), the pass reads the prompts' keys and values
+        from it and runs over their last position and the answers only: the same values."""
         width = batch["prompt_width"]
         prompt = {**batch, "input_ids": batch["input_ids"][:, :width],
                   "audio_slot_mask": batch["audio_slot_mask"][:, :width]}
         embeddings = self.embed(prompt, encoded)
         mask = batch["attention_mask"][:, :width]
+        index = torch.tensor(list(range(embeddings.shape[0])) if rows is None else rows,
+                             dtype=torch.long, device=embeddings.device)
         if rows is not None:
-            index = torch.tensor(rows, dtype=torch.long, device=embeddings.device)
             embeddings, mask = embeddings[index], mask[index]
         longest = max((len(ids) for ids in token_ids), default=0)
         if not longest:
@@ -308,14 +365,20 @@ class SpeechLLM(nn.Module):
         for row, ids in enumerate(token_ids):
             answers[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
             answer_mask[row, :len(ids)] = 1
-        inputs = torch.cat([embeddings, self.llm.get_input_embeddings()(answers)], 1)
         attention = torch.cat([mask.to(answer_mask.dtype), answer_mask], 1)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cached = {}
+        if prompt_cache is not None:  # the prompt's keys and values but its last position's
+            embeddings, positions = embeddings[:, width - 1:], positions[:, width - 1:]
+            cached = {PromptCache.keyword(self.llm): prompt_cache.select(index),
+                      "use_cache": True}
+        inputs = torch.cat([embeddings, self.llm.get_input_embeddings()(answers)], 1)
         # the vocabulary's logits only where an answer token is predicted (from the prompt's
         # last position on), not over the prompt: on a 151k vocabulary that is most of the
         # pass's memory
         logits = self.llm(inputs_embeds=inputs, attention_mask=attention, position_ids=positions,
-                          use_cache=False, logits_to_keep=longest + 1).logits[:, :longest]
+                          logits_to_keep=longest + 1, **({"use_cache": False} | cached)
+                          ).logits[:, :longest]
         chosen = logits.float().log_softmax(-1).gather(-1, answers[..., None])[..., 0]
         return [chosen[row, :len(ids)].tolist() for row, ids in enumerate(token_ids)]
 
@@ -325,10 +388,12 @@ class SpeechLLM(nn.Module):
                  eos_bias: float = -0.2, do_sample: bool = False, temperature: float = 1.0,
                  top_p: float = 1.0, num_return_sequences: int = 1,
                  output_scores: bool = False, encoded: tuple | None = None,
-                 others: bool = False, **kwargs: Any) -> Generated:
+                 others: bool = False, keep_prompt: bool = False, **kwargs: Any) -> Generated:
         """Decode the answers of a batch (its prompt part: columns before `prompt_width`).
         `others`: also the token ids of each row's other beams (`Generated.others`; beam search
-        only), which the search holds anyway: the answers are the same.
+        only), which the search holds anyway: the answers are the same. `keep_prompt`: also the
+        decoder's keys and values over the prompts (`Generated.prompt_cache`), which the search
+        computed anyway, for `answer_log_probs` to score answers without the prompts again.
 
         Defaults are MooER's: beam 4, length penalty 0.8, 200 new tokens, eos logit -0.2.
         """
@@ -363,10 +428,16 @@ class SpeechLLM(nn.Module):
         if eos_bias:
             options["sequence_bias"] = {(eos,): float(eos_bias)}
         if output_scores:
-            options.update(output_scores=True, return_dict_in_generate=True)
+            options.update(output_scores=True)
+        if output_scores or keep_prompt:
+            options.update(return_dict_in_generate=True)
         result = self.llm.generate(inputs_embeds=self.embed(prompt, encoded),
                                    attention_mask=attention_mask, **options)
-        sequences = result.sequences if output_scores else result
+        sequences = result.sequences if output_scores or keep_prompt else result
+        kept = (PromptCache.kept(next((c for c in (getattr(result, name, None) for name in
+                                                   ("cache", "past_key_values")) if c is not None),
+                                      None), attention_mask.shape[0], width)
+                if keep_prompt else None)
         token_ids = []
         for row in sequences.tolist():
             ids = []
@@ -383,4 +454,4 @@ class SpeechLLM(nn.Module):
                          [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in answers],
                          None if scores is None else scores[::n],
                          [token_ids[row + 1:row + n] for row in range(0, len(token_ids), n)]
-                         if others else None)
+                         if others else None, kept)

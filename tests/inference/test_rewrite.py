@@ -307,7 +307,7 @@ class FakeModel:
         self.prior = prior
         self.asked: list[tuple[str, int]] = []
 
-    def answer_log_probs(self, batch, answers, encoded, rows):
+    def answer_log_probs(self, batch, answers, encoded, rows, prompt_cache=None):
         result = []
         for ids, row in zip(answers, rows, strict=True):
             assert ids[-1] == self.tokenizer.eos_token_id  # the end of the answer is scored

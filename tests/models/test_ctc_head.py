@@ -125,3 +125,43 @@ def test_answer_log_probs_of_several_answers_a_row(tokenizer, ctc_batch):
     assert single[0] == pytest.approx(alone[1], abs=1e-5)  # answers of one token
     assert single[1] == pytest.approx(
         model.answer_log_probs(ctc_batch, [[5], [5], [5], [20]])[3], abs=1e-5)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_answers_scored_on_the_decodings_prompt_cache(tokenizer, ctc_batch, num_beams):
+    """The prompts' keys and values a decoding kept (`keep_prompt`) score answers as the whole
+    pass does: the same posteriors, on left-padded rows, with several answers a row, and the
+    same answers as a decoding without it; the pass then runs over the answers and the
+    prompts' last position only."""
+    model = tiny_model(tokenizer, 4).eval()
+    plain = model.generate(ctc_batch, num_beams=num_beams, max_new_tokens=5)
+    kept = model.generate(ctc_batch, num_beams=num_beams, max_new_tokens=5, keep_prompt=True)
+    assert kept.token_ids == plain.token_ids and plain.prompt_cache is None
+    cache = kept.prompt_cache
+    assert cache is not None
+    width = ctc_batch["prompt_width"]
+    layers = model.llm.config.num_hidden_layers
+    assert len(cache.layers) == layers
+    assert all(keys.shape[0] == 4 and keys.shape[2] == width - 1 and values.shape == keys.shape
+               for keys, values in cache.layers)
+    answers = [[11, 12, 13], [20], [30, 31, 32, 33, 34], [40, 41]]
+    rows = [2, 0, 2, 3, 1]
+    chosen = [answers[0], answers[1], answers[2], answers[3], answers[2]]
+    lengths = []
+    forward = model.llm.forward
+
+    def counting(*args, **kwargs):
+        lengths.append(kwargs["inputs_embeds"].shape[1])
+        return forward(*args, **kwargs)
+
+    model.llm.forward = counting
+    found = model.answer_log_probs(ctc_batch, chosen, rows=rows, prompt_cache=cache)
+    del model.llm.forward
+    assert lengths == [1 + 5]  # the prompts' last position and the longest answer
+    for (row, ids), got in zip(zip(rows, chosen, strict=True), found, strict=True):
+        single = _rows(ctc_batch, [row])
+        prompt = model.embed(single)[:, :single["prompt_width"]]
+        for step, token in enumerate(ids):
+            tail = model.llm.get_input_embeddings()(torch.tensor([ids[:step]], dtype=torch.long))
+            logits = model.llm(inputs_embeds=torch.cat([prompt, tail], 1)).logits[0, -1]
+            assert got[step] == pytest.approx(float(logits.log_softmax(-1)[token]), abs=1e-4)

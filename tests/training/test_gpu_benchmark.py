@@ -58,6 +58,10 @@ def test_gpu_benchmark_runs_every_row_at_tiny_shapes_on_the_cpu(tmp_path):
         assert row["rtf"] * row["utterances_per_s"] == pytest.approx(1 / 10, rel=1e-6)
         assert 0 < row["rtf"] < wall / (batch * 10)
     hotwords = [row for row in rows.values() if row["kind"] == "hotwords"]
+    cached = hotwords.pop()  # rewriting's decoder pass over the decoding's prompt cache
+    assert cached["name"].startswith("rewriting's decoder pass") and "failed" not in cached["note"]
+    assert len(cached["cached_vs_again_repeats"]) == 2 and cached["seconds_cached"] > 0
+    assert cached["max_abs_diff"] < 1e-4  # the same log-probabilities (fp32 here)
     assert [row["name"].split("batch 16, ")[1] for row in hotwords] == [
         "no list", "heard words + 100 distractors, checked and rewritten (default)",
         "heard words + 100 distractors, checked",
