@@ -167,8 +167,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None,
                         help="only N utterances (a seeded sample)")
     parser.add_argument("--large", type=int, default=5000,
-                        help="also a list this long (made-up two-character Mandarin words and "
-                             "the training vocabulary's rare words), for speed; 0: not")
+                        help="also a list this long (made-up two-character Mandarin words, and "
+                             "made-up English words past what the set's characters make), "
+                             "for speed; 0: not")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=5,
                         help="with --batch_size: decode the set this many times a condition")
@@ -214,6 +215,13 @@ def main() -> None:
         rng = random.Random(args.seed + 1)
         made_up = {rng.choice(chars) + rng.choice(chars) for _ in range(4 * args.large)}
         large = sorted(made_up - set(counts))[: args.large]
+        # past what the set's Han characters make: made-up English words of 2 to 4 syllables
+        syllables = [a + b for a in ("k", "l", "m", "r", "st", "v", "dr", "p", "qu", "z", "b",
+                                     "t", "gr", "f", "h", "j", "w", "n")
+                     for b in ("a", "o", "i", "en", "el", "in", "or", "is", "un")]
+        english = sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(2, 4)))
+                          for _ in range(2 * (args.large - len(large)))} - set(counts))
+        large += english[: args.large - len(large)]
         started = time.perf_counter()
         ContextGraph.build([(w, None) for w in large], tokenizer)
         conditions.append(("decode-time", f"true words + {len(large)} made-up words (graph "

@@ -33,21 +33,47 @@ from mooer.data.hotword_list import (
 from mooer.inference.align import ctc_chain
 
 __all__ = ["CHECKED_SCORE", "CHECK_THRESHOLD", "DEFAULT_SCORE", "REWRITE_THRESHOLD", "ROOT",
-           "ContextGraph", "HotwordBias", "Spotting", "spot", "spot_rows", "spot_stretches",
-           "token_variants"]
+           "ContextGraph", "HotwordBias", "Spotting", "encode_all", "spot", "spot_rows",
+           "spot_stretches", "token_variants", "variants_of"]
 
 
 def token_variants(word: str, tokenizer) -> list[list[int]]:
     """The token sequences `word` can take in a transcript: as it stands, in upper and in lower
     case (training text is often case-normalized, and a list need not know how), each also
     after a space (a byte-level BPE spells a word inside a sentence with its leading space)."""
-    variants = []
-    for form in dict.fromkeys((word, word.upper(), word.lower())):
-        for text in (form, " " + form):
-            ids = list(tokenizer.encode(text, add_special_tokens=False))
+    return variants_of([word], tokenizer)[0]
+
+
+def variants_of(words: Sequence[str], tokenizer) -> list[list[list[int]]]:
+    """`token_variants` of each word, the list's texts tokenized together (`encode_all`)."""
+    texts = [[text for form in dict.fromkeys((word, word.upper(), word.lower()))
+              for text in (form, " " + form)] for word in words]
+    encoded = iter(encode_all(tokenizer, [text for forms in texts for text in forms]))
+    found = []
+    for forms in texts:
+        variants: list[list[int]] = []
+        for ids in (list(next(encoded)) for _ in forms):
             if ids and ids not in variants:
                 variants.append(ids)
-    return variants
+        found.append(variants)
+    return found
+
+
+def encode_all(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """The token ids of each text, without special tokens (what the tokenizer's `encode`
+    gives): straight from a fast tokenizer's Rust core where it has one, one text at a time
+    for a few (the per-call overhead, or the threads of a batch call, outweigh a few dozen
+    short texts), in one batch call for many (a long list's words)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        if len(texts) > BATCHED_TEXTS:
+            return [found.ids for found in backend.encode_batch(list(texts),
+                                                                add_special_tokens=False)]
+        return [backend.encode(text, add_special_tokens=False).ids for text in texts]
+    return [list(tokenizer.encode(text, add_special_tokens=False)) for text in texts]
+
+
+BATCHED_TEXTS = 256  # more texts than this: encode_all makes one batch call
 
 
 @dataclass(frozen=True)
@@ -101,8 +127,9 @@ class ContextGraph:
         the graphs `checked` makes)."""
         check_score(score)
         graph = cls(asked=score)
-        for word, weight in words:
-            variants = token_variants(word, tokenizer)
+        listed = list(words)
+        for (word, weight), variants in zip(listed, variants_of([word for word, _ in listed],
+                                                                tokenizer), strict=True):
             graph.entries.append((word, weight, variants))
         graph._fill(DEFAULT_SCORE if score is None else score)
         graph._flatten()  # what spotting reads, once a list (not in the first utterance's time)

@@ -48,7 +48,7 @@ from mooer.data.hotword_list import (
 )
 from mooer.data.text import WORD_JOINER
 from mooer.inference.align import HAN, matched_words, token_pieces, viterbi_batch
-from mooer.inference.hotwords import ContextGraph, Spotting
+from mooer.inference.hotwords import ContextGraph, Spotting, encode_all
 
 __all__ = ["Option", "Placed", "Try", "candidates", "ctc_log_likelihoods", "glue", "join",
            "placed", "respelling", "rewrite", "rewritings", "substitutions", "to_try", "units"]
@@ -161,17 +161,6 @@ def similar(old: str, new: str) -> bool:
     if 2 * common < RESPELLING * total:  # difflib's quick_ratio
         return False
     return difflib.SequenceMatcher(None, old, new, autojunk=False).ratio() >= RESPELLING
-
-
-def encode_all(tokenizer, texts: list[str]) -> list[list[int]]:
-    """The token ids of each text, without special tokens: straight from a fast tokenizer's
-    Rust core where it has one, one text at a time (what its `__call__` gives, without the
-    per-call overhead, or the threads of a batch call, that outweigh a few dozen short
-    texts)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        return [backend.encode(text, add_special_tokens=False).ids for text in texts]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
 def ctc_log_likelihoods(log_probs: torch.Tensor, frames: int,

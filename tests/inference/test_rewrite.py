@@ -65,11 +65,25 @@ def posteriors(labels: list[int], frames_each: int = 1, sure: float = 0.9) -> to
 
 
 def test_encoding_many_texts_gives_the_tokenizers_ids(tokenizer):
-    from mooer.inference.rewrite import encode_all
+    from mooer.inference.hotwords import BATCHED_TEXTS, encode_all, token_variants, variants_of
 
     texts = ["i meet priya at ten", "我们在二十七号见面", "meet 张三 at 十点", "", " a  b "]
     assert encode_all(tokenizer, texts) == tokenizer(texts, add_special_tokens=False)["input_ids"]
     assert encode_all(CharTokenizer(), ["AB"]) == [[1, 2]]  # a tokenizer without a Rust core
+    # a long list's words in one batch call: each word's variants as the tokenizer spells them
+    # one text at a time
+    words = [f"{word}{n}" for n in range(BATCHED_TEXTS // 6 + 40)
+             for word in ("Priya", "soren", "张三")]
+    found = variants_of(words, tokenizer)
+    for word, variants in zip(words, found, strict=True):
+        expected = []
+        for form in dict.fromkeys((word, word.upper(), word.lower())):
+            for text in (form, " " + form):
+                ids = tokenizer.encode(text, add_special_tokens=False)
+                if ids and ids not in expected:
+                    expected.append(ids)
+        assert variants == expected, word
+    assert token_variants("Priya", tokenizer) == variants_of(["Priya"], tokenizer)[0]
 
 
 def test_a_threshold_or_off():
