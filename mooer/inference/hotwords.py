@@ -185,6 +185,21 @@ class ContextGraph:
             self._flat = (sequences, owners, starts, flat)
         return self._flat
 
+    def _audible(self, peaks: np.ndarray, floor: float) -> np.ndarray:
+        """Which sequences' tokens' best scores on any frame (`peaks` [V], each <= 0) add up to
+        at least `floor` (those a spotting at `floor` may find): asked only of the sequences
+        whose first token reaches it alone, a few of a long list."""
+        sequences, _, starts, flat = self._flatten()
+        possible = np.zeros(len(sequences), dtype=bool)
+        maybe = np.nonzero(peaks[flat[starts]] >= floor)[0]
+        if len(maybe):
+            sizes = np.diff(np.append(starts, len(flat)))[maybe]
+            begins = np.cumsum(sizes) - sizes  # each one's first place among their tokens
+            places = (np.arange(int(sizes.sum())) - np.repeat(begins, sizes)
+                      + np.repeat(starts[maybe], sizes))
+            possible[maybe[np.add.reduceat(peaks[flat[places]], begins) >= floor]] = True
+        return possible
+
     def spotted(self, log_probs: np.ndarray, blank: int, floor: float) -> Spotting:
         """How well, and where, the CTC head's log-posteriors of the utterance [T, V] spell
         each of `sequences` (`spot_stretches`: 0 its best path does, below 0 by how many nats
@@ -195,7 +210,7 @@ class ContextGraph:
     def spotted_rows(self, rows: Sequence[np.ndarray], blank: int, floor: float
                      ) -> list[Spotting]:
         """`spotted` on several utterances' log-posteriors ([T, V] each) at once."""
-        sequences, _, starts, flat = self._flatten()
+        sequences = self.sequences
         found = [Spotting(np.full(len(sequences), -np.inf),
                           np.full(len(sequences), -1, dtype=np.int64),
                           np.full(len(sequences), -1, dtype=np.int64)) for _ in rows]
@@ -210,8 +225,7 @@ class ContextGraph:
             if not log_probs.shape[0]:
                 possible.append(np.zeros(len(sequences), dtype=bool))
                 continue
-            peaks = (log_probs - tops[-1]).max(0)
-            possible.append(np.add.reduceat(peaks[flat], starts) >= floor)
+            possible.append(self._audible((log_probs - tops[-1]).max(0), floor))
         searched = np.nonzero(np.any(possible, axis=0))[0]  # for any utterance: once for all
         if not len(searched):
             return found

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -389,3 +390,28 @@ def test_a_model_trained_with_lists_reads_the_list_in_its_prompt(tiny_release, c
             written.task.instructions.asr = instruction + shown
             recognizer.prompt = instantiate(written.task)
             assert recognizer.decode(corpus, "asr", progress=False).hypotheses == read
+
+
+def test_a_long_lists_spotting_searches_what_can_reach_the_floor_and_finds_it_all():
+    """Spotting skips a sequence whose tokens' best scores on any frame add up to less than
+    the floor (it cannot reach it), asking that only of those whose first token reaches it
+    alone; every other sequence scores, and is placed, as a spotting of it alone does."""
+    from mooer.inference.hotwords import spot_stretches
+
+    rng = np.random.default_rng(3)
+    words = list(dict.fromkeys("".join(rng.choice(list("ABCDEFG"), size=rng.integers(1, 5)))
+                               for _ in range(400)))
+    graph = ContextGraph.build([(word, None) for word in words], CharTokenizer())
+    generator = torch.Generator().manual_seed(4)
+    log_probs = (torch.randn(10, 60, generator=generator) * 3).log_softmax(-1).numpy()
+    peaks = (log_probs - log_probs.max(1, keepdims=True)).max(0)
+    bounds = np.array([peaks[ids].sum() for ids in graph.sequences])
+    floor = float(np.median(bounds))
+    spotted = graph.spotted(log_probs, 59, floor)
+    alone, first, last = spot_stretches(log_probs, graph.sequences, 59)
+    reachable = bounds >= floor
+    assert 50 < reachable.sum() < len(bounds) - 50  # both kinds, many of each
+    np.testing.assert_allclose(spotted.scores[reachable], alone[reachable], rtol=0, atol=1e-6)
+    assert (spotted.first[reachable] == first[reachable]).all()
+    assert (spotted.last[reachable] == last[reachable]).all()
+    assert np.isneginf(spotted.scores[~reachable]).all() and (alone[~reachable] < floor).all()
