@@ -51,19 +51,17 @@ class PromptCache:
     layers: list[tuple[torch.Tensor, torch.Tensor]]
 
     @classmethod
-    def kept(cls, cache: Any, rows: int, width: int) -> PromptCache | None:
+    def kept(cls, cache: Any, rows: int, width: int, step: int) -> PromptCache | None:
         """The first `width - 1` positions of a generation's cache (transformers' DynamicCache
-        over `rows` prompts, each repeated as many times: beams, returned sequences), one row
-        a prompt; None where the cache is of another kind (a sliding window, a static or
-        quantized cache: the prompt is then scored again)."""
+        over `rows` prompts, each repeated `step` times in a row: its beams, or its returned
+        sequences), one row a prompt; None where the cache is of another kind or shape (a
+        sliding window, a static or quantized cache: the prompt is then scored again)."""
         layers = getattr(cache, "layers", None)
         if not layers or width < 2 or any(
-                type(layer) is not DynamicLayer or layer.keys is None for layer in layers):
+                type(layer) is not DynamicLayer or layer.keys is None
+                or layer.keys.shape[0] != rows * step or layer.keys.shape[2] < width - 1
+                for layer in layers):
             return None
-        total = layers[0].keys.shape[0]
-        if total % rows:
-            return None
-        step = total // rows
         # copies, so that the generation's cache (every beam, every new token) can go
         return cls([(layer.keys[::step, :, :width - 1].clone(),
                      layer.values[::step, :, :width - 1].clone()) for layer in layers])
@@ -436,7 +434,8 @@ class SpeechLLM(nn.Module):
         sequences = result.sequences if output_scores or keep_prompt else result
         kept = (PromptCache.kept(next((c for c in (getattr(result, name, None) for name in
                                                    ("cache", "past_key_values")) if c is not None),
-                                      None), attention_mask.shape[0], width)
+                                      None), attention_mask.shape[0], width,
+                                 num_beams if num_beams > 1 else num_return_sequences)
                 if keep_prompt else None)
         token_ids = []
         for row in sequences.tolist():

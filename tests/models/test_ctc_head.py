@@ -165,3 +165,28 @@ def test_answers_scored_on_the_decodings_prompt_cache(tokenizer, ctc_batch, num_
             tail = model.llm.get_input_embeddings()(torch.tensor([ids[:step]], dtype=torch.long))
             logits = model.llm(inputs_embeds=torch.cat([prompt, tail], 1)).logits[0, -1]
             assert got[step] == pytest.approx(float(logits.log_softmax(-1)[token]), abs=1e-4)
+
+
+def test_a_prompt_cache_is_kept_only_from_a_dynamic_cache_of_the_expected_shape():
+    """One row a prompt (the first of its beams), its first width - 1 positions, copied; a
+    cache of another shape or kind is not kept (the prompts are then scored again)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    from mooer.models.speech_llm import PromptCache
+
+    keys = torch.arange(6 * 2 * 5 * 3, dtype=torch.float32).reshape(6, 2, 5, 3)
+    cache = DynamicCache(ddp_cache_data=[(keys, -keys), (keys + 1, keys - 1)])
+    kept = PromptCache.kept(cache, rows=3, width=4, step=2)
+    assert kept is not None and len(kept.layers) == 2
+    torch.testing.assert_close(kept.layers[0][0], keys[[0, 2, 4], :, :3])
+    torch.testing.assert_close(kept.layers[1][1], (keys - 1)[[0, 2, 4], :, :3])
+    cache.layers[0].keys[0] += 100  # a copy: the generation's cache can go
+    assert float(kept.layers[0][0][0, 0, 0, 0]) == 0.0
+    assert PromptCache.kept(cache, rows=4, width=4, step=2) is None  # 6 rows, not 8
+    assert PromptCache.kept(cache, rows=3, width=7, step=2) is None  # 5 positions, not 6
+    assert PromptCache.kept(None, rows=3, width=4, step=2) is None
+    sliding = DynamicCache(ddp_cache_data=[(keys, keys)])
+    sliding.layers[0] = DynamicSlidingWindowLayer(sliding_window=8)
+    sliding.layers[0].update(keys, keys)
+    assert PromptCache.kept(sliding, rows=3, width=4, step=2) is None
