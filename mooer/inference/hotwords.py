@@ -59,6 +59,9 @@ def variants_of(words: Sequence[str], tokenizer) -> list[list[list[int]]]:
     return found
 
 
+BATCHED_TEXTS = 256  # more texts than this: encode_all makes one batch call
+
+
 def encode_all(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """The token ids of each text, without special tokens (what the tokenizer's `encode`
     gives): straight from a fast tokenizer's Rust core where it has one, one text at a time
@@ -71,9 +74,6 @@ def encode_all(tokenizer, texts: Sequence[str]) -> list[list[int]]:
                                                                 add_special_tokens=False)]
         return [backend.encode(text, add_special_tokens=False).ids for text in texts]
     return [list(tokenizer.encode(text, add_special_tokens=False)) for text in texts]
-
-
-BATCHED_TEXTS = 256  # more texts than this: encode_all makes one batch call
 
 
 @dataclass(frozen=True)
