@@ -528,7 +528,7 @@ def prompt_cache_row(model, batch: dict, generate: dict, device: torch.device, a
     rng = random.Random(1)
     vocab = model.llm.config.vocab_size
     answers = [[rng.randrange(vocab - 2) for _ in range(args.new_tokens)] for _ in range(size * 3)]
-    rows = [row for row in range(size) for _ in range(3)]
+    rows = [r for r in range(size) for _ in range(3)]
     try:
         with torch.no_grad():
             cache = model.generate(batch, keep_prompt=True, **generate).prompt_cache
