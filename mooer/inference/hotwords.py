@@ -113,6 +113,9 @@ class ContextGraph:
     _kept: dict[tuple[int, ...], ContextGraph] = field(default_factory=dict, repr=False)
     _flat: tuple | None = field(default=None, repr=False)
     _forms: dict[int, str] = field(default_factory=dict, repr=False)
+    # each state's tokens and their bonuses (`transition`) as tensors, a device and dtype
+    _tensors: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict,
+                                                                      repr=False)
 
     @classmethod
     def build(cls, words: Iterable[tuple[str, float | None]], tokenizer,
@@ -293,6 +296,7 @@ class ContextGraph:
                 queue.append(child)
         self._rows.clear()
         self._next.clear()
+        self._tensors.clear()
 
     @property
     def words(self) -> list[str]:
@@ -352,6 +356,21 @@ class ContextGraph:
             row = Transition(-pending, tuple(values), tuple(v + pending for v in values.values()))
             self._rows[state] = row
         return row
+
+
+    def bonus_tensors(self, state: State, device: torch.device, dtype: torch.dtype
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`transition(state)`'s tokens (long) and what they earn beyond its default (in
+        `dtype`, rounded from float32), on `device` (cached: a list's root state has a token for
+        every word's first, and every utterance's every step starts there)."""
+        key = (state, device, dtype)
+        found = self._tensors.get(key)
+        if found is None:
+            row = self.transition(state)
+            found = self._tensors[key] = (
+                torch.tensor(row.token_list, dtype=torch.long, device=device),
+                torch.tensor(row.value_list, dtype=torch.float32, device=device).to(dtype))
+        return found
 
 
 def spot(log_probs: np.ndarray, sequences: Sequence[Sequence[int]], blank: int) -> np.ndarray:
@@ -433,6 +452,9 @@ def spot_rows(rows: Sequence[np.ndarray], sequences: Sequence[Sequence[int]], bl
     return found, first, last
 
 
+MANY_TOKENS = 256  # a state with this many tokens that earn more: HotwordBias adds them apart
+
+
 class HotwordBias:
     """A transformers logits processor adding a context graph's bonus to each hypothesis'
     next-token scores. One per `generate` call: it follows each row's generated tokens.
@@ -467,13 +489,16 @@ class HotwordBias:
                 states[(which, prefix)] = state
             groups.setdefault((which, state), []).append(r)
         self.states = states
-        # every group's bonus in two additions for the whole batch: the defaults (a partial
-        # match taken back) on their rows, then each token's value on top
+        # every group's bonus: the defaults (a partial match taken back) on their rows in one
+        # addition, then the tokens that earn more, those of states with a few in one addition
+        # for the batch, those of a state with many (a long list's root state, at every step)
+        # in one addition for its rows, from tensors its graph keeps
         taken: list[int] = []  # rows with a default, and it
         back: list[float] = []
-        rows_of: list[int] = []  # (row, token, value) of every token with a value
+        rows_of: list[int] = []  # (row, token, value) of every token of the few
         tokens_of: list[int] = []
         values_of: list[float] = []
+        many: dict[tuple[int, State], tuple[ContextGraph, list[int]]] = {}  # a graph's rows
         for (which, state), members in groups.items():
             graph = self.graphs[which]
             assert graph is not None
@@ -481,18 +506,23 @@ class HotwordBias:
             if row.default:
                 taken += members
                 back += [row.default] * len(members)
-            if row.token_list:
+            if len(row.token_list) >= MANY_TOKENS:
+                many.setdefault((id(graph), state), (graph, []))[1].extend(members)
+            elif row.token_list:
                 for member in members:
                     rows_of += [member] * len(row.token_list)
                     tokens_of += row.token_list
                     values_of += row.value_list
+        device = scores.device
         if taken:
-            index = torch.tensor(taken, device=scores.device)
-            scores[index] += torch.tensor(back, device=scores.device, dtype=scores.dtype)[:, None]
+            index = torch.tensor(taken, device=device)
+            scores[index] += torch.tensor(back, device=device, dtype=scores.dtype)[:, None]
         if rows_of:
-            device = scores.device
             scores.index_put_((torch.tensor(rows_of, device=device),
                                torch.tensor(tokens_of, device=device)),
                               torch.tensor(values_of, device=device, dtype=torch.float32).to(
                                   scores.dtype), accumulate=True)
+        for (_, state), (graph, members) in many.items():
+            tokens, values = graph.bonus_tensors(state, device, scores.dtype)
+            scores[torch.tensor(members, device=device)[:, None], tokens] += values
         return scores

@@ -120,6 +120,45 @@ def test_the_processor_follows_each_utterances_own_list():
     assert scores[0, 2] == 2.0 and scores[4, 2] == -1.0 and scores[4, 24] == 1.0
 
 
+class SpreadTokenizer:
+    """Each word three tokens drawn over a vocabulary of 4,000 (a long list's first tokens are
+    many: its root state adds thousands of bonuses at every step)."""
+
+    def __init__(self) -> None:
+        self.generator = np.random.default_rng(5)
+        self.known: dict[str, list[int]] = {}
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        if text not in self.known:
+            self.known[text] = [int(t) for t in self.generator.integers(0, 4000, size=3)]
+        return self.known[text]
+
+
+def test_the_processor_adds_a_long_lists_many_bonuses_as_each_step_gives_them():
+    """Rows in a state with many tokens that earn more (a list of 400 words' root, several
+    utterances sharing the graph) get, token by token, what step() gives, as do rows in states
+    with few, in the same call."""
+    from mooer.inference.hotwords import MANY_TOKENS
+
+    graph = ContextGraph.build([(f"w{i}", None) for i in range(400)], SpreadTokenizer(),
+                               score=1.5)
+    assert len(graph.transition(ROOT).token_list) >= MANY_TOKENS
+    first = graph.sequences[0]
+    bias = HotwordBias([graph, graph, graph])
+    # utterance 0: both beams at the root; 1: one beam into the first word, one at the root;
+    # 2: one beam two tokens into it, one out of it again
+    rows = torch.tensor([[4001, 4002], [4003, 4004], [4001, first[0]], [4001, 4002],
+                         [first[0], first[1]], [first[0], 4005]])
+    scores = bias(rows, torch.zeros(6, 4010))
+    for r, row in enumerate(rows.tolist()):
+        state = ROOT
+        for token in row:
+            state = graph.step(state, token)[0]
+        expected = torch.tensor([graph.step(state, t)[1] for t in range(4010)])
+        torch.testing.assert_close(scores[r], expected, rtol=0, atol=1e-6)
+    assert int((scores[0] > 0).sum()) >= MANY_TOKENS and scores[4, first[2]] > 0
+
+
 def test_list_lines_are_checked_naming_the_line():
     assert parse_hotwords("# names\nZHANG  WEI\n\nLI NA\t1.5\n") == [("ZHANG WEI", None),
                                                                     ("LI NA", 1.5)]
