@@ -27,7 +27,10 @@ Decoding: beam 4, batch 1 and 16, 30 new tokens, LoRA as adapters and merged.
 Hotwords (`--only hotwords` alone): the same batch of 16 decoded with a list, checked and
 rewritten (the decoders' default) and checked alone, against no list: what biasing costs at a
 151k vocabulary and a 7B decoder (`hotword_rows`: the model is at random init, so the list's
-words are taken from its CTC head's own best path, beside 100 random distractors).
+words are taken from its CTC head's own best path, beside 100 random distractors), a list of
+`--long_list` random words biased unchecked (as on a model without a CTC head, MooER's release
+among them: every listed word's first token earns its bonus at every step), and rewriting's
+decoder pass over the decoding's prompt cache against over the prompts again.
 
 FLOPs per sample come from each batch's real lengths (`mooer.models.flops`, whose docstring
 writes the formula out: about 3.97 TFLOP a sample at these shapes), MFU from those over the
@@ -467,14 +470,20 @@ def hotword_rows(model, cfg, device: torch.device, args) -> list[Row]:
     tokenizer = model.tokenizer
     lists = {"heard words + 100 distractors": heard + distractors,
              "100 distractors only": distractors}
+    long_list = f"{args.long_list} random words"  # biased unchecked: a model without a CTC head
+    long_words = [f"{rng.randrange(vocab - 2)} {rng.randrange(vocab - 2)}"
+                  for _ in range(args.long_list)]
     graphs = {name: ContextGraph.build([(w, None) for w in words], tokenizer)
-              for name, words in lists.items()}
+              for name, words in {**lists, long_list: long_words}.items()}
     conditions = [("no list", None, {})]
     for name in lists:
         conditions += [(f"{name}, checked and rewritten (default)", name, {}),
                        (f"{name}, checked", name, {"rewriting": None})]
+    conditions.append((f"{long_list}, unchecked (a model without a CTC head)", long_list,
+                       {"check": None, "rewriting": None}))
     rows = [Row(f"hotwords, beam 4, batch 16, {label}", "hotwords") for label, _, _ in conditions]
-    for name, graph in graphs.items():  # how many rows hear a listed word (check, rewriting)
+    for name in lists:  # how many rows hear a listed word (check, rewriting)
+        graph = graphs[name]
         spotted = hearing((log_probs, lengths), [graph] * 16, REWRITE_THRESHOLD)
         for row, (_, listed, _) in zip(rows, conditions, strict=True):
             if listed == name:
@@ -508,11 +517,15 @@ def hotword_rows(model, cfg, device: torch.device, args) -> list[Row]:
         traceback.print_exc()
         for row in rows:
             row.note = f"failed: {type(error).__name__}: {error}"[:200]
+    rows[-1].fixed.update(words=len(graphs[long_list]))
     for row in rows:
-        if row.per_repeat and "words" in row.fixed:
+        if row.per_repeat and "rows_checked" in row.fixed:
             row.note = (f"{row.value('vs_no_list'):.2f}x no list; {row.fixed['words']} words, "
                         f"{row.fixed['rows_checked']} of 16 rows biased, "
                         f"{row.fixed['rows_tried']} tried")
+        elif row.per_repeat and "words" in row.fixed:
+            row.note = (f"{row.value('vs_no_list'):.2f}x no list; {row.fixed['words']} words, "
+                        f"every row biased")
         show(row)
     return [*rows, prompt_cache_row(model, batch, generate, device, args)]
 
@@ -661,6 +674,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new_tokens", type=int, default=30)
+    parser.add_argument("--long_list", type=int, default=5000,
+                        help="hotwords: the words of the list biased unchecked")
     parser.add_argument("--tail_utterances", type=int, default=2000)
     parser.add_argument("--row_tokens", type=int, default=2048,
                         help="packed rows' length (data.max_tokens_in_row)")

@@ -65,7 +65,8 @@ def test_gpu_benchmark_runs_every_row_at_tiny_shapes_on_the_cpu(tmp_path):
     assert [row["name"].split("batch 16, ")[1] for row in hotwords] == [
         "no list", "heard words + 100 distractors, checked and rewritten (default)",
         "heard words + 100 distractors, checked",
-        "100 distractors only, checked and rewritten (default)", "100 distractors only, checked"]
+        "100 distractors only, checked and rewritten (default)", "100 distractors only, checked",
+        "5000 random words, unchecked (a model without a CTC head)"]
     assert hotwords[0]["vs_no_list"] == 1.0
     for row in hotwords:
         assert not row["note"].startswith("failed"), row
@@ -77,5 +78,6 @@ def test_gpu_benchmark_runs_every_row_at_tiny_shapes_on_the_cpu(tmp_path):
     # head as peaked as a trained one, are biased in none
     assert [(row["words"], row["rows_checked"], row["rows_tried"]) for row in hotwords[1:3]] \
         == [(148, 16, 16)] * 2
-    assert all(row["words"] == 100 and row["rows_checked"] == 0 for row in hotwords[3:])
+    assert all(row["words"] == 100 and row["rows_checked"] == 0 for row in hotwords[3:5])
+    assert hotwords[5]["words"] == 5000 and "every row biased" in hotwords[5]["note"]
     assert "| lightning, auto, bf16-mixed (recipe) |" in result.stdout
