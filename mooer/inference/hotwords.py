@@ -452,7 +452,9 @@ def spot_rows(rows: Sequence[np.ndarray], sequences: Sequence[Sequence[int]], bl
     return found, first, last
 
 
-MANY_TOKENS = 256  # a state with this many tokens that earn more: HotwordBias adds them apart
+# a state whose tokens that earn more, times its rows, are this many: HotwordBias adds them
+# from tensors its graph keeps (one addition; Python lists of them cost more past about this)
+MANY_TOKENS = 128
 
 
 class HotwordBias:
@@ -490,9 +492,9 @@ class HotwordBias:
             groups.setdefault((which, state), []).append(r)
         self.states = states
         # every group's bonus: the defaults (a partial match taken back) on their rows in one
-        # addition, then the tokens that earn more, those of states with a few in one addition
-        # for the batch, those of a state with many (a long list's root state, at every step)
-        # in one addition for its rows, from tensors its graph keeps
+        # addition, then the tokens that earn more, those of states with a few on a few rows in
+        # one addition for the batch, those of a state with many (a long list's root state, at
+        # every step) in one addition for its rows, from tensors its graph keeps
         taken: list[int] = []  # rows with a default, and it
         back: list[float] = []
         rows_of: list[int] = []  # (row, token, value) of every token of the few
@@ -506,7 +508,7 @@ class HotwordBias:
             if row.default:
                 taken += members
                 back += [row.default] * len(members)
-            if len(row.token_list) >= MANY_TOKENS:
+            if len(row.token_list) * len(members) >= MANY_TOKENS:
                 many.setdefault((id(graph), state), (graph, []))[1].extend(members)
             elif row.token_list:
                 for member in members:
