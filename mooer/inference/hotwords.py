@@ -357,7 +357,6 @@ class ContextGraph:
             self._rows[state] = row
         return row
 
-
     def bonus_tensors(self, state: State, device: torch.device, dtype: torch.dtype
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """`transition(state)`'s tokens (long) and what they earn beyond its default (in
