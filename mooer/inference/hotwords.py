@@ -16,6 +16,7 @@ any tokens.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +34,9 @@ from mooer.data.hotword_list import (
 from mooer.inference.align import ctc_chain
 
 __all__ = ["CHECKED_SCORE", "CHECK_THRESHOLD", "DEFAULT_SCORE", "REWRITE_THRESHOLD", "ROOT",
-           "ContextGraph", "HotwordBias", "Spotting", "encode_all", "spot", "spot_rows",
-           "spot_stretches", "token_variants", "variants_of"]
+           "ContextGraph", "HotwordBias", "Spotting", "encode_all", "frame_summaries",
+           "frame_summary", "spot", "spot_rows", "spot_stretches", "token_variants",
+           "variants_of"]
 
 
 def token_variants(word: str, tokenizer) -> list[list[int]]:
@@ -205,9 +207,12 @@ class ContextGraph:
         list is mostly such words)."""
         return self.spotted_rows([log_probs], blank, floor)[0]
 
-    def spotted_rows(self, rows: Sequence[np.ndarray], blank: int, floor: float
+    def spotted_rows(self, rows: Sequence[np.ndarray], blank: int, floor: float,
+                     summaries: Sequence[tuple[np.ndarray, np.ndarray]] | None = None
                      ) -> list[Spotting]:
-        """`spotted` on several utterances' log-posteriors ([T, V] each) at once."""
+        """`spotted` on several utterances' log-posteriors ([T, V] each) at once.
+        `summaries`: each row's `frame_summary` where the caller has it (computed where the
+        posteriors are, on the accelerator: two passes over [T, V] fewer here)."""
         sequences = self.sequences
         found = [Spotting(np.full(len(sequences), -np.inf),
                           np.full(len(sequences), -1, dtype=np.int64),
@@ -217,13 +222,14 @@ class ContextGraph:
         # a path's score is a sum of frames' scores under their best (each <= 0), and each of
         # a sequence's tokens takes a frame of its own: it cannot score above the sum of its
         # tokens' best scores on any frame, and is not searched where that is below `floor`
-        possible, tops = [], []  # each frame's best score (a pass over [T, V]), once a row
-        for log_probs in rows:
-            tops.append(log_probs.max(1, keepdims=True))
+        possible, tops = [], []  # each frame's best score, once a row
+        for r, log_probs in enumerate(rows):
+            top, peaks = summaries[r] if summaries is not None else frame_summary(log_probs)
+            tops.append(top[:, None])
             if not log_probs.shape[0]:
                 possible.append(np.zeros(len(sequences), dtype=bool))
                 continue
-            possible.append(self._audible((log_probs - tops[-1]).max(0), floor))
+            possible.append(self._audible(peaks, floor))
         searched = np.nonzero(np.any(possible, axis=0))[0]  # for any utterance: once for all
         if not len(searched):
             return found
@@ -370,6 +376,31 @@ class ContextGraph:
                 torch.tensor(row.token_list, dtype=torch.long, device=device),
                 torch.tensor(row.value_list, dtype=torch.float32, device=device).to(dtype))
         return found
+
+
+def frame_summary(log_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Of one utterance's CTC log-posteriors [T, V]: each frame's best score [T], and each
+    class's best score on any frame less that frame's best [V] (<= 0: what spotting bounds a
+    sequence by, `ContextGraph._audible`)."""
+    top = log_probs.max(1)
+    return top, ((log_probs - top[:, None]).max(0) if log_probs.shape[0]
+                 else np.full(log_probs.shape[1], -np.inf, dtype=log_probs.dtype))
+
+
+def frame_summaries(log_probs: torch.Tensor, lengths: Sequence[int]
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`frame_summary` of each utterance of a batch's CTC log-posteriors [B, T, V] (its first
+    `lengths[b]` frames), computed where they are (an accelerator: there a pass over a 151k
+    vocabulary is cheap, on the host two of them cost more than the decoding's other CPU
+    work), then brought to the host: [T] and [V] a row, not [T, V]."""
+    found = []
+    for row, frames in enumerate(lengths):
+        posteriors = log_probs[row, :frames]
+        top = posteriors.amax(-1)
+        peaks = ((posteriors - top[:, None]).amax(0) if frames
+                 else posteriors.new_full((posteriors.shape[-1],), -math.inf))
+        found.append((top.cpu().numpy(), peaks.cpu().numpy()))
+    return found
 
 
 def spot(log_probs: np.ndarray, sequences: Sequence[Sequence[int]], blank: int) -> np.ndarray:

@@ -454,3 +454,36 @@ def test_a_long_lists_spotting_searches_what_can_reach_the_floor_and_finds_it_al
     assert (spotted.first[reachable] == first[reachable]).all()
     assert (spotted.last[reachable] == last[reachable]).all()
     assert np.isneginf(spotted.scores[~reachable]).all() and (alone[~reachable] < floor).all()
+
+
+def test_spotting_reads_the_frames_summaries_computed_where_the_posteriors_are():
+    """Each frame's best score and each class's best relative one, computed on the batch's
+    tensor (an accelerator's, in decoding) over each utterance's own frames, are the host's
+    own, and spotting with them finds what it finds without them (an utterance of no frames
+    included)."""
+    from mooer.inference.hotwords import frame_summaries
+
+    rng = np.random.default_rng(7)
+    words = list(dict.fromkeys("".join(rng.choice(list("ABCDEFG"), size=rng.integers(1, 4)))
+                               for _ in range(120)))
+    graph = ContextGraph.build([(word, None) for word in words], CharTokenizer())
+    generator = torch.Generator().manual_seed(8)
+    batch = (torch.randn(3, 9, 60, generator=generator) * 3).log_softmax(-1)
+    lengths = [9, 5, 0]
+    summaries = frame_summaries(batch, lengths)
+    rows = [batch[r, :n].numpy() for r, n in enumerate(lengths)]
+    for (top, peaks), row in zip(summaries, rows, strict=True):
+        np.testing.assert_array_equal(top, row.max(1) if len(row) else np.zeros(0))
+        expected = (row - row.max(1, keepdims=True)).max(0) if len(row) else np.full(60, -np.inf)
+        np.testing.assert_array_equal(peaks, expected)
+    alone = graph.spotted_rows(rows, 59, -3.0)
+    given = graph.spotted_rows(rows, 59, -3.0, summaries)
+    for a, b in zip(alone, given, strict=True):
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.first, b.first)
+        np.testing.assert_array_equal(a.last, b.last)
+    assert np.isfinite(given[0].scores).sum() > 10 and np.isneginf(given[2].scores).all()
+    # the bound is the summaries': where they say no class is heard, nothing is searched
+    deaf = graph.spotted_rows(rows, 59, -3.0, [(top, np.full_like(peaks, -np.inf))
+                                                for top, peaks in summaries])
+    assert all(np.isneginf(spotting.scores).all() for spotting in deaf)
