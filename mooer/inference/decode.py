@@ -150,15 +150,14 @@ def generate_batch(model: SpeechLLM, moved: dict[str, Any], graphs: list[Context
     # and rewriting, and the CTC head's posteriors, shared by all of them but scoring
     encoded = model.encode(moved) if timestamps or scored or listening else None
     ctc = model.ctc_log_probs(moved, encoded) if timestamps or listening else None
-    summaries = None
-    if listening and ctc is not None:  # on the host once, for spotting, rewriting and times
-        if ctc[0].device.type != "cpu":  # each frame's best score and each class's best, on
-            # the accelerator (on a 151k vocabulary, 16 utterances of 10 s: 0.36 s of a CPU's
-            # numpy; torch on a CPU takes twice that, so there spotting computes them itself)
-            summaries = frame_summaries(ctc[0], [int(n) for n in ctc[1]])
-        ctc = ctc[0].cpu(), ctc[1]
     listed, spotted = graphs, []
     if listening and ctc is not None and floor is not None:
+        # each frame's best score and each class's best, where the posteriors are (on a 151k
+        # vocabulary, 16 utterances of 10 s: 0.36 s of a CPU; none for a row without a list),
+        # then the posteriors on the host once, for spotting, rewriting and times
+        summaries = frame_summaries(ctc[0], [int(n) if g is not None else 0
+                                             for n, g in zip(ctc[1], graphs, strict=True)])
+        ctc = ctc[0].cpu(), ctc[1]
         spotted = hearing(ctc, graphs, floor, summaries)
         if check is not None:
             graphs = [None if g is None or found is None else g.cut(found, check)

@@ -34,7 +34,8 @@ from mooer.data.hotword_list import (
 from mooer.inference.align import ctc_chain
 
 __all__ = ["CHECKED_SCORE", "CHECK_THRESHOLD", "DEFAULT_SCORE", "REWRITE_THRESHOLD", "ROOT",
-           "ContextGraph", "HotwordBias", "Spotting", "encode_all", "frame_summaries",
+           "ContextGraph", "HotwordBias", "Spotting", "device_frame_summaries", "encode_all",
+           "frame_summaries",
            "frame_summary", "spot", "spot_rows", "spot_stretches", "token_variants",
            "variants_of"]
 
@@ -390,9 +391,20 @@ def frame_summary(log_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def frame_summaries(log_probs: torch.Tensor, lengths: Sequence[int]
                     ) -> list[tuple[np.ndarray, np.ndarray]]:
     """`frame_summary` of each utterance of a batch's CTC log-posteriors [B, T, V] (its first
-    `lengths[b]` frames), computed where they are (an accelerator: there a pass over a 151k
-    vocabulary is cheap, on the host two of them cost more than the decoding's other CPU
-    work), then brought to the host: [T] and [V] a row, not [T, V]."""
+    `lengths[b]` frames), computed where they are: on an accelerator, where a pass over a 151k
+    vocabulary is cheap (on the host two of them cost more than the decoding's other CPU
+    work), then brought to the host, [T] and [V] a row, not [T, V]; on a CPU by numpy
+    (`frame_summary`: torch there takes twice as long)."""
+    if log_probs.device.type == "cpu":
+        return [frame_summary(log_probs[row, :frames].numpy())
+                for row, frames in enumerate(lengths)]
+    return device_frame_summaries(log_probs, lengths)
+
+
+def device_frame_summaries(log_probs: torch.Tensor, lengths: Sequence[int]
+                           ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`frame_summaries` computed by torch where the tensor is, then brought to the host (what
+    it does on an accelerator)."""
     found = []
     for row, frames in enumerate(lengths):
         posteriors = log_probs[row, :frames]

@@ -457,11 +457,11 @@ def test_a_long_lists_spotting_searches_what_can_reach_the_floor_and_finds_it_al
 
 
 def test_spotting_reads_the_frames_summaries_computed_where_the_posteriors_are():
-    """Each frame's best score and each class's best relative one, computed on the batch's
-    tensor (an accelerator's, in decoding) over each utterance's own frames, are the host's
-    own, and spotting with them finds what it finds without them (an utterance of no frames
-    included)."""
-    from mooer.inference.hotwords import frame_summaries
+    """Each frame's best score and each class's best relative one, computed by torch on the
+    batch's tensor (as on an accelerator, in decoding) over each utterance's own frames, are
+    what numpy computes on the host, and spotting with them finds what it finds without them
+    (an utterance of no frames included)."""
+    from mooer.inference.hotwords import device_frame_summaries, frame_summaries
 
     rng = np.random.default_rng(7)
     words = list(dict.fromkeys("".join(rng.choice(list("ABCDEFG"), size=rng.integers(1, 4)))
@@ -470,8 +470,12 @@ def test_spotting_reads_the_frames_summaries_computed_where_the_posteriors_are()
     generator = torch.Generator().manual_seed(8)
     batch = (torch.randn(3, 9, 60, generator=generator) * 3).log_softmax(-1)
     lengths = [9, 5, 0]
-    summaries = frame_summaries(batch, lengths)
+    summaries = device_frame_summaries(batch, lengths)
     rows = [batch[r, :n].numpy() for r, n in enumerate(lengths)]
+    for (top, peaks), (host_top, host_peaks) in zip(summaries, frame_summaries(batch, lengths),
+                                                    strict=True):
+        np.testing.assert_array_equal(top, host_top)
+        np.testing.assert_array_equal(peaks, host_peaks)
     for (top, peaks), row in zip(summaries, rows, strict=True):
         np.testing.assert_array_equal(top, row.max(1) if len(row) else np.zeros(0))
         expected = (row - row.max(1, keepdims=True)).max(0) if len(row) else np.full(60, -np.inf)
