@@ -29,6 +29,15 @@ def walk(graph: ContextGraph, tokens: list[int]) -> list[float]:
     return bonuses
 
 
+def bonuses_after(graph: ContextGraph, tokens: list[int], vocab: int) -> torch.Tensor:
+    """What step() gives every token of the vocabulary after `tokens` (the processor's
+    expected row, found one step at a time)."""
+    state = ROOT
+    for token in tokens:
+        state = graph.step(state, token)[0]
+    return torch.tensor([graph.step(state, t)[1] for t in range(vocab)])
+
+
 def ids(text: str) -> list[int]:
     return CharTokenizer().encode(text)
 
@@ -90,11 +99,7 @@ def test_the_processor_adds_each_rows_bonus():
     rows = torch.tensor([[1], [3], [9]])  # A (pending 2), C (done), X
     scores = bias(rows, torch.zeros(3, 60))
     for r, row in enumerate(rows.tolist()):
-        state = ROOT
-        for token in row:
-            state = graph.step(state, token)[0]
-        expected = torch.tensor([graph.step(state, t)[1] for t in range(60)])
-        torch.testing.assert_close(scores[r], expected)
+        torch.testing.assert_close(scores[r], bonuses_after(graph, row, 60))
     assert scores[0, 2] == 2.0 and scores[0, 9] == -2.0 and scores[1, 3] == 5.0
     # the next step follows each row's own tokens (beam search reorders rows)
     scores = bias(torch.tensor([[3, 1], [1, 2]]), torch.zeros(2, 60))
@@ -114,8 +119,7 @@ def test_the_processor_follows_each_utterances_own_list():
     for r, graph in enumerate([first, first, None, None, second, second]):
         expected = torch.zeros(60)
         if graph is not None:
-            state = graph.step(ROOT, int(rows[r, 0]))[0]
-            expected = torch.tensor([graph.step(state, t)[1] for t in range(60)])
+            expected = bonuses_after(graph, rows[r].tolist(), 60)
         torch.testing.assert_close(scores[r], expected)
     assert scores[0, 2] == 2.0 and scores[4, 2] == -1.0 and scores[4, 24] == 1.0
 
@@ -151,11 +155,8 @@ def test_the_processor_adds_a_long_lists_many_bonuses_as_each_step_gives_them():
                          [first[0], first[1]], [first[0], 4005]])
     scores = bias(rows, torch.zeros(6, 4010))
     for r, row in enumerate(rows.tolist()):
-        state = ROOT
-        for token in row:
-            state = graph.step(state, token)[0]
-        expected = torch.tensor([graph.step(state, t)[1] for t in range(4010)])
-        torch.testing.assert_close(scores[r], expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(scores[r], bonuses_after(graph, row, 4010), rtol=0,
+                                   atol=1e-6)
     assert int((scores[0] > 0).sum()) >= MANY_TOKENS and scores[4, first[2]] > 0
 
 
