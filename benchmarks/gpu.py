@@ -466,15 +466,17 @@ def hotword_rows(model, cfg, device: torch.device, args) -> list[Row]:
         tokens = [t for i, t in enumerate(path) if t != blank and (i == 0 or t != path[i - 1])]
         heard += [f"{a} {b}" for a, b in zip(tokens[:6:2], tokens[1:6:2], strict=False)]
     rng = random.Random(0)
-    distractors = [f"{rng.randrange(vocab - 2)} {rng.randrange(vocab - 2)}" for _ in range(100)]
+
+    def random_words(count: int) -> list[str]:  # two random tokens a word
+        return [f"{rng.randrange(vocab - 2)} {rng.randrange(vocab - 2)}" for _ in range(count)]
+
+    distractors = random_words(100)
     tokenizer = model.tokenizer
     lists = {"heard words + 100 distractors": heard + distractors,
              "100 distractors only": distractors}
     long_list = f"{args.long_list} random words"  # biased unchecked: a model without a CTC head
-    long_words = [f"{rng.randrange(vocab - 2)} {rng.randrange(vocab - 2)}"
-                  for _ in range(args.long_list)]
     graphs = {name: ContextGraph.build([(w, None) for w in words], tokenizer)
-              for name, words in {**lists, long_list: long_words}.items()}
+              for name, words in {**lists, long_list: random_words(args.long_list)}.items()}
     conditions = [("no list", None, {})]
     for name in lists:
         conditions += [(f"{name}, checked and rewritten (default)", name, {}),
