@@ -529,7 +529,60 @@ def hotword_rows(model, cfg, device: torch.device, args) -> list[Row]:
             row.note = (f"{row.value('vs_no_list'):.2f}x no list; {row.fixed['words']} words, "
                         f"every row biased")
         show(row)
-    return [*rows, prompt_cache_row(model, batch, generate, device, args)]
+    return [*rows, posteriors_row(log_probs, lengths, graphs[next(iter(lists))], device, args),
+            prompt_cache_row(model, batch, generate, device, args)]
+
+
+def posteriors_row(log_probs: torch.Tensor, lengths: torch.Tensor, graph, device: torch.device,
+                   args) -> Row:
+    """What the host reads of a batch's CTC posteriors for spotting, rewriting and word
+    times: the whole [16, T, V] brought over (as before session 17) against the columns of
+    the list's tokens, 16 answers of `--new_tokens` random tokens and 80 candidates a row
+    (the answer with a listed word in place of some of its tokens) (`Posteriors.columns`,
+    what decoding now copies from an accelerator): seconds, the columns, and whether they
+    hold the same values. (On a CPU the whole is read in place: no copy to time.)"""
+    from mooer.inference.posteriors import Posteriors
+
+    row = Row("CTC posteriors to the host, batch 16: whole vs the columns read", "hotwords")
+    rng = random.Random(2)
+    blank = log_probs.shape[-1] - 1
+    listed = list(graph.sequences)
+    answers = [[rng.randrange(blank) for _ in range(args.new_tokens)] for _ in range(16)]
+    tokens = listed + answers
+    for answer in answers:  # 80 candidates a row: a listed word in place of some of its tokens
+        for _ in range(80):
+            word, at = rng.choice(listed), rng.randrange(len(answer))
+            tokens.append(answer[:at] + word + answer[at + len(word):])
+    posteriors = Posteriors(log_probs, lengths)
+    posteriors.in_place = False  # as from an accelerator, on a CPU too
+    try:
+        def once(whole: bool) -> tuple[float, torch.Tensor, list[list[int]]]:
+            sync(device)
+            started = time.perf_counter()
+            if whole:
+                host, lists = log_probs.cpu(), tokens
+            else:
+                host, lists = posteriors.columns(tokens)
+            return time.perf_counter() - started, host, lists
+
+        once(True), once(False)  # warm-up
+        for _ in range(args.repeats):
+            whole, full, _ = once(True)
+            columns, host, lists = once(False)
+            row.per_repeat.append({"seconds_whole": whole, "seconds_columns": columns,
+                                   "columns_vs_whole": columns / whole})
+        read = {(t, k) for ids, numbered in zip(tokens, lists, strict=True)
+                for t, k in zip(ids, numbered, strict=True)} | {(blank, host.shape[-1] - 1)}
+        pairs = torch.tensor(sorted(read))
+        row.fixed.update(classes=log_probs.shape[-1], columns=host.shape[-1],
+                         same=len({k for _, k in read}) == len(read) and torch.equal(
+                             host[..., pairs[:, 1]], full[..., pairs[:, 0]]))
+        row.note = (f"{row.value('columns_vs_whole'):.3f}x the time: {row.fixed['columns']} "
+                    f"of {row.fixed['classes']} columns; the same values: {row.fixed['same']}")
+    except Exception as error:  # noqa: BLE001 - reported in the table, the rest stand
+        traceback.print_exc()
+        row.note = f"failed: {type(error).__name__}: {error}"[:200]
+    return show(row)
 
 
 def prompt_cache_row(model, batch: dict, generate: dict, device: torch.device, args) -> Row:

@@ -154,17 +154,20 @@ def token_pieces(token_ids: Sequence[int], tokenizer) -> list[str]:
 
 
 def align_words(log_probs: torch.Tensor, token_ids: Sequence[int], tokenizer, blank: int,
-                frame_s: float, spans: list[tuple[int, int]] | None = None) -> list[Word] | None:
+                frame_s: float, spans: list[tuple[int, int]] | None = None,
+                columns: Sequence[int] | None = None) -> list[Word] | None:
     """Word times and confidence of a transcript (`token_ids`, as the CTC head's tokenizer
     spells it) on one utterance's CTC log-posteriors [T, V]; None if it cannot be aligned.
-    `spans`: its tokens' Viterbi frames, when already found (`viterbi_batch`)."""
-    spans = viterbi(log_probs, token_ids, blank) if spans is None else spans
+    `spans`: its tokens' Viterbi frames, when already found (`viterbi_batch`); `columns`: each
+    token's column of `log_probs`, where they are not all V (`Posteriors.columns`)."""
+    columns = token_ids if columns is None else columns
+    spans = viterbi(log_probs, columns, blank) if spans is None else spans
     if spans is None:
         return None
     pieces = token_pieces(token_ids, tokenizer)
     posteriors = log_probs.numpy()
-    confidence = [float(posteriors[a:b + 1, token].max()) for (a, b), token in
-                  zip(spans, token_ids, strict=True)]
+    confidence = [float(posteriors[a:b + 1, column].max()) for (a, b), column in
+                  zip(spans, columns, strict=True)]
     words = [(text, tokens) for text, tokens in words_of(pieces) if tokens]
     firsts = [spans[tokens[0]][0] for _, tokens in words]
     found = []

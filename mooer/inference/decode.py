@@ -26,6 +26,7 @@ from mooer.inference.hotwords import (
     Spotting,
     frame_summaries,
 )
+from mooer.inference.posteriors import Posteriors
 from mooer.inference.rewrite import rewrite
 from mooer.models.speech_llm import Generated, SpeechLLM
 
@@ -135,13 +136,12 @@ def decode(model: SpeechLLM, loader: EpochDataLoader, decoding: dict[str, Any],
 def generate_batch(model: SpeechLLM, moved: dict[str, Any], graphs: list[ContextGraph | None],
                    decoding: dict[str, Any], check: float | None = CHECK_THRESHOLD,
                    rewriting: float | None = REWRITE_THRESHOLD, timestamps: bool = False,
-                   scored: bool = False) -> tuple[Generated, tuple | None,
-                                                  tuple[torch.Tensor, torch.Tensor] | None]:
+                   scored: bool = False) -> tuple[Generated, tuple | None, Posteriors | None]:
     """One batch's answers (on its device), biased towards each row's graph (`graphs`: one a
     row, or none for the batch): with a CTC head, checked at `check` and rewritten at
     `rewriting` (`decode`); with the encoder's output and the CTC head's posteriors where they
-    were computed (for the hotwords, or asked: `timestamps`, `scored`; on the host where the
-    hotwords read them)."""
+    were computed (for the hotwords, or asked: `timestamps`, `scored`), which stay where the
+    head computed them (the host reads them by columns: `Posteriors`)."""
     # a list at score 0 biases nothing here (a prompt may still list it)
     graphs = [g if g is not None and g.biases else None for g in graphs]
     floor = min((t for t in (check, rewriting) if t is not None), default=None)
@@ -149,16 +149,13 @@ def generate_batch(model: SpeechLLM, moved: dict[str, Any], graphs: list[Context
     # the encoder pass, shared with the alignment, the scoring and the hotwords' check
     # and rewriting, and the CTC head's posteriors, shared by all of them but scoring
     encoded = model.encode(moved) if timestamps or scored or listening else None
-    ctc = model.ctc_log_probs(moved, encoded) if timestamps or listening else None
+    head = model.ctc_log_probs(moved, encoded) if timestamps or listening else None
+    # read on the host by the columns asked for (on an accelerator, only those come over: at
+    # a 151k vocabulary, 16 utterances of 170 frames are 1.65 GB, a few thousand columns read)
+    ctc = None if head is None else Posteriors(*head)
     listed, spotted = graphs, []
     if listening and ctc is not None and floor is not None:
-        # each frame's best score and each class's best, where the posteriors are (on a 151k
-        # vocabulary, 16 utterances of 10 s: 0.36 s of a CPU; none for a row without a list),
-        # then the posteriors on the host once, for spotting, rewriting and times
-        summaries = frame_summaries(ctc[0], [int(n) if g is not None else 0
-                                             for n, g in zip(ctc[1], graphs, strict=True)])
-        ctc = ctc[0].cpu(), ctc[1]
-        spotted = hearing(ctc, graphs, floor, summaries)
+        spotted = hearing(ctc, graphs, floor)
         if check is not None:
             graphs = [None if g is None or found is None else g.cut(found, check)
                       for g, found in zip(graphs, spotted, strict=True)]
@@ -177,15 +174,21 @@ def generate_batch(model: SpeechLLM, moved: dict[str, Any], graphs: list[Context
     return generated, encoded, ctc
 
 
-def hearing(ctc: tuple[torch.Tensor, torch.Tensor], graphs: list[ContextGraph | None],
-            floor: float, summaries: list[tuple[np.ndarray, np.ndarray]] | None = None
+def hearing(ctc: Posteriors | tuple[torch.Tensor, torch.Tensor],
+            graphs: list[ContextGraph | None], floor: float,
+            summaries: list[tuple[np.ndarray, np.ndarray]] | None = None
             ) -> list[Spotting | None]:
     """How well the CTC head's log-posteriors of each utterance of the batch spell each token
     sequence of its graph (`ContextGraph.spotted`, searched down to `floor`); `summaries`:
-    each utterance's `frame_summary` where the caller has them (`frame_summaries`)."""
-    log_probs, lengths = ctc
-    posteriors = log_probs.cpu().numpy()
-    blank = posteriors.shape[-1] - 1
+    each utterance's `frame_summary` where the caller has them (else `frame_summaries`
+    computes them where the posteriors are, for the rows with a graph)."""
+    posteriors = Posteriors.of(ctc)
+    if summaries is None:
+        # each frame's best score and each class's best, where the posteriors are (on a 151k
+        # vocabulary, 16 utterances of 10 s: 0.36 s of a CPU): two passes over [T, V], and
+        # then only the columns of the sequences searched come to the host
+        summaries = frame_summaries(posteriors.log_probs, [
+            n if g is not None else 0 for n, g in zip(posteriors.frames, graphs, strict=True)])
     found: list[Spotting | None] = [None] * len(graphs)
     shared: dict[int, list[int]] = {}  # the rows of each graph (a list for a whole set: one)
     for row, g in enumerate(graphs):
@@ -194,9 +197,7 @@ def hearing(ctc: tuple[torch.Tensor, torch.Tensor], graphs: list[ContextGraph | 
     for rows in shared.values():
         graph = graphs[rows[0]]
         assert graph is not None
-        spotted = graph.spotted_rows([posteriors[row, :int(lengths[row])] for row in rows],
-                                     blank, floor, None if summaries is None
-                                     else [summaries[row] for row in rows])
+        spotted = graph.spotted_on(posteriors, rows, floor, [summaries[row] for row in rows])
         for row, spotting in zip(rows, spotted, strict=True):
             found[row] = spotting
     return found
@@ -215,25 +216,27 @@ def rewritten(generated: Generated, answers: list[tuple[str, list[int]] | None])
 
 
 def word_times(model: SpeechLLM, batch: dict[str, Any], texts: list[str],
-               ctc: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, list[Word]]:
+               ctc: Posteriors | tuple[torch.Tensor, torch.Tensor] | None
+               ) -> dict[str, list[Word]]:
     """Each utterance's words with times and confidence, by forced alignment of its text on the
-    CTC head's log-posteriors and frames of the batch (`ctc`: `SpeechLLM.ctc_log_probs`; None
-    for a model without a head) (`mooer.inference.align`); an utterance that cannot be aligned
-    gets none."""
+    CTC head's log-posteriors and frames of the batch (`ctc`: `SpeechLLM.ctc_log_probs`, or
+    those as `Posteriors`; None for a model without a head) (`mooer.inference.align`); an
+    utterance that cannot be aligned gets none."""
     if ctc is None:
         raise ValueError("word times need the encoder's CTC head, which this model has not: "
                          "train one (experiment=ctc_head) and load it (model.ctc_head=)")
-    log_probs, lengths = ctc
-    log_probs = log_probs.cpu()
-    blank = log_probs.shape[-1] - 1
+    posteriors = Posteriors.of(ctc)
     tokens = [model.tokenizer(text.replace(WORD_JOINER, " "))["input_ids"] if text else []
               for text in texts]
-    frames = [int(n) for n in lengths]
-    paths = viterbi_batch(log_probs, frames, tokens, blank)  # the batch's alignments at once
+    # the answers' tokens' columns and the blank's, on the host (`Posteriors.columns`)
+    log_probs, columns = posteriors.columns(tokens)
+    blank = log_probs.shape[-1] - 1
+    frames = posteriors.frames
+    paths = viterbi_batch(log_probs, frames, columns, blank)  # the batch's alignments at once
     result = {}
     for row, key in enumerate(batch["keys"]):
         spans = paths[row]
         result[key] = [] if spans is None else align_words(
             log_probs[row, :frames[row]], tokens[row], model.tokenizer, blank,
-            batch["audio_durations"][row] / max(frames[row], 1), spans) or []
+            batch["audio_durations"][row] / max(frames[row], 1), spans, columns[row]) or []
     return result

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +32,7 @@ from mooer.data.hotword_list import (
     check_score,
 )
 from mooer.inference.align import ctc_chain
+from mooer.inference.posteriors import Posteriors
 
 __all__ = ["CHECKED_SCORE", "CHECK_THRESHOLD", "DEFAULT_SCORE", "REWRITE_THRESHOLD", "ROOT",
            "ContextGraph", "HotwordBias", "Spotting", "device_frame_summaries", "encode_all",
@@ -214,27 +215,45 @@ class ContextGraph:
         """`spotted` on several utterances' log-posteriors ([T, V] each) at once.
         `summaries`: each row's `frame_summary` where the caller has it (computed where the
         posteriors are, on the accelerator: two passes over [T, V] fewer here)."""
+        if summaries is None:
+            summaries = [frame_summary(log_probs) for log_probs in rows]
+        return self._spotted(summaries, floor, lambda sequences: (rows, sequences, blank))
+
+    def spotted_on(self, posteriors: Posteriors, rows: Sequence[int], floor: float,
+                   summaries: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[Spotting]:
+        """`spotted_rows` of a batch's `rows` (`summaries`: theirs, `frame_summaries`),
+        reading only the columns of the sequences searched (`Posteriors.rows`: on an
+        accelerator, only those come to the host)."""
+        def read(sequences: list[list[int]]) -> tuple[list[np.ndarray], list[list[int]], int]:
+            found, renumbered = posteriors.rows(rows, sequences)
+            return [log_probs.numpy() for log_probs in found], renumbered, found[0].shape[-1] - 1
+        return self._spotted(summaries, floor, read)
+
+    def _spotted(self, summaries: Sequence[tuple[np.ndarray, np.ndarray]], floor: float,
+                 read: Callable[[list[list[int]]], tuple[Sequence[np.ndarray], list[list[int]],
+                                                         int]]) -> list[Spotting]:
+        """`spotted_rows` of the rows whose `frame_summary` are `summaries`, their
+        log-posteriors given by `read` for the sequences searched: each row's [T, K] in which
+        those have columns, the sequences numbered as those columns, and the blank's."""
         sequences = self.sequences
         found = [Spotting(np.full(len(sequences), -np.inf),
                           np.full(len(sequences), -1, dtype=np.int64),
-                          np.full(len(sequences), -1, dtype=np.int64)) for _ in rows]
+                          np.full(len(sequences), -1, dtype=np.int64)) for _ in summaries]
         if not sequences:
             return found
         # a path's score is a sum of frames' scores under their best (each <= 0), and each of
         # a sequence's tokens takes a frame of its own: it cannot score above the sum of its
         # tokens' best scores on any frame, and is not searched where that is below `floor`
         possible, tops = [], []  # each frame's best score, once a row
-        for r, log_probs in enumerate(rows):
-            top, peaks = summaries[r] if summaries is not None else frame_summary(log_probs)
+        for top, peaks in summaries:
             tops.append(top[:, None])
-            if not log_probs.shape[0]:
-                possible.append(np.zeros(len(sequences), dtype=bool))
-                continue
-            possible.append(self._audible(peaks, floor))
+            possible.append(self._audible(peaks, floor) if top.shape[0]
+                            else np.zeros(len(sequences), dtype=bool))
         searched = np.nonzero(np.any(possible, axis=0))[0]  # for any utterance: once for all
         if not len(searched):
             return found
-        scores, first, last = spot_rows(rows, [sequences[j] for j in searched], blank, tops)
+        rows, renumbered, blank = read([sequences[j] for j in searched])
+        scores, first, last = spot_rows(rows, renumbered, blank, tops)
         for r, spotting in enumerate(found):
             mine = possible[r][searched]
             where = searched[mine]

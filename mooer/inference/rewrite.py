@@ -49,9 +49,11 @@ from mooer.data.hotword_list import (
 from mooer.data.text import WORD_JOINER
 from mooer.inference.align import HAN, matched_words, token_pieces, viterbi_batch
 from mooer.inference.hotwords import ContextGraph, Spotting, encode_all
+from mooer.inference.posteriors import Posteriors
 
-__all__ = ["Option", "Placed", "Try", "candidates", "ctc_log_likelihoods", "glue", "join",
-           "placed", "respelling", "rewrite", "rewritings", "substitutions", "to_try", "units"]
+__all__ = ["Option", "Placed", "Try", "candidates", "ctc_log_likelihoods", "gaining", "glue",
+           "join", "placed", "proposals", "respelling", "rewrite", "rewritings", "scored_on",
+           "substitutions", "to_try", "units"]
 
 UNIT = re.compile(f"[{HAN}]|[^\\s{HAN}]+")
 IS_HAN = re.compile(f"[{HAN}]")
@@ -241,22 +243,29 @@ class Option:
         return self.decoder + REWRITE_WEIGHT * self.ctc + self.bonus
 
 
-def rewritings(text: str, answer: Sequence[int], tries: Sequence[Try],
-               spans: Sequence[tuple[int, int]] | None, log_probs: torch.Tensor, tokenizer
-               ) -> list[tuple[str, list[int], float, float]]:
+def proposals(text: str, answer: Sequence[int], tries: Sequence[Try],
+              spans: Sequence[tuple[int, int]] | None, tokenizer
+              ) -> tuple[list[str], dict[str, tuple[str, str, float]], list[list[int]]]:
     """An answer (`text`, its ids as the CTC head spells them, and their frames: `viterbi`)
-    rewritten with each of its words `to_try` that gains on it by the audio and the bonus, on
-    one utterance's CTC log-posteriors [frames, V]: the answer first, then those candidates
-    (at most REWRITE_TOP, the most gain first), each as its text, ids, CTC log-likelihood and
-    the bonus it earns; nothing where no candidate gains."""
+    rewritten with each of its words `to_try` where it was heard (`candidates`): the answer's
+    text and then the candidates', their token ids, and each candidate's word, the text it
+    replaces and the word's bonus; nothing where there are none."""
     if not tries or spans is None:  # no frames (more tokens than frames): nothing to place
-        return []
+        return [], {}, []
     options = candidates(placed(answer, spans, tokenizer), tries)
     if not options:
-        return []
+        return [], {}, []
     listed = [text, *options]
-    ids = encode_all(tokenizer, listed)
-    acoustic = ctc_log_likelihoods(log_probs, log_probs.shape[0], ids).tolist()
+    return listed, options, encode_all(tokenizer, listed)
+
+
+def gaining(listed: Sequence[str], options: dict[str, tuple[str, str, float]],
+            ids: Sequence[list[int]], acoustic: Sequence[float]
+            ) -> list[tuple[str, list[int], float, float]]:
+    """Of an answer's `proposals`, with their CTC log-likelihoods (`acoustic`, the answer's
+    first), the answer and then the candidates that gain on it by the audio and the bonus
+    (at most REWRITE_TOP, the most gain first), each as its text, ids, CTC log-likelihood and
+    the bonus it earns; nothing where no candidate gains."""
     # what the audio and the bonus give a candidate over the answer: one that gains nothing
     # could win only where the decoder prefers it, and it preferred the answer. The bonus
     # counts where the word may be a respelling of what it replaces (asked only where it
@@ -274,8 +283,23 @@ def rewritings(text: str, answer: Sequence[int], tries: Sequence[Try],
     return [(listed[i], ids[i], acoustic[i], earned.get(i, 0.0)) for i in (0, *better)]
 
 
+def rewritings(text: str, answer: Sequence[int], tries: Sequence[Try],
+               spans: Sequence[tuple[int, int]] | None, log_probs: torch.Tensor, tokenizer
+               ) -> list[tuple[str, list[int], float, float]]:
+    """An answer (`text`, its ids as the CTC head spells them, and their frames: `viterbi`)
+    rewritten with each of its words `to_try` that gains on it by the audio and the bonus, on
+    one utterance's CTC log-posteriors [frames, V]: the answer first, then those candidates
+    (at most REWRITE_TOP, the most gain first), each as its text, ids, CTC log-likelihood and
+    the bonus it earns; nothing where no candidate gains (`proposals`, then `gaining`)."""
+    listed, options, ids = proposals(text, answer, tries, spans, tokenizer)
+    if not options:
+        return []
+    return gaining(listed, options, ids,
+                   ctc_log_likelihoods(log_probs, log_probs.shape[0], ids).tolist())
+
+
 def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
-            ctc: tuple[torch.Tensor, torch.Tensor], texts: Sequence[str],
+            ctc: Posteriors | tuple[torch.Tensor, torch.Tensor], texts: Sequence[str],
             answers: Sequence[Sequence[int]], graphs: Sequence[ContextGraph | None],
             spotted: Sequence[Spotting | None], threshold: float,
             alternatives: Sequence[Sequence[Sequence[int]]] | None = None,
@@ -292,11 +316,12 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
     it). A candidate the decoder finds more than REWRITE_DROP nats less likely than the answer
     is not written: there the best of the answer and those hypotheses is. Where no candidate
     beats the answer, it stands, and nothing more is scored. The decoder passes read the
-    prompts from the decoding's `prompt_cache` where it is given (`Generated.prompt_cache`)."""
-    log_probs, lengths = ctc
-    log_probs = log_probs.float().cpu()
+    prompts from the decoding's `prompt_cache` where it is given (`Generated.prompt_cache`).
+    `ctc`: the CTC head's log-posteriors and frames of the batch (`SpeechLLM.ctc_log_probs`,
+    or those as `Posteriors`), read by the columns of the answers' and candidates' tokens."""
+    posteriors = Posteriors.of(ctc)
     tokenizer = model.tokenizer
-    blank = log_probs.shape[-1] - 1
+    blank = posteriors.blank
     tries: list[list[Try]] = []  # each row's words to try, and its answer as the head spells it
     spelt: list[list[int]] = []
     for text, answer, graph, found in zip(texts, answers, graphs, spotted, strict=True):
@@ -305,21 +330,28 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
         if tries[-1] and (not answer or max(answer) >= blank):  # a token it has no class for
             answer = encode_all(tokenizer, [text])[0]
         spelt.append(list(answer) if tries[-1] else [])
-    # the answers' frames, the batch's rows at once
-    paths = viterbi_batch(log_probs, [int(n) for n in lengths], spelt, blank)
+    # the answers' frames, the batch's rows at once (on the host: their tokens' columns)
+    log_probs, columns = posteriors.columns(spelt)
+    paths = viterbi_batch(log_probs, posteriors.frames, columns, log_probs.shape[-1] - 1)
+    proposed = {row: proposals(text, spelt[row], tries[row], paths[row], tokenizer)
+                for row, text in enumerate(texts)}
+    proposed = {row: found for row, found in proposed.items() if found[1]}
+    # the candidates' CTC log-likelihoods, each row on its own frames and columns
     rows: list[int] = []  # the decoder's pass: each option's row, and the option
     scored: list[Option] = []
-    for row, text in enumerate(texts):
-        picked = rewritings(text, spelt[row], tries[row], paths[row],
-                            log_probs[row, :int(lengths[row])], tokenizer)
-        for n, (written, ids, score, bonus) in enumerate(picked):
+    for row, acoustic in zip(proposed, scored_on(posteriors, {
+            row: ids for row, (_, _, ids) in proposed.items()}), strict=True):
+        listed, options, ids = proposed[row]
+        for n, (written, tokens, score, bonus) in enumerate(gaining(listed, options, ids,
+                                                                   acoustic)):
             rows.append(row)
-            scored.append(Option(written, ids, score, bonus, n > 0))
+            scored.append(Option(written, tokens, score, bonus, n > 0))
     contested = best_candidates(model, batch, encoded, rows, scored, prompt_cache)
     # the beam's other hypotheses of the rows where a candidate beat the answer, scored with
     # the candidate to write (or, where the decoder vetoed it, the answer)
     rows, scored = [], []
     generated: dict[tuple[int, str], list[int]] = {}  # a hypothesis' ids as the beam made them
+    rivals: dict[int, tuple[list[str], list[list[int]]]] = {}
     for row, kept in contested.items():
         seen = {kept.text, texts[row]}
         others = []
@@ -330,12 +362,13 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
                 others.append(text)
                 generated[(row, text)] = list(hypothesis)
         if others:
-            other_ids = encode_all(tokenizer, others)
-            scores = ctc_log_likelihoods(log_probs[row], int(lengths[row]), other_ids).tolist()
-            rows += [row, *[row] * len(others)]
-            scored += [kept, *[Option(other, tokens, score, 0.0, False)
-                               for other, tokens, score in zip(others, other_ids, scores,
-                                                               strict=True)]]
+            rivals[row] = others, encode_all(tokenizer, others)
+    for (row, (others, other_ids)), scores in zip(rivals.items(), scored_on(posteriors, {
+            row: ids for row, (_, ids) in rivals.items()}), strict=True):
+        rows += [row, *[row] * len(others)]
+        scored += [contested[row], *[Option(other, tokens, score, 0.0, False)
+                                     for other, tokens, score in zip(others, other_ids, scores,
+                                                                     strict=True)]]
     score_options(model, batch, encoded, rows, scored, prompt_cache)
     chosen: list[tuple[str, list[int]] | None] = [None] * len(texts)
     for row, kept in contested.items():
@@ -346,6 +379,23 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
         if best.candidate or (row, best.text) in generated:
             chosen[row] = best.text, generated.get((row, best.text), best.ids)
     return chosen
+
+
+def scored_on(posteriors: Posteriors, token_lists: dict[int, list[list[int]]]
+              ) -> list[list[float]]:
+    """The CTC log-likelihoods of each batch row's token lists (`token_lists`: row -> lists)
+    on that row's own frames, in the dict's order: the rows' columns brought to the host
+    together (`Posteriors.rows`)."""
+    if not token_lists:
+        return []
+    found, renumbered = posteriors.rows(list(token_lists), [ids for lists in token_lists.values()
+                                                             for ids in lists])
+    scores, at = [], 0
+    for log_probs, lists in zip(found, token_lists.values(), strict=True):
+        mine = renumbered[at:at + len(lists)]
+        at += len(lists)
+        scores.append(ctc_log_likelihoods(log_probs, log_probs.shape[0], mine).tolist())
+    return scores
 
 
 def score_options(model: Any, batch: dict[str, Any], encoded: tuple, rows: list[int],

@@ -62,6 +62,10 @@ def test_gpu_benchmark_runs_every_row_at_tiny_shapes_on_the_cpu(tmp_path):
     assert cached["name"].startswith("rewriting's decoder pass") and "failed" not in cached["note"]
     assert len(cached["cached_vs_again_repeats"]) == 2 and cached["seconds_cached"] > 0
     assert cached["max_abs_diff"] < 1e-4  # the same log-probabilities (fp32 here)
+    copied = hotwords.pop()  # the CTC posteriors to the host: whole, or the columns read
+    assert copied["name"].startswith("CTC posteriors to the host") and copied["same"] is True
+    assert len(copied["columns_vs_whole_repeats"]) == 2 and copied["seconds_columns"] > 0
+    assert copied["columns"] < copied["classes"]
     assert [row["name"].split("batch 16, ")[1] for row in hotwords] == [
         "no list", "heard words + 100 distractors, checked and rewritten (default)",
         "heard words + 100 distractors, checked",
