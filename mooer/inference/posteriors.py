@@ -75,9 +75,10 @@ class Posteriors:
 
     def _checked(self, token_lists: Sequence[Sequence[int]]) -> list[list[int]]:
         lists = [list(ids) for ids in token_lists]
-        outside = [t for ids in lists for t in ids if not 0 <= t < self.blank]
-        if outside:
-            raise ValueError(f"token {outside[0]} has no class of its own on the CTC head "
+        filled = [ids for ids in lists if ids]
+        if filled and (min(map(min, filled)) < 0 or max(map(max, filled)) >= self.blank):
+            outside = next(t for ids in filled for t in ids if not 0 <= t < self.blank)
+            raise ValueError(f"token {outside} has no class of its own on the CTC head "
                              f"({self.blank} classes and the blank)")
         return lists
 
