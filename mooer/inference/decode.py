@@ -139,9 +139,10 @@ def generate_batch(model: SpeechLLM, moved: dict[str, Any], graphs: list[Context
                    scored: bool = False) -> tuple[Generated, tuple | None, Posteriors | None]:
     """One batch's answers (on its device), biased towards each row's graph (`graphs`: one a
     row, or none for the batch): with a CTC head, checked at `check` and rewritten at
-    `rewriting` (`decode`); with the encoder's output and the CTC head's posteriors where they
-    were computed (for the hotwords, or asked: `timestamps`, `scored`), which stay where the
-    head computed them (the host reads them by columns: `Posteriors`)."""
+    `rewriting` (`decode`); with the encoder's output where it was computed (for the
+    hotwords, or asked: `timestamps`, `scored`), and the CTC head's posteriors where they are
+    read after the decoding (rewriting, `timestamps`), kept where the head computed them (the
+    host reads them by columns: `Posteriors`)."""
     # a list at score 0 biases nothing here (a prompt may still list it)
     graphs = [g if g is not None and g.biases else None for g in graphs]
     floor = min((t for t in (check, rewriting) if t is not None), default=None)
@@ -153,6 +154,7 @@ def generate_batch(model: SpeechLLM, moved: dict[str, Any], graphs: list[Context
     # read on the host by the columns asked for (on an accelerator, only those come over: at
     # a 151k vocabulary, 16 utterances of 170 frames are 1.65 GB, a few thousand columns read)
     ctc = None if head is None else Posteriors(*head)
+    del head
     listed, spotted = graphs, []
     if listening and ctc is not None and floor is not None:
         spotted = hearing(ctc, graphs, floor)
@@ -163,6 +165,8 @@ def generate_batch(model: SpeechLLM, moved: dict[str, Any], graphs: list[Context
         **decoding, "logits_processor": [*decoding.get("logits_processor", []),
                                          HotwordBias(graphs)]}
     rewriting_now = bool(spotted) and rewriting is not None
+    if not (rewriting_now or timestamps):  # read no more: their memory is free during the beam
+        ctc = None
     # the beam's other hypotheses: a listed word must beat them too (rewriting)
     # and their prompts' keys and values, to score the candidates without the prompts again
     generated = model.generate(moved, encoded=encoded, others=rewriting_now,

@@ -124,3 +124,29 @@ def test_decoding_reads_the_same_from_copied_columns(tokenizer, shards, monkeypa
     assert copied.words == whole.words
     assert sum(bool(words) for words in copied.words.values()) >= 2
     assert whole.hypotheses != unwritten.hypotheses
+
+
+def test_the_posteriors_are_kept_through_the_beam_only_where_read_after_it(tokenizer, shards):
+    """Checked only, nothing reads the CTC head's posteriors after the list is heard: they are
+    let go before beam search (their memory free for it); rewriting or word times keep them."""
+    from mooer.data.collate import move_batch
+    from mooer.data.features import ParaformerFrontend
+    from mooer.inference.decode import decoding_loader, generate_batch
+    from tests.conftest import prompt_format
+    from tests.models.test_speech_llm import tiny_model
+
+    model = tiny_model(tokenizer, 3, "encoder.ctc_weight=0.3").eval()
+    loader = decoding_loader(shards, model, ParaformerFrontend(None), prompt_format("asr"),
+                             "asr", 4)
+    batch = move_batch(next(iter(loader)), torch.device("cpu"), torch.float32)
+    graph = ContextGraph.build([("二十七", 5.0)], tokenizer)
+    options = {"num_beams": 2, "max_new_tokens": 4, "eos_bias": 0}
+    graphs = [graph] * len(batch["keys"])
+    with torch.no_grad():
+        checked = generate_batch(model, batch, graphs, options, -1e9, None)
+        rewritten = generate_batch(model, batch, graphs, options, -1e9, -1e9)
+        timed = generate_batch(model, batch, graphs, options, -1e9, None, timestamps=True)
+    assert checked[2] is None
+    for kept in (rewritten[2], timed[2]):
+        assert isinstance(kept, Posteriors) and kept.frames == [int(n) for n in kept.lengths]
+        assert kept.log_probs.shape[0] == len(batch["keys"])
