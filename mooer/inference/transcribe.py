@@ -152,10 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the bonus per hotword token, in log-probability (default: "
                              f"{CHECKED_SCORE} on a model with a CTC head, which first checks "
                              f"the words against the audio; {DEFAULT_SCORE} without)")
-    parser.add_argument("--hotword_check", type=float, default=CHECK_THRESHOLD,
+    parser.add_argument("--hotword_check", type=threshold_or_off, default=CHECK_THRESHOLD,
                         help="with a CTC head, only the listed words whose tokens its best path "
-                             "spells within this many nats are biased (a very negative number: "
-                             "all of them)")
+                             "spells within this many nats are biased; 'off': all of them "
+                             f"(default {CHECK_THRESHOLD:g})")
     parser.add_argument("--hotword_rewrite", type=threshold_or_off, default=REWRITE_THRESHOLD,
                         help="with a CTC head, the listed words it hears within this many nats "
                              "are tried in each transcript after decoding, and kept where the "

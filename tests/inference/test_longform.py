@@ -166,6 +166,52 @@ def test_evaluate_decodes_a_long_recording_of_a_kaldi_set_in_segments(tiny_relea
     assert segments >= len(texts)  # decoded in pieces, not as one 20 s sequence
 
 
+def test_hotwords_with_word_times_on_a_long_recording(tiny_release, recording, tmp_path,
+                                                     capsys):
+    """Hotwords, word times and a long recording together (FunASR #1210 asks for them): a
+    release given a CTC head (--ctc_head), a heavy listed word biased in every segment: each
+    segment's text says it, and its words (the listed one among them) carry times inside that
+    segment's span of the recording, in order."""
+    import torch
+
+    from mooer.config import compose_config
+    from mooer.inference.align import words_of
+    from mooer.inference.transcribe import main as transcribe
+    from mooer.models.build import build_speech_llm
+
+    root, tokenizer_dir = tiny_release
+    path, wave, _, _ = recording
+    cfg, _ = compose_config("train", [*TINY, f"llm.tokenizer_path={tokenizer_dir}"])
+    model = build_speech_llm(cfg.encoder, cfg.projector, cfg.llm)
+    torch.manual_seed(3)
+    model.train_ctc_head_only()
+    torch.save({"state_dict": {f"model.ctc_head.{k}": v
+                               for k, v in model.ctc_head.state_dict().items()}},
+               tmp_path / "head.ckpt")
+    listed = tmp_path / "list.txt"
+    listed.write_text("二十七\t40\n", encoding="utf-8")
+    assert transcribe(["--wav_path", str(path), "--max_segment_s", "4", "--hotwords",
+                       str(listed), "--hotword_check", "off", "--word_timestamps",
+                       "--format", "json", "--checkpoint", str(root / "release"), "--ctc_head",
+                       str(tmp_path / "head.ckpt"), "--device", "cpu", "--max_new_tokens", "6",
+                       "--num_beams", "2", "--", *TINY,
+                       f"llm.tokenizer_path={tokenizer_dir}"]) == 0
+    (result,) = json.loads(capsys.readouterr().out).values()
+    segments = result["segments"]
+    assert len(segments) >= 2 and all(s["end"] - s["start"] <= 4.0 for s in segments)
+    for piece in segments:
+        (text,) = piece["texts"]
+        assert "二十七" in text
+        words = piece["words"]
+        assert [w["word"] for w in words] == [w for w, _ in words_of([text])]
+        assert {"二", "十", "七"} <= {w["word"] for w in words}
+        for word in words:
+            assert piece["start"] - 0.01 <= word["start"] < word["end"] <= piece["end"] + 0.07
+        for previous, word in zip(words, words[1:], strict=False):
+            assert previous["start"] <= word["start"]
+    assert segments[-1]["end"] <= len(wave) / SAMPLE_RATE + 0.01
+
+
 @pytest.mark.parametrize("value", ["nan", "0.5", "-3", "abc"])
 def test_a_segment_limit_that_is_not_a_duration_is_refused(value, capsys):
     """--max_segment_s nan (which compares false with everything) or under a second: a usage
