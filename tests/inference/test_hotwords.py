@@ -272,6 +272,12 @@ def test_transcribe_with_a_hotword_list(tiny_release, corpus, tmp_path, capsys):
     with pytest.raises(SystemExit):
         transcribe(["--hotwords", str(listed), "--hotword_rewrite", "loud", *options])
     assert "--hotword_rewrite: invalid" in capsys.readouterr().err
+    # nor a check: every word is biased, checked or not ('off')
+    assert transcribe(["--hotwords", str(listed), "--hotword_check", "off", *options]) == 0
+    assert capsys.readouterr().out.split("\t") == biased
+    with pytest.raises(SystemExit):
+        transcribe(["--hotwords", str(listed), "--hotword_check", "loud", *options])
+    assert "--hotword_check: invalid" in capsys.readouterr().err
     listed.write_text("ok\nA\tB\tC\n", encoding="utf-8")
     assert transcribe(["--hotwords", str(listed), *options]) == 2
     assert (f"error: {listed}, line 2: expected `word` or `word<TAB>weight`, got 3 "
