@@ -3,11 +3,11 @@
 Spotting a hotword list, rewriting an answer with it and aligning word times all run on the
 host, and each reads the CTC head's log-posteriors [B, T, V] (blank last) at a few tokens'
 columns and the blank's: the list's tokens, the answers', the candidates'. At Qwen2's 151,937
-classes the posteriors of 16 utterances of 170 frames are 1.65 GB; brought to the host whole,
-that is a second of copying a batch for a few thousand columns read. `Posteriors` keeps them
-where the head computed them and brings over only the columns asked for (`columns`), numbered
-anew with the blank last, so that CTC code written for [T, V] with the blank last reads them
-as it is. On the host they are read in place, nothing copied (`IN_PLACE`).
+classes the posteriors of 16 utterances of 170 frames are 1.65 GB, brought to the host whole
+a batch for a thousand columns or so read. `Posteriors` keeps them where the head computed
+them and brings over only the columns asked for (`columns`), numbered anew with the blank
+last, so that CTC code written for [T, V] with the blank last reads them as it is. On the
+host they are read in place, nothing copied (`IN_PLACE`).
 
     posteriors = Posteriors(log_probs, lengths)
     host, columns = posteriors.columns(answers)   # [B, T, K], each answer's tokens renumbered
@@ -32,7 +32,6 @@ class Posteriors:
 
     def __init__(self, log_probs: torch.Tensor, lengths: torch.Tensor | Sequence[int]) -> None:
         self.log_probs = log_probs
-        self.lengths = lengths
         self.frames = [int(n) for n in lengths]
         self.blank = log_probs.shape[-1] - 1
         self.in_place = log_probs.device.type in IN_PLACE
@@ -66,12 +65,6 @@ class Posteriors:
         picked = torch.tensor(list(rows), dtype=torch.long, device=self.log_probs.device)
         host = self.log_probs.index_select(0, picked).index_select(-1, index).float().cpu()
         return [host[i, :self.frames[r]] for i, r in enumerate(rows)], lists
-
-    def row(self, row: int, token_lists: Sequence[Sequence[int]]
-            ) -> tuple[torch.Tensor, list[list[int]]]:
-        """`rows` of one utterance: [frames, K]."""
-        found, lists = self.rows([row], token_lists)
-        return found[0], lists
 
     def _checked(self, token_lists: Sequence[Sequence[int]]) -> list[list[int]]:
         lists = [list(ids) for ids in token_lists]
