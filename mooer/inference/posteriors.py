@@ -63,7 +63,8 @@ class Posteriors:
             return [self.log_probs[r, :self.frames[r]].float() for r in rows], lists
         index, lists = self._index(lists)
         picked = torch.tensor(list(rows), dtype=torch.long, device=self.log_probs.device)
-        host = self.log_probs.index_select(0, picked).index_select(-1, index).float().cpu()
+        # the columns first: a copy of [B, T, K], never of whole rows [n, T, V]
+        host = self.log_probs.index_select(-1, index).index_select(0, picked).float().cpu()
         return [host[i, :self.frames[r]] for i, r in enumerate(rows)], lists
 
     def _checked(self, token_lists: Sequence[Sequence[int]]) -> list[list[int]]:
