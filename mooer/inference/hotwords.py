@@ -423,15 +423,22 @@ def frame_summaries(log_probs: torch.Tensor, lengths: Sequence[int]
 def device_frame_summaries(log_probs: torch.Tensor, lengths: Sequence[int]
                            ) -> list[tuple[np.ndarray, np.ndarray]]:
     """`frame_summaries` computed by torch where the tensor is, then brought to the host (what
-    it does on an accelerator)."""
-    found = []
+    it does on an accelerator): a row at a time there (a [T, V] difference at a time, not the
+    batch's), and to the host in two copies for the batch, not two a row."""
+    tops, peaks = [], []
     for row, frames in enumerate(lengths):
-        posteriors = log_probs[row, :frames]
+        posteriors = log_probs[row, :int(frames)]
         top = posteriors.amax(-1)
-        peaks = ((posteriors - top[:, None]).amax(0) if frames
-                 else posteriors.new_full((posteriors.shape[-1],), -math.inf))
-        found.append((top.cpu().numpy(), peaks.cpu().numpy()))
-    return found
+        tops.append(top)
+        peaks.append((posteriors - top[:, None]).amax(0) if frames
+                     else posteriors.new_full((posteriors.shape[-1],), -math.inf))
+    if not tops:
+        return []
+    every_top = torch.cat(tops).cpu().numpy()
+    every_peak = torch.stack(peaks).cpu().numpy()
+    ends = np.cumsum([int(n) for n in lengths])
+    return [(every_top[end - int(n):end], every_peak[row])
+            for row, (n, end) in enumerate(zip(lengths, ends, strict=True))]
 
 
 def spot(log_probs: np.ndarray, sequences: Sequence[Sequence[int]], blank: int) -> np.ndarray:
