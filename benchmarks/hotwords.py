@@ -30,6 +30,10 @@ only"), each condition in turn over the whole set, `--rounds` times (the seconds
 fastest round's, the ratio to no list the median of the rounds' own ratios); "inserted" then
 counts any list word, another utterance's true word too.
 
+`--breakdown` also prints where the host's time of the hotwords goes in each condition, in ms
+an utterance: spotting, rewriting (its candidates, their CTC pass, the answers' alignment, the
+decoder passes) and the beam's bonus, each part's function timed where decoding calls it.
+
 Trained biasing (`--trained_run_dir`, a run trained with `task/context=hotwords`, which is
 shown the list as well) is measured in the same table, on the same utterances and
 lists: with no list, with the list in the prompt alone (score 0), and in the prompt as well as
@@ -39,6 +43,8 @@ biased at decoding (the decoders' default).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import random
 import re
 import statistics
@@ -55,12 +61,15 @@ from mooer.data.context import context_words
 from mooer.data.hotword_list import threshold_or_off
 from mooer.data.text import read_table
 from mooer.evaluation.scoring import biased_score, score
+from mooer.inference import decode as decode_module
+from mooer.inference import rewrite as rewrite_module
 from mooer.inference.hotwords import (
     CHECK_THRESHOLD,
     CHECKED_SCORE,
     DEFAULT_SCORE,
     REWRITE_THRESHOLD,
     ContextGraph,
+    HotwordBias,
 )
 
 WORD = re.compile(r"[a-z']+")
@@ -176,6 +185,10 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=None,
                         help="decode in batches of N with one list for the whole set (as "
                              "evaluate.py's hotwords=), not one utterance at a time")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also print where the host's time of the hotwords goes in each "
+                             "condition (spotting, rewriting and its parts, the beam's bonus), "
+                             "in ms an utterance")
     parser.add_argument("--hypotheses", type=Path, default=None,
                         help="also write each condition's hypotheses (Kaldi text, one file a "
                              "row of the table, numbered as its rows) and the utterances whose "
@@ -239,21 +252,81 @@ def main() -> None:
         """A list's order tells nothing: the same list in the same order in every condition."""
         return random.Random(f"{args.seed}:{key}").sample(words, len(words))
     hypotheses: list[dict[str, str]] = [{} for _ in conditions]
+    breakdown = Breakdown() if args.breakdown else None
     seconds = [0.0] * len(conditions)
     ratios: list[float | None] = [None] * len(conditions)  # None: from the seconds
     if args.batch_size:
         decode_whole_set(args, kaldi / args.set, tests, recognizers, conditions, tokenizer,
-                         hypotheses, seconds, ratios)
+                         hypotheses, seconds, ratios, breakdown)
     else:
         decode_one_by_one(args, tests, audio, recognizers, conditions, tokenizer, shuffled,
-                          hypotheses, seconds)
+                          hypotheses, seconds, breakdown)
     report(args, tests, true, conditions, hypotheses, seconds, ratios)
+    if breakdown is not None:
+        breakdown.report(conditions)
+
+
+class Breakdown:
+    """Where the host's time of the hotwords goes (`--breakdown`): each part's function timed
+    for the run, where decoding looks it up, and its seconds counted to the condition being
+    decoded. The parts are nested as the calls are: rewriting holds its four parts (and a
+    little more: the words to try, the beam's hypotheses read as text)."""
+
+    PARTS = (("spotting (frame summaries and the search)", decode_module, "hearing"),
+             ("rewriting", decode_module, "rewrite"),
+             ("- candidates (placed, written, tokenized)", rewrite_module, "proposals"),
+             ("- their CTC pass", rewrite_module, "scored_on"),
+             ("- the answers' alignment", rewrite_module, "viterbi_batch"),
+             ("- the decoder passes", rewrite_module, "score_options"),
+             ("the beam's bonus", HotwordBias, "__call__"))
+
+    def __init__(self) -> None:
+        self.condition: int | None = None  # None: a warm-up, not counted
+        self.seconds: Counter = Counter()  # (condition, part): seconds
+        self.utterances: Counter = Counter()
+        for part, owner, name in self.PARTS:
+            setattr(owner, name, self.timed(part, getattr(owner, name)))
+
+    def timed(self, part: str, function):
+        @functools.wraps(function)
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                if self.condition is not None:
+                    self.seconds[self.condition, part] += time.perf_counter() - started
+        return timed
+
+    @staticmethod
+    @contextlib.contextmanager
+    def of(breakdown: Breakdown | None, condition: int, utterances: int):
+        """Count what runs inside to `condition` (`utterances` decoded)."""
+        if breakdown is None:
+            yield
+            return
+        breakdown.condition = condition
+        try:
+            yield
+        finally:
+            breakdown.condition = None
+            breakdown.utterances[condition] += utterances
+
+    def report(self, conditions: list[Condition]) -> None:
+        shown = [c for c, condition in enumerate(conditions) if condition[4] is not None]
+        print("\nwhere the host's time of the hotwords goes, ms an utterance (--breakdown):\n")
+        print("| part | " + " | ".join(f"{conditions[c][1]}, {conditions[c][2]}" for c in shown)
+              + " |\n|---|" + "---|" * len(shown))
+        for part, _, _ in self.PARTS:
+            print(f"| {part} | " + " | ".join(
+                f"{1000 * self.seconds[c, part] / max(self.utterances[c], 1):.2f}"
+                for c in shown) + " |")
 
 
 def decode_whole_set(args: argparse.Namespace, source: Path, tests: dict[str, str],
                      recognizers: dict, conditions: list[Condition], tokenizer,
                      hypotheses: list[dict[str, str]], seconds: list[float],
-                     ratios: list[float | None]) -> None:
+                     ratios: list[float | None], breakdown: Breakdown | None = None) -> None:
     """The set in batches under every condition in turn (one list for all), `--rounds` times
     after a warm-up, each round in another order; each condition's seconds are its fastest
     round's (the one a busy machine disturbed least), and its ratio to no list the median of
@@ -271,10 +344,11 @@ def decode_whole_set(args: argparse.Namespace, source: Path, tests: dict[str, st
         order = list(range(len(conditions)))
         for c in order[turn:] + order[:turn]:
             method, _, _, (_, options), _ = conditions[c]
-            started = time.perf_counter()
-            decoded = recognizers[method].decode(source, "asr", progress=False, keys=keys,
-                                                 hotwords=graphs[c], **options)
-            rounds[c].append(time.perf_counter() - started)
+            with Breakdown.of(breakdown, c, len(keys)):
+                started = time.perf_counter()
+                decoded = recognizers[method].decode(source, "asr", progress=False, keys=keys,
+                                                     hotwords=graphs[c], **options)
+                rounds[c].append(time.perf_counter() - started)
             hypotheses[c].update(decoded.hypotheses)
     baseline = baseline_of(conditions)
     for c, taken in enumerate(rounds):
@@ -285,7 +359,8 @@ def decode_whole_set(args: argparse.Namespace, source: Path, tests: dict[str, st
 
 def decode_one_by_one(args: argparse.Namespace, tests: dict[str, str], audio: dict[str, str],
                       recognizers: dict, conditions: list[Condition], tokenizer, shuffled,
-                      hypotheses: list[dict[str, str]], seconds: list[float]) -> None:
+                      hypotheses: list[dict[str, str]], seconds: list[float],
+                      breakdown: Breakdown | None = None) -> None:
     """Each utterance under every condition in turn, with its own list (a busy machine slows
     all conditions alike)."""
     with tempfile.TemporaryDirectory() as work:
@@ -301,10 +376,11 @@ def decode_one_by_one(args: argparse.Namespace, tests: dict[str, str], audio: di
                 recognizer = recognizers[method]
                 graph = (ContextGraph.build([(w, None) for w in shuffled(key, words_of[key])],
                                             tokenizer, value) if words_of else None)
-                started = time.perf_counter()
-                decoded = recognizer.decode(one, "asr", progress=False, hotwords=graph,
-                                            **options)
-                seconds[c] += time.perf_counter() - started
+                with Breakdown.of(breakdown, c, 1):
+                    started = time.perf_counter()
+                    decoded = recognizer.decode(one, "asr", progress=False, hotwords=graph,
+                                                **options)
+                    seconds[c] += time.perf_counter() - started
                 hypotheses[c].update(decoded.hypotheses)
 
 
