@@ -90,16 +90,21 @@ def viterbi_batch(log_probs: torch.Tensor, lengths: Sequence[int],
     score[:, :2] = emit[:, 0, :2]
     back = np.zeros((frames, count, width), dtype=np.int8)
     options = np.full((3, count, width), -np.inf)
-    rows, columns = np.arange(count)[:, None], np.arange(width)[None, :]
     live = np.asarray(lengths)[:, None]
+    shortest = min(int(n) for n in lengths) if count else 0
     for t in range(1, frames):
         options[0] = score
         options[1, :, 1:] = score[:, :-1]
         options[2, :, 2:] = np.where(skip[:, 2:], score[:, :-2], -np.inf)
         choice = options.argmax(0)
-        active = t < live  # an utterance's path stops at its last frame
-        back[t] = np.where(active, choice, 0)
-        score = np.where(active, options[choice, rows, columns] + emit[:, t], score)
+        best = options.max(0)  # the chosen option's score
+        if t < shortest:  # no utterance's frames have ended yet (one alone: none until its own)
+            back[t] = choice
+            score = best + emit[:, t]
+        else:  # an utterance's path stops at its last frame
+            active = t < live
+            back[t] = np.where(active, choice, 0)
+            score = np.where(active, best + emit[:, t], score)
     found: list[list[tuple[int, int]] | None] = []
     for b, tokens in enumerate(token_lists):
         if not tokens:
