@@ -349,8 +349,8 @@ class SpeechLLM(nn.Module):
                   "audio_slot_mask": batch["audio_slot_mask"][:, :width]}
         embeddings = self.embed(prompt, encoded)
         mask = batch["attention_mask"][:, :width]
-        index = torch.tensor(list(range(embeddings.shape[0])) if rows is None else rows,
-                             dtype=torch.long, device=embeddings.device)
+        index = (torch.arange(embeddings.shape[0], device=embeddings.device) if rows is None
+                 else torch.tensor(rows, dtype=torch.long, device=embeddings.device))
         if rows is not None:
             embeddings, mask = embeddings[index], mask[index]
         longest = max((len(ids) for ids in token_ids), default=0)
@@ -432,11 +432,13 @@ class SpeechLLM(nn.Module):
         result = self.llm.generate(inputs_embeds=self.embed(prompt, encoded),
                                    attention_mask=attention_mask, **options)
         sequences = result.sequences if output_scores or keep_prompt else result
-        kept = (PromptCache.kept(next((c for c in (getattr(result, name, None) for name in
-                                                   ("cache", "past_key_values")) if c is not None),
-                                      None), attention_mask.shape[0], width,
-                                 num_beams if num_beams > 1 else num_return_sequences)
-                if keep_prompt else None)
+        kept = None
+        if keep_prompt:  # the cache generate returns: `cache` in newer transformers, else
+            cache = getattr(result, "cache", None)  # `past_key_values`
+            if cache is None:
+                cache = getattr(result, "past_key_values", None)
+            kept = PromptCache.kept(cache, attention_mask.shape[0], width,
+                                    num_beams if num_beams > 1 else num_return_sequences)
         token_ids = []
         for row in sequences.tolist():
             ids = []
