@@ -339,8 +339,8 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
     # the candidates' CTC log-likelihoods, each row on its own frames and columns
     rows: list[int] = []  # the decoder's pass: each option's row, and the option
     scored: list[Option] = []
-    for row, acoustic in zip(proposed, scored_on(posteriors, {
-            row: ids for row, (_, _, ids) in proposed.items()}), strict=True):
+    acoustics = scored_on(posteriors, {row: ids for row, (_, _, ids) in proposed.items()})
+    for row, acoustic in zip(proposed, acoustics, strict=True):
         listed, options, ids = proposed[row]
         for n, (written, tokens, score, bonus) in enumerate(gaining(listed, options, ids,
                                                                    acoustic)):
@@ -363,8 +363,8 @@ def rewrite(model: Any, batch: dict[str, Any], encoded: tuple,
                 generated[(row, text)] = list(hypothesis)
         if others:
             rivals[row] = others, encode_all(tokenizer, others)
-    for (row, (others, other_ids)), scores in zip(rivals.items(), scored_on(posteriors, {
-            row: ids for row, (_, ids) in rivals.items()}), strict=True):
+    acoustics = scored_on(posteriors, {row: ids for row, (_, ids) in rivals.items()})
+    for (row, (others, other_ids)), scores in zip(rivals.items(), acoustics, strict=True):
         rows += [row, *[row] * len(others)]
         scored += [contested[row], *[Option(other, tokens, score, 0.0, False)
                                      for other, tokens, score in zip(others, other_ids, scores,
