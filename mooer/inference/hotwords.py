@@ -483,41 +483,46 @@ def spot_rows(rows: Sequence[np.ndarray], sequences: Sequence[Sequence[int]], bl
         step += [False] + [True] * (len(chain) - 1)
         jump += skips
         ends.append(base + len(chain) - 2)
-    size = len(states)
+    size, frames = len(states), int(lengths.max())
     # the sequences' states' scores under each frame's best label (<= 0; the best 0): only
     # their columns, not the whole vocabulary's; frames past an utterance's end are never read
-    emit = np.zeros((size_rows, int(lengths.max()), size), dtype=rows[0].dtype)  # [B, T, S]
+    emit = np.zeros((frames, size_rows, size), dtype=rows[0].dtype)  # [T, B, S]
     for r, row in enumerate(rows):
         if row.shape[0]:
-            emit[r, :row.shape[0]] = row[:, states] - (
+            emit[:row.shape[0], r] = row[:, states] - (
                 row.max(1, keepdims=True) if tops is None else tops[r])
-    can_enter, can_step, can_jump = np.array(enter), np.array(step), np.array(jump)
     last_token = np.array(ends)
-    score = np.full((size_rows, size), -np.inf)
-    start = np.zeros((size_rows, size), dtype=np.int64)  # where each state's best path began
-    # from the state before, and the one before that
-    shifted, skipped = np.full_like(score, -np.inf), np.full_like(score, -np.inf)
-    came, jumped = np.zeros_like(start), np.zeros_like(start)
-    entering = np.broadcast_to(np.where(can_enter, 0.0, -np.inf), score.shape)
-    for t in range(emit.shape[1]):
-        shifted[:, 1:], skipped[:, 2:] = score[:, :-1], score[:, :-2]
-        came[:, 1:], jumped[:, 2:] = start[:, :-1], start[:, :-2]
-        # entering anew first: of equal paths, the one that starts latest (leading blanks
-        # are not part of the word)
-        best, origin = entering.copy(), np.full(score.shape, t)
-        for option, began, allowed in ((shifted, came, can_step), (skipped, jumped, can_jump),
-                                       (score, start, None)):
-            better = option > best if allowed is None else (option > best) & allowed
-            best = np.where(better, option, best)
-            origin = np.where(better, began, origin)
-        score, start = best + emit[:, t], origin
-        ended = score[:, last_token]
-        # of equal scores, the earliest end (trailing blanks cost 0); an utterance's own frames
-        improved = (ended > found) & (t < lengths)[:, None]
-        found = np.where(improved, ended, found)
-        first = np.where(improved, start[:, last_token], first)
-        last = np.where(improved, t, last)
-    return found, first, last
+    # the four ways into a state at a frame, in the order that settles ties (argmax: the
+    # first): entering anew (of equal paths, the one that starts latest: leading blanks are
+    # not part of the word), from the state before, from the one before that, staying; and
+    # where each way's best path began. options[3] and began[3] are the scores and starts so far
+    options = np.full((4, size_rows, size), -np.inf)
+    options[0] = np.where(enter, 0.0, -np.inf)
+    began = np.zeros((4, size_rows, size), dtype=np.int64)
+    stepping = np.where(step, 0.0, -np.inf)[1:]  # -inf: not from there
+    jumping = np.where(jump, 0.0, -np.inf)[2:]
+    every_row, every_state = np.arange(size_rows)[:, None], np.arange(size)[None, :]
+    # each frame's scores and starts of the sequences' last tokens, the best chosen after
+    ended = np.empty((frames, size_rows, count))
+    started = np.empty((frames, size_rows, count), dtype=np.int64)
+    for t in range(frames):
+        np.add(options[3, :, :-1], stepping, out=options[1, :, 1:])
+        np.add(options[3, :, :-2], jumping, out=options[2, :, 2:])
+        began[0] = t
+        began[1, :, 1:], began[2, :, 2:] = began[3, :, :-1], began[3, :, :-2]
+        choice = options.argmax(0)
+        np.add(options.max(0), emit[t], out=options[3])
+        began[3] = began[choice, every_row, every_state]
+        ended[t], started[t] = options[3][:, last_token], began[3][:, last_token]
+    # of equal scores, the earliest end (trailing blanks cost 0; argmax: the first); only an
+    # utterance's own frames
+    ended[np.arange(frames)[:, None] >= lengths[None, :]] = -np.inf
+    at = ended.argmax(0)[None]  # [1, B, sequences]
+    best = np.take_along_axis(ended, at, 0)[0]
+    reached = best > -np.inf
+    return (np.where(reached, best, found),
+            np.where(reached, np.take_along_axis(started, at, 0)[0], first),
+            np.where(reached, at[0], last))
 
 
 # a state whose tokens that earn more, times its rows, are this many: HotwordBias adds them

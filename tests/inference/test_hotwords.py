@@ -331,6 +331,62 @@ def test_spotting_scores_each_sequence_anywhere_in_the_audio():
         assert value == pytest.approx(_spot_by_enumeration(random, ids, 3), abs=1e-5), ids
 
 
+def _stretches_by_enumeration(relative: np.ndarray, ids: list[int], blank: int
+                              ) -> tuple[float, set[tuple[int, int]]]:
+    """The best score of a labelling of some stretch of frames that collapses to `ids`, on
+    scores already relative to each frame's best (`relative` [T, V]), and the (first, last)
+    frames its tokens take in every labelling that scores it: every stretch and labelling
+    tried (tiny sizes only; integer scores, so that ties are exact)."""
+    import itertools
+
+    best, where = -math.inf, set()
+    frames = relative.shape[0]
+    for start in range(frames):
+        for end in range(start + 1, frames + 1):
+            for path in itertools.product(sorted({blank, *ids}), repeat=end - start):
+                collapsed = [c for i, c in enumerate(path)
+                             if c != blank and (i == 0 or c != path[i - 1])]
+                if collapsed != ids:
+                    continue
+                score = sum(float(relative[start + t, c]) for t, c in enumerate(path))
+                tokens = [start + t for t, c in enumerate(path) if c != blank]
+                if score > best:
+                    best, where = score, set()
+                if score == best:
+                    where.add((tokens[0], tokens[-1]))
+    return best, where
+
+
+def test_spotting_says_where_by_the_earliest_end_of_the_best_stretches():
+    """Where a sequence is heard (`spot_stretches`), against every labelling of every
+    stretch, on scores with ties: its best stretch's score; its last token's frame, the
+    earliest of the best stretches'; and a first frame that one of the best stretches with
+    that end has."""
+    from mooer.inference.hotwords import spot_rows
+
+    generator = np.random.default_rng(3)
+    blank, checked = 3, 0
+    for _ in range(40):
+        frames = int(generator.integers(1, 7))
+        relative = -generator.integers(0, 3, size=(frames, 4)).astype(np.float32)
+        relative[np.arange(frames), generator.integers(0, 4, size=frames)] = 0.0  # a best
+        sequences = [[int(t) for t in generator.integers(0, 3, size=int(generator.integers(1, 3)))]
+                     for _ in range(3)]
+        other = -generator.integers(0, 3, size=(2, 4)).astype(np.float32)
+        other[:, 0] = 0.0
+        found, first, last = spot_rows([relative, other], sequences, blank)
+        for s, ids in enumerate(sequences):
+            best, where = _stretches_by_enumeration(relative, ids, blank)
+            if best == -math.inf:
+                assert (found[0, s], first[0, s], last[0, s]) == (-math.inf, -1, -1)
+                continue
+            checked += 1
+            assert found[0, s] == best, ids
+            assert last[0, s] == min(b for _, b in where), ids
+            assert (first[0, s], last[0, s]) in where, ids
+    assert checked > 60
+
+
 def test_a_checked_graph_keeps_the_words_the_audio_holds():
     """Only the words the CTC posteriors spell (within the threshold) stay, at CHECKED_SCORE
     unless a score was asked; none heard: no graph."""
