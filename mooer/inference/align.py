@@ -86,25 +86,26 @@ def viterbi_batch(log_probs: torch.Tensor, lengths: Sequence[int],
     emit = np.take_along_axis(log_probs[:, :frames].numpy(), states[:, None, :], axis=2)
     padding = (np.arange(width)[None, :] >= sizes[:, None])[:, None, :]
     emit[np.broadcast_to(padding, emit.shape)] = -np.inf  # [B, T, S]: padding unreachable
-    score = np.full((count, width), -np.inf)
-    score[:, :2] = emit[:, 0, :2]
-    back = np.zeros((frames, count, width), dtype=np.int8)
+    # each state's ways in at a frame: staying (options[0], the scores so far), from the state
+    # before, and over a blank from the one before that (-inf where that is not allowed)
     options = np.full((3, count, width), -np.inf)
+    score = options[0]
+    score[:, :2] = emit[:, 0, :2]
+    skipping = np.where(skip[:, 2:], 0.0, -np.inf)
+    back = np.zeros((frames, count, width), dtype=np.intp)  # the way chosen
     live = np.asarray(lengths)[:, None]
     shortest = min(int(n) for n in lengths) if count else 0
     for t in range(1, frames):
-        options[0] = score
         options[1, :, 1:] = score[:, :-1]
-        options[2, :, 2:] = np.where(skip[:, 2:], score[:, :-2], -np.inf)
-        choice = options.argmax(0)
-        best = options.max(0)  # the chosen option's score
+        np.add(score[:, :-2], skipping, out=options[2, :, 2:])
+        options.argmax(0, out=back[t])  # of equal ways, the first
+        best = options.max(0)  # the chosen way's score
         if t < shortest:  # no utterance's frames have ended yet (one alone: none until its own)
-            back[t] = choice
-            score = best + emit[:, t]
+            np.add(best, emit[:, t], out=score)
         else:  # an utterance's path stops at its last frame
             active = t < live
-            back[t] = np.where(active, choice, 0)
-            score = np.where(active, best + emit[:, t], score)
+            back[t] *= active
+            score[...] = np.where(active, best + emit[:, t], score)
     found: list[list[tuple[int, int]] | None] = []
     for b, tokens in enumerate(token_lists):
         if not tokens:
