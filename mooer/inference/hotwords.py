@@ -541,6 +541,10 @@ class HotwordBias:
         self.graphs: list[ContextGraph | None] = (
             [graph] if isinstance(graph, ContextGraph) else list(graph))
         self.states: dict[tuple[int, tuple[int, ...]], State] = {}
+        # the last step's groups of rows by state, and its additions (`_additions`): the next
+        # step most often has the same (every beam at the root until a hotword begins)
+        self._layout: tuple = ()
+        self._additions: tuple = ()
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         rows = input_ids.tolist()
@@ -564,10 +568,26 @@ class HotwordBias:
                 states[(which, prefix)] = state
             groups.setdefault((which, state), []).append(r)
         self.states = states
-        # every group's bonus: the defaults (a partial match taken back) on their rows in one
-        # addition, then the tokens that earn more, those of states with a few on a few rows in
-        # one addition for the batch, those of a state with many (a long list's root state, at
-        # every step) in one addition for its rows, from tensors its graph keeps
+        layout = (scores.device, scores.dtype,
+                  *((key, tuple(members)) for key, members in groups.items()))
+        if layout != self._layout:
+            self._layout, self._additions = layout, self._additions_of(groups, scores)
+        taken, put, many = self._additions
+        if taken is not None:
+            scores[taken[0]] += taken[1][:, None]
+        if put is not None:
+            scores.index_put_(put[:2], put[2], accumulate=True)
+        for members, tokens, values in many:
+            scores[members[:, None], tokens] += values
+        return scores
+
+    def _additions_of(self, groups: dict[tuple[int, State], list[int]], scores: torch.Tensor
+                      ) -> tuple:
+        """What every group's bonus adds to `scores` (rows, tokens and values as tensors where
+        the scores are): the defaults (a partial match taken back) on their rows in one
+        addition, then the tokens that earn more, those of states with a few on a few rows in
+        one addition for the batch, those of a state with many (a long list's root state, at
+        every step) in one addition for its rows, from tensors its graph keeps."""
         taken: list[int] = []  # rows with a default, and it
         back: list[float] = []
         rows_of: list[int] = []  # (row, token, value) of every token of the few
@@ -589,15 +609,11 @@ class HotwordBias:
                     tokens_of += row.token_list
                     values_of += row.value_list
         device = scores.device
-        if taken:
-            index = torch.tensor(taken, device=device)
-            scores[index] += torch.tensor(back, device=device, dtype=scores.dtype)[:, None]
-        if rows_of:
-            scores.index_put_((torch.tensor(rows_of, device=device),
-                               torch.tensor(tokens_of, device=device)),
-                              torch.tensor(values_of, device=device, dtype=torch.float32).to(
-                                  scores.dtype), accumulate=True)
-        for (_, state), (graph, members) in many.items():
-            tokens, values = graph.bonus_tensors(state, device, scores.dtype)
-            scores[torch.tensor(members, device=device)[:, None], tokens] += values
-        return scores
+        return ((torch.tensor(taken, device=device),
+                 torch.tensor(back, device=device, dtype=scores.dtype)) if taken else None,
+                (torch.tensor(rows_of, device=device), torch.tensor(tokens_of, device=device),
+                 torch.tensor(values_of, device=device, dtype=torch.float32).to(scores.dtype))
+                if rows_of else None,
+                [(torch.tensor(members, device=device),
+                  *graph.bonus_tensors(state, device, scores.dtype))
+                 for (_, state), (graph, members) in many.items()])

@@ -124,6 +124,33 @@ def test_the_processor_follows_each_utterances_own_list():
     assert scores[0, 2] == 2.0 and scores[4, 2] == -1.0 and scores[4, 24] == 1.0
 
 
+def test_the_processor_adds_each_steps_own_bonus_step_after_step():
+    """Through a decoding's steps (several with every row at the root, beams swapped, partial
+    matches begun, completed and failed, the same states on other rows), every row gets on
+    that step's own scores what its tokens' state gives: nothing of an earlier step's
+    additions is kept or lost. One list for the batch, and one an utterance."""
+    tokenizer = CharTokenizer()
+    graph = ContextGraph.build([("AB", None), ("ABC", 3.0), ("C", 5.0)], tokenizer, score=2.0)
+    other = ContextGraph.build([("BA", None)], tokenizer, score=1.0)
+    generator = torch.Generator().manual_seed(4)
+    # 9: no word's token. Steps 3 and 4 have A pending on rows 0, 2, then on rows 0, 3
+    steps = [[9, 9, 9, 9], [9, 8, 9, 8], [1, 9, 1, 9], [1, 9, 9, 1], [2, 9, 1, 2],
+             [3, 3, 9, 1], [9, 9, 9, 9]]
+    for graphs, swaps in (([graph], False), ([graph, other], True)):
+        bias = HotwordBias(graphs)
+        rows: list[list[int]] = [[] for _ in range(4)]  # two utterances, two beams each
+        for tokens in steps:
+            rows = [rows[r] + [token] for r, token in enumerate(tokens)]
+            for first in (0, 2) if swaps else ():  # beam search may swap an utterance's beams
+                if torch.rand(1, generator=generator) < 0.5:
+                    rows[first], rows[first + 1] = rows[first + 1], rows[first]
+            base = torch.randn(4, 60, generator=generator)
+            scores = bias(torch.tensor(rows), base.clone())
+            for r, row in enumerate(rows):
+                expected = base[r] + bonuses_after(graphs[min(r // 2, len(graphs) - 1)], row, 60)
+                torch.testing.assert_close(scores[r], expected)
+
+
 class SpreadTokenizer:
     """Each word three tokens drawn over a vocabulary of 4,000 (a long list's first tokens are
     many: its root state adds thousands of bonuses at every step)."""
