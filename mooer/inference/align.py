@@ -92,17 +92,17 @@ def viterbi_batch(log_probs: torch.Tensor, lengths: Sequence[int],
     score = options[0]
     score[:, :2] = emit[:, 0, :2]
     skipping = np.where(skip[:, 2:], 0.0, -np.inf)
-    back = np.zeros((frames, count, width), dtype=np.intp)  # the way chosen
+    back = np.zeros((frames, count, width), dtype=np.int8)  # the way chosen
     live = np.asarray(lengths)[:, None]
     shortest = min(int(n) for n in lengths) if count else 0
     for t in range(1, frames):
         options[1, :, 1:] = score[:, :-1]
         np.add(score[:, :-2], skipping, out=options[2, :, 2:])
-        options.argmax(0, out=back[t])  # of equal ways, the first
+        back[t] = options.argmax(0)  # of equal ways, the first
         best = options.max(0)  # the chosen way's score
         if t < shortest:  # no utterance's frames have ended yet (one alone: none until its own)
             np.add(best, emit[:, t], out=score)
-        else:  # an utterance's path stops at its last frame
+        else:  # an utterance's path stops at its last frame: it stays there
             active = t < live
             back[t] *= active
             score[...] = np.where(active, best + emit[:, t], score)

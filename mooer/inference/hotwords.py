@@ -504,7 +504,7 @@ def spot_rows(rows: Sequence[np.ndarray], sequences: Sequence[Sequence[int]], bl
     every_row, every_state = np.arange(size_rows)[:, None], np.arange(size)[None, :]
     # each frame's scores and starts of the sequences' last tokens, the best chosen after
     ended = np.empty((frames, size_rows, count))
-    started = np.empty((frames, size_rows, count), dtype=np.int64)
+    started = np.empty((frames, size_rows, count), dtype=np.int32)
     for t in range(frames):
         np.add(options[3, :, :-1], stepping, out=options[1, :, 1:])
         np.add(options[3, :, :-2], jumping, out=options[2, :, 2:])
