@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -179,20 +178,15 @@ def generate_batch(model: SpeechLLM, moved: dict[str, Any], graphs: list[Context
 
 
 def hearing(ctc: Posteriors | tuple[torch.Tensor, torch.Tensor],
-            graphs: list[ContextGraph | None], floor: float,
-            summaries: list[tuple[np.ndarray, np.ndarray]] | None = None
-            ) -> list[Spotting | None]:
+            graphs: list[ContextGraph | None], floor: float) -> list[Spotting | None]:
     """How well the CTC head's log-posteriors of each utterance of the batch spell each token
-    sequence of its graph (`ContextGraph.spotted`, searched down to `floor`); `summaries`:
-    each utterance's `frame_summary` where the caller has them (else `frame_summaries`
-    computes them where the posteriors are, for the rows with a graph)."""
+    sequence of its graph (`ContextGraph.spotted`, searched down to `floor`)."""
     posteriors = Posteriors.of(ctc)
-    if summaries is None:
-        # each frame's best score and each class's best, where the posteriors are (on a 151k
-        # vocabulary, 16 utterances of 10 s: 0.36 s of a CPU): two passes over [T, V], and
-        # then only the columns of the sequences searched come to the host
-        summaries = frame_summaries(posteriors.log_probs, [
-            n if g is not None else 0 for n, g in zip(posteriors.frames, graphs, strict=True)])
+    # each frame's best score and each class's best, where the posteriors are (on a 151k
+    # vocabulary, 16 utterances of 10 s: 0.36 s of a CPU), for the rows with a graph: two
+    # passes over [T, V], and then only the columns of the sequences searched come to the host
+    summaries = frame_summaries(posteriors.log_probs, [
+        n if g is not None else 0 for n, g in zip(posteriors.frames, graphs, strict=True)])
     found: list[Spotting | None] = [None] * len(graphs)
     shared: dict[int, list[int]] = {}  # the rows of each graph (a list for a whole set: one)
     for row, g in enumerate(graphs):

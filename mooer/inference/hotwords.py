@@ -36,9 +36,8 @@ from mooer.inference.posteriors import Posteriors
 
 __all__ = ["CHECKED_SCORE", "CHECK_THRESHOLD", "DEFAULT_SCORE", "REWRITE_THRESHOLD", "ROOT",
            "ContextGraph", "HotwordBias", "Spotting", "device_frame_summaries", "encode_all",
-           "frame_summaries",
-           "frame_summary", "spot", "spot_rows", "spot_stretches", "token_variants",
-           "variants_of"]
+           "frame_summaries", "frame_summary", "spot", "spot_rows", "spot_stretches",
+           "token_variants", "variants_of"]
 
 
 def token_variants(word: str, tokenizer) -> list[list[int]]:
