@@ -26,6 +26,7 @@ import torch
 LEAD, TAIL = 1, 2  # frames: see align_words
 HAN = "\u3400-\u9fff\uf900-\ufaff"  # a character class's Han ideographs: a word each
 WORD = re.compile(f"[{HAN}]|[A-Za-z0-9']+(?:[-.][A-Za-z0-9']+)*")
+INCOMPLETE = "\ufffd"  # what a byte-level tokenizer decodes a character cut short to
 
 
 @dataclass
@@ -140,20 +141,31 @@ def words_of(token_texts: Sequence[str]) -> list[tuple[str, list[int]]]:
 def matched_words(token_texts: Sequence[str], pattern: re.Pattern = WORD
                   ) -> list[tuple[re.Match, list[int]]]:
     """Each match of `pattern` (a word) in the text the tokens spell, and the indices of the
-    tokens that spell it, in order."""
-    owners: list[int] = []  # the token that spelled each character
+    tokens that spell it, in order. A token whose piece is '' (a byte of a character that a
+    later token completes: `token_pieces`) spells the next character with that token."""
+    owners: list[list[int]] = []  # the tokens that spelled each character
+    waiting: list[int] = []
     for index, piece in enumerate(token_texts):
-        owners += [index] * len(piece)
-    return [(match, sorted(set(owners[match.start():match.end()])))
+        if not piece:
+            waiting.append(index)
+            continue
+        owners += [[*waiting, index]] + [[index]] * (len(piece) - 1)
+        waiting = []
+    return [(match, sorted({i for owner in owners[match.start():match.end()] for i in owner}))
             for match in pattern.finditer("".join(token_texts))]
 
 
 def token_pieces(token_ids: Sequence[int], tokenizer) -> list[str]:
-    """Each token's piece of the decoded text (what `words_of` groups into words)."""
+    """Each token's piece of the decoded text (what `words_of` groups into words). A byte-level
+    tokenizer spells a character it has no token for in bytes (a rare Han character in 2 or 3
+    tokens): the tokens before the one that completes it have the piece '' (their prefix
+    decodes to U+FFFD), and the character is the piece of that last one."""
     pieces: list[str] = []
     decoded = ""
     for i in range(len(token_ids)):
         upto = tokenizer.decode(token_ids[:i + 1], skip_special_tokens=True)
+        if i + 1 < len(token_ids):  # a character still in bytes is the next tokens' to finish
+            upto = upto.rstrip(INCOMPLETE)
         pieces.append(upto[len(decoded):] if upto.startswith(decoded) else upto)
         decoded = upto
     return pieces

@@ -44,6 +44,26 @@ def test_words_are_latin_runs_and_single_cjk_characters():
         ("O'CLOCK", [6, 7])]
 
 
+def test_a_character_spelt_in_bytes_is_one_word_of_all_its_tokens(tokenizer):
+    """A byte-level tokenizer spells a Han character its vocabulary lacks (a name's) in 2 or 3
+    tokens. The pieces then still spell the text, and each word holds the tokens the
+    tokenizer's own offsets put on its characters, the bytes of a split one included (before,
+    a split character's pieces repeated the text: '我见王' for 王)."""
+    from mooer.inference.align import WORD, token_pieces
+
+    for text in ["我七点见王芳", "赵敏有三本书", "i meet 王芳 at seven 吴昊"]:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        # the text holds characters spelt in bytes: tokens sharing one character's offsets
+        assert any(offsets[i] == offsets[i + 1] for i in range(len(ids) - 1)), text
+        pieces = token_pieces(ids, tokenizer)
+        assert "".join(pieces) == text
+        expected = [(m.group(), [i for i, (a, b) in enumerate(offsets)
+                                 if a < m.end() and b > m.start()])
+                    for m in WORD.finditer(text)]
+        assert words_of(pieces) == expected
+
+
 class PieceTokenizer:
     def __init__(self, pieces: dict[int, str]) -> None:
         self.pieces = pieces

@@ -164,6 +164,22 @@ def test_words_are_placed_by_their_tokens_frames():
                                                               ("CD", 6, 9, 3, 5)])
 
 
+
+def test_a_word_in_bytes_is_placed_from_its_first_bytes_frames(tokenizer):
+    """Rewriting places the answer's words by their tokens' frames: a Han name the tokenizer
+    spells in bytes keeps its text, and runs from its first byte's frame to its last's."""
+    text = "我见王芳"
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    spans = [(2 * n, 2 * n + 1) for n in range(len(ids))]  # token n on frames 2n and 2n+1
+    expected = []
+    for at, char in enumerate(text):
+        mine = [n for n, (a, b) in enumerate(offsets) if a <= at < b]
+        expected.append((char, 2 * mine[0], 2 * mine[-1] + 1, at, at + 1))
+    assert any(len(mine) > 1 for mine in ([n for n, (a, b) in enumerate(offsets) if a <= at < b]
+                                          for at in range(len(text))))
+    assert placed(ids, spans, tokenizer) == Placed(text, expected)
+
 def _ctc_by_enumeration(log_probs: torch.Tensor, ids: list[int], blank: int) -> float:
     """log of the sum over every labelling of all frames that collapses to `ids`."""
     total = -math.inf
