@@ -146,9 +146,15 @@ KINDS = ("number", "date", "time", "count", "place", "phrase", "price")
 # `made_up_name`: the same sentences with a made-up name each (`made_up_name`), for teaching a
 # model to read a hotword list (task/context=hotwords): a name heard once can only be spelt
 # from the list
-EXTRA_KINDS = ("name", "made_up_name")
+# `zh_name`: the same sentences with a Mandarin name in Han characters (its English text in
+# pinyin), for hotwords in Mandarin: the names' characters are absent from the demo corpus, or
+# sound like ones it holds (吴昊 and 孙浩 both end in `hao`, as 好 does)
+EXTRA_KINDS = ("name", "made_up_name", "zh_name")
 NAMES = ("olivia", "marcus", "priya", "dmitri", "ingrid", "tobias", "yusuf", "camille",
          "rafael", "soren", "anika", "bastian")
+ZH_NAMES = {"王芳": "wang fang", "李娜": "li na", "刘洋": "liu yang", "陈静": "chen jing",
+            "杨磊": "yang lei", "赵敏": "zhao min", "周杰": "zhou jie", "吴昊": "wu hao",
+            "徐丽": "xu li", "孙浩": "sun hao", "林海": "lin hai", "马明": "ma ming"}
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "sh", "ch")
 _VOWELS = ("a", "e", "i", "o", "u")
 _CODAS = ("", "", "n", "r", "l", "s")
@@ -163,16 +169,19 @@ def made_up_name(rng: random.Random) -> str:
             return name
 
 
-def _name_sentence(rng: random.Random, kind: str, name: str) -> Sentence:
+def _name_sentence(rng: random.Random, kind: str, name: str, en: str | None = None
+                   ) -> Sentence:
+    """A sentence with `name` (spelt `en` in the English text, where given)."""
+    en = name if en is None else en
     template = rng.randrange(3)
     if template == 0:
         zt, et = _time(rng)
-        return Sentence(kind, f"我{zt}见{name}", f"i meet {name} at {et}")
+        return Sentence(kind, f"我{zt}见{name}", f"i meet {en} at {et}")
     if template == 1:
         n, thing = rng.randint(1, 99), rng.choice(_THINGS)
-        return Sentence(kind, f"{name}有{zh_number(n)}{thing[0]}", f"{name} has {_counted(n, thing)}")
+        return Sentence(kind, f"{name}有{zh_number(n)}{thing[0]}", f"{en} has {_counted(n, thing)}")
     zm, em = _month_day(rng)
-    return Sentence(kind, f"{name}{zm}来", f"{name} comes on {em}")
+    return Sentence(kind, f"{name}{zm}来", f"{en} comes on {em}")
 
 
 def sample_sentence(rng: random.Random, kinds: tuple[str, ...] = KINDS) -> Sentence:
@@ -186,6 +195,9 @@ def sample_sentence(rng: random.Random, kinds: tuple[str, ...] = KINDS) -> Sente
         return _name_sentence(rng, kind, rng.choice(NAMES))
     if kind == "made_up_name":
         return _name_sentence(rng, kind, made_up_name(rng))
+    if kind == "zh_name":
+        name = rng.choice(sorted(ZH_NAMES))
+        return _name_sentence(rng, kind, name, ZH_NAMES[name])
     if kind == "number":
         n = _amount(rng)
         return Sentence(kind, zh_number(n), en_number(n))

@@ -104,6 +104,34 @@ def test_name_sentences_hold_one_proper_name_and_the_default_corpus_none():
         sample_sentence(rng, ("names",))
 
 
+def test_mandarin_name_sentences_hold_a_han_name_and_its_pinyin():
+    """`--kinds zh_name`: each sentence holds one of twelve Han names in its Mandarin text and
+    the same name in pinyin in its translation; the Mandarin corpus made for hotwords draws them
+    all, and the default kinds never one."""
+    import random
+
+    from mooer.demo.grammar import ZH_NAMES, sample_sentence
+
+    pinyin = {"王芳": "wang fang", "李娜": "li na", "刘洋": "liu yang", "陈静": "chen jing",
+              "杨磊": "yang lei", "赵敏": "zhao min", "周杰": "zhou jie", "吴昊": "wu hao",
+              "徐丽": "xu li", "孙浩": "sun hao", "林海": "lin hai", "马明": "ma ming"}
+    assert pinyin == ZH_NAMES
+    rng = random.Random(0)
+    drawn = set()
+    for _ in range(300):
+        sentence = sample_sentence(rng, ("zh_name",))
+        held = [name for name in pinyin if name in sentence.zh]
+        assert len(held) == 1 and sentence.kind == "zh_name", sentence
+        assert f" {pinyin[held[0]]} " in f" {sentence.en} ", sentence
+        assert sentence.zh.startswith(held[0]) or sentence.zh.startswith("我"), sentence
+        drawn.add(held[0])
+    assert drawn == set(pinyin)
+    specs = draw_specs(40, seed=5, english_ratio=0.0, kinds=("zh_name",))
+    assert all(spec.lang == "zh" and any(name in spec.text for name in pinyin) for spec in specs)
+    default = draw_specs(500, seed=3)
+    assert not any(name in spec.text for spec in default for name in pinyin)
+
+
 def test_made_up_name_sentences_hold_a_new_name_each():
     """`--kinds made_up_name`: the name sentences with a made-up name, of letters only, none of
     the grammar's names and few of them twice (a name is heard about once)."""
