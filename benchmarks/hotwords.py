@@ -12,7 +12,9 @@ so that a busy machine slows all conditions alike (`--repeats R`: R times in tur
 condition's fastest decoding of the utterance counted). An English
 word is rare when the training transcripts hold it at most `--rare` times; an utterance's list
 is its own rare words plus `--distractors` other rare words of the training vocabulary (English
-words, and Mandarin words of two characters, as rare, that its reference does not hold). With
+words, and Mandarin words of two characters, as rare, that its reference does not hold;
+`--lexicon FILE`: Mandarin words, such as names, whose rare ones an utterance's reference holds
+are its true words too, and distractors of the others). With
 distractors alone, the list has no true word: what biasing costs where it cannot help. B-WER
 counts errors on each utterance's true rare words, U-WER on every other token (Le et al.,
 2021); "inserted" is the share of utterances whose hypothesis holds a list word that neither
@@ -88,17 +90,23 @@ def holds(text: str, word: str) -> bool:
     return word in text.lower().split() if word.isascii() else word in text
 
 
-def lists(tests: dict[str, str], counts: Counter, rare: int, distractors: int, seed: int
+def lists(tests: dict[str, str], counts: Counter, rare: int, distractors: int, seed: int,
+          lexicon: dict[str, int] | None = None
           ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """Per utterance: its true rare English words, and `distractors` rare words (English words
     and two-character Mandarin words as rare in training) it does not hold, as biasing lists
-    are built in the literature (Le et al. draw distractors from the rare-word list)."""
+    are built in the literature (Le et al. draw distractors from the rare-word list). With a
+    `lexicon` (Mandarin words and how often training holds each), its rare words that the
+    reference holds are true words too, and the others distractors: Mandarin has no spaces to
+    find an utterance's words by."""
     rng = random.Random(seed)
-    words = sorted(w for w, n in counts.items() if n <= rare)
+    rare_lexicon = {w for w, n in (lexicon or {}).items() if n <= rare}
+    words = sorted({w for w, n in counts.items() if n <= rare} | rare_lexicon)
     true, other = {}, {}
     for key, text in tests.items():
         held = vocabulary([text])
-        true[key] = sorted({w for w in WORD.findall(text.lower()) if counts[w] <= rare})
+        true[key] = sorted({w for w in WORD.findall(text.lower()) if counts[w] <= rare}
+                           | {w for w in rare_lexicon if w in text})
         pool = [w for w in words if w not in held and w not in text]
         other[key] = rng.sample(pool, min(distractors, len(pool)))
     return true, other
@@ -171,6 +179,10 @@ def main() -> None:
                         help="more transcripts (Kaldi text) the models trained on, counted with "
                              "the demo's: their rare words are distractors too (the names a "
                              "fine-tune heard)")
+    parser.add_argument("--lexicon", type=Path, default=None,
+                        help="Mandarin words, a line each (names, terms): where an utterance's "
+                             "reference holds one that training holds at most --rare times, it "
+                             "is one of its true words (English words are found by spaces)")
     parser.add_argument("--num_beams", type=int, default=4)
     parser.add_argument("--rare", type=int, default=40,
                         help="an English word is rare at most this many times in training")
@@ -203,19 +215,26 @@ def main() -> None:
                              "held-out sentences; unseen_voices: voices training never heard; "
                              "names_test, names_dev: sentences with rare proper names, made with "
                              "`python -m mooer.demo.corpus --kinds name`; made_up_names_test: "
-                             "names no model heard, `--kinds made_up_name`)")
+                             "names no model heard, `--kinds made_up_name`; zh_names_test: "
+                             "Mandarin names, `--kinds zh_name`, with --lexicon)")
     args = parser.parse_args()
     if args.repeats < 1 or args.rounds < 1:
         parser.error("--repeats and --rounds: at least 1")
     kaldi = demo_kaldi(args)
-    counts = vocabulary([t for path in [kaldi / "train" / "text", *args.train_text]
-                         for _, t in read_table(path)])
+    trained = [t for path in [kaldi / "train" / "text", *args.train_text]
+               for _, t in read_table(path)]
+    counts = vocabulary(trained)
+    lexicon = None
+    if args.lexicon:
+        words = [line.strip() for line in args.lexicon.read_text(encoding="utf-8").splitlines()
+                 if line.strip()]
+        lexicon = {w: sum(text.count(w) for text in trained) for w in words}
     tests = dict(read_table(kaldi / args.set / "text"))
     if args.limit:  # a seeded sample, in the file's order
         chosen = set(random.Random(args.seed).sample(sorted(tests), args.limit))
         tests = {k: v for k, v in tests.items() if k in chosen}
     audio = dict(read_table(kaldi / args.set / "wav.scp"))
-    true, other = lists(tests, counts, args.rare, args.distractors, args.seed)
+    true, other = lists(tests, counts, args.rare, args.distractors, args.seed, lexicon)
     listed_true, listed_other = true, other
     if args.batch_size:  # one list for the whole set
         first = next(iter(tests))
@@ -413,7 +432,8 @@ def report(args: argparse.Namespace, tests: dict[str, str], true: Lists,
     no list: `ratios` where given, else from the seconds)."""
     baseline = baseline_of(conditions)
     with_words = sum(1 for k in tests if true[k])
-    print(f"\n{len(tests)} utterances of {args.set} ({with_words} with a rare English word; "
+    print(f"\n{len(tests)} utterances of {args.set} ({with_words} with a rare "
+          f"{'word' if args.lexicon else 'English word'}; "
           f"{sum(len(v) for v in true.values())} rare words), beam {args.num_beams}, "
           f"{f'batches of {args.batch_size}, one list' if args.batch_size else 'one at a time'}"
           f"{f', the fastest of {args.repeats}' if args.repeats > 1 and not args.batch_size else ''}, "
