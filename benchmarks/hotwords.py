@@ -183,6 +183,10 @@ def main() -> None:
                         help="Mandarin words, a line each (names, terms): where an utterance's "
                              "reference holds one that training holds at most --rare times, it "
                              "is one of its true words (English words are found by spaces)")
+    parser.add_argument("--ctc_head", type=Path, default=None,
+                        help="a CTC head trained apart (experiment=ctc_head's checkpoint) for a "
+                             "model trained without one: its lists are then checked and "
+                             "rewritten")
     parser.add_argument("--num_beams", type=int, default=4)
     parser.add_argument("--rare", type=int, default=40,
                         help="an English word is rare at most this many times in training")
@@ -243,7 +247,9 @@ def main() -> None:
         kept = [w for w in other[first] if not any(holds(text, w) for text in tests.values())]
         listed_other = {key: kept for key in tests}
     decoding = {"num_beams": args.num_beams, "max_new_tokens": 48}
-    recognizers = {"decode-time": demo_recognizer(args, args.batch_size or 1, decoding)}
+    recognizers = {"decode-time": demo_recognizer(
+        args, args.batch_size or 1, decoding,
+        *([f"model.ctc_head={args.ctc_head}"] if args.ctc_head else []))}
     tokenizer = recognizers["decode-time"].model.tokenizer
     torch.set_grad_enabled(False)
 
