@@ -40,6 +40,11 @@ from mooer.models.speech_llm import SpeechLLM
 log = logging.getLogger(__name__)
 
 MIN_AUDIO_SECONDS = 0.1  # shorter audio gives the encoder no frame to attend to
+UNCHECKED = ("this model has no CTC head: every listed hotword is biased unchecked and not "
+             "rewritten, so words the audio does not hold can be put in (keep the list short), "
+             "and a list gains less; a head trained apart checks and rewrites them "
+             "(python train.py experiment=ctc_head init_from=..., then --ctc_head, or "
+             "model.ctc_head= in evaluate.py: docs/decoding.md)")
 
 
 def prompt_for(cfg: DictConfig, tasks: Sequence[str] = ()) -> PromptFormat:
@@ -81,6 +86,7 @@ class Recognizer:
     hotwords: ContextGraph | None = None  # biases transcripts (ASR), not translations
     guard: Guard = field(default_factory=Guard)  # hallucinated answers decoded again, marked
     timestamps: bool = False  # word times and confidence of transcripts (the CTC head's)
+    _told_unchecked: bool = field(default=False, repr=False)  # UNCHECKED logged once
 
     @classmethod
     def from_config(cls, cfg: DictConfig, device: str = "auto", precision: str = "bf16",
@@ -122,6 +128,9 @@ class Recognizer:
         graph = options.pop("hotwords", self.hotwords)
         if task == "asr" and graph:
             options["hotwords"] = graph
+            if not self.model.has_ctc_head and not self._told_unchecked:
+                log.warning(UNCHECKED)
+                self._told_unchecked = True
         if options.pop("timestamps", self.timestamps) and task == "asr":
             options["timestamps"] = True
         decoding = {**self.decoding, **options}

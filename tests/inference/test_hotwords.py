@@ -464,6 +464,42 @@ def test_decoding_checks_the_list_against_the_audio_on_a_ctc_head(tokenizer, sha
     assert run(hotwords=graph, hotword_check=-1e9, hotword_rewrite=None) == unchecked
 
 
+def test_a_list_on_a_model_without_a_ctc_head_says_once_how_to_check_it(tokenizer, shards,
+                                                                         caplog):
+    """Decoding transcripts with a list on a model without a CTC head warns, once a
+    recognizer, that the words go unchecked and how to give it a head; translations (no list
+    applies) and a model with a head say nothing."""
+    import logging
+
+    from mooer.data.features import ParaformerFrontend
+    from mooer.inference.recognizer import Recognizer
+    from tests.conftest import prompt_format
+    from tests.models.test_speech_llm import tiny_model
+
+    graph = ContextGraph.build([("二十七", None)], tokenizer)
+    options = {"num_beams": 1, "max_new_tokens": 3, "eos_bias": 0}
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                and "no CTC head" in r.getMessage()]
+
+    for setting, expected in (("encoder.ctc_weight=0", 1), ("encoder.ctc_weight=0.3", 0)):
+        model = tiny_model(tokenizer, 3, setting).eval()
+        recognizer = Recognizer(model, prompt_format("asr_ast"), ParaformerFrontend(None),
+                                torch.device("cpu"), torch.float32, 8, dict(options))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mooer.inference.recognizer"):
+            recognizer.decode(shards, "ast", progress=False, hotwords=graph)
+            assert warnings() == []
+            for _ in range(2):
+                recognizer.decode(shards, "asr", progress=False, hotwords=graph)
+            recognizer.decode(shards, "asr", progress=False)
+        said = warnings()
+        assert len(said) == expected, setting
+        if expected:
+            assert "experiment=ctc_head" in said[0] and "--ctc_head" in said[0]
+
+
 def test_a_model_trained_with_lists_reads_the_list_in_its_prompt(tiny_release, corpus):
     """A prompt format that shows hotwords (task/context=hotwords): the decoders give each
     utterance its list (one graph for all, or one an uttid; none: the plain prompt), before
