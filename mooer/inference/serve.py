@@ -374,8 +374,11 @@ def build_page(transcriber: Transcriber, title: str = "mooer"):
                                  label="Audio", elem_id="audio")
                 task = gr.Radio(choices, value=choices[-1][1], label="Task", elem_id="task")
                 beams = gr.Slider(1, 8, value=4, step=1, label="Beam size", elem_id="beams")
-                hotword_box = gr.Textbox(label="Hotwords (names, terms: one a line; optional "
-                                               "tab and weight)", lines=2, elem_id="hotwords")
+                hotword_box = gr.Textbox(
+                    label="Hotwords (names, terms: one a line; optional tab and weight)" + (
+                        "" if has_head else ": this model has no CTC head to check them "
+                        "against the audio, so list only words you expect (start the server "
+                        "with --ctc_head)"), lines=2, elem_id="hotwords")
                 word_box = gr.Checkbox(
                     label=("Word times and confidence (of the transcript)" if has_head else
                            "Word times: this model has no CTC head (start the server with "

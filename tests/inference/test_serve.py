@@ -461,7 +461,8 @@ def drive_page(url: str, wav: Path | None, screenshot: Path, bad: Path | None = 
             if hotwords:
                 page.locator("#hotwords textarea").fill(hotwords)
             texts = {"word_times_enabled": str(
-                page.locator("#word_times input[type=checkbox]").is_enabled())}
+                page.locator("#word_times input[type=checkbox]").is_enabled()),
+                "hotwords_label": page.locator("#hotwords").inner_text()}
             if word_times:
                 page.locator("#word_times input[type=checkbox]").check()
             page.locator("#run").click()
@@ -498,6 +499,8 @@ def test_the_page_in_headless_chromium(server, corpus, tmp_path):
     assert screenshot.stat().st_size > 10_000 and screenshot.read_bytes()[:4] == b"\x89PNG"
     assert "array.wav has 8 channels" in texts["error"]  # shown on the page
     assert texts["word_times_enabled"] == "False"  # no CTC head: the box says why, disabled
+    # and the hotwords box that a list goes unchecked
+    assert "no CTC head" in texts["hotwords_label"] and "--ctc_head" in texts["hotwords_label"]
 
 
 @pytest.mark.slow
@@ -513,6 +516,7 @@ def test_the_page_gives_word_times_with_a_ctc_head(head_server, corpus, tmp_path
     wav = Path(read_table(corpus / "wav.scp")[2][1])
     texts = drive_page(url, wav, tmp_path / "words.png", word_times=True)
     assert texts["word_times_enabled"] == "True"
+    assert texts["hotwords_label"].startswith("Hotwords") and "CTC" not in texts["hotwords_label"]
     answer = httpx.post(f"{url}/api/transcribe", files={"file": wav.open("rb")},
                         data={"task": "asr", "num_beams": "4", "word_timestamps": "true"},
                         timeout=120).json()
