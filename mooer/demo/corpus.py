@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of utterances spoken in English (the rest in Mandarin)")
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help="comma-separated sentence kinds: " + ", ".join(KINDS + EXTRA_KINDS)
-                        + " (name, zh_name: sentences with rare proper names, English or Han, for hotwords)")
+                        + " (name, zh_name: sentences with rare proper names, English or "
+                        "Han, for hotwords)")
     parser.add_argument("--num_workers", type=int, default=min(4, multiprocessing.cpu_count()),
                         help="synthesis processes")
     args = parser.parse_args(argv)
