@@ -189,7 +189,8 @@ def main() -> None:
                              "rewritten")
     parser.add_argument("--num_beams", type=int, default=4)
     parser.add_argument("--rare", type=int, default=40,
-                        help="an English word is rare at most this many times in training")
+                        help="an English word (or one of --lexicon) is rare at most this many "
+                             "times in training")
     parser.add_argument("--distractors", type=int, default=100)
     parser.add_argument("--limit", type=int, default=None,
                         help="only N utterances (a seeded sample)")
