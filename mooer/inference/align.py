@@ -171,6 +171,18 @@ def token_pieces(token_ids: Sequence[int], tokenizer) -> list[str]:
     return pieces
 
 
+def whole_characters(token_ids: Sequence[int], tokenizer) -> list[int]:
+    """`token_ids` without the trailing tokens of a character they leave unfinished: an answer
+    cut (the guard's `trim`) inside a character a byte-level tokenizer spells in bytes would
+    end in U+FFFD."""
+    ids = list(token_ids)
+    for _ in range(3):  # a character is at most 4 bytes: at most 3 of them left behind
+        if not ids or not tokenizer.decode(ids, skip_special_tokens=True).endswith(INCOMPLETE):
+            break
+        ids.pop()
+    return ids
+
+
 def align_words(log_probs: torch.Tensor, token_ids: Sequence[int], tokenizer, blank: int,
                 frame_s: float, spans: list[tuple[int, int]] | None = None,
                 columns: Sequence[int] | None = None) -> list[Word] | None:

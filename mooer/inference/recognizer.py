@@ -26,7 +26,7 @@ from mooer.data.features import Frontend
 from mooer.data.loader import EpochDataLoader
 from mooer.data.prompts import PromptFormat
 from mooer.devices import resolve_device
-from mooer.inference.align import WORD
+from mooer.inference.align import WORD, whole_characters
 from mooer.inference.decode import Decoded, decode, decoding_loader
 from mooer.inference.distributed import current_rank, rank_device
 from mooer.inference.formats import Segment
@@ -175,7 +175,9 @@ class Recognizer:
         decoded.flagged = flags(decoded, bad)
         for key, reason in decoded.flagged.items():
             if reason in ("loop", "over-long"):  # cut what ran on; it stays marked
-                kept = self.guard.trim(decoded.tokens[key], decoded.durations.get(key, 0.0))
+                kept = whole_characters(self.guard.trim(decoded.tokens[key],
+                                                        decoded.durations.get(key, 0.0)),
+                                        self.model.tokenizer)
                 decoded.tokens[key] = kept
                 decoded.hypotheses[key] = self.model.tokenizer.decode(kept,
                                                                       skip_special_tokens=True)

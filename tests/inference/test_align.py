@@ -64,6 +64,23 @@ def test_a_character_spelt_in_bytes_is_one_word_of_all_its_tokens(tokenizer):
         assert words_of(pieces) == expected
 
 
+def test_an_answer_cut_inside_a_character_loses_its_unfinished_bytes(tokenizer):
+    """Cut anywhere (the guard cuts looping answers), an answer keeps the tokens up to its last
+    whole character: the tokenizer's offsets say where each character's last token is."""
+    from mooer.inference.align import whole_characters
+
+    text = "我见王芳有书"
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    ends = {0} | {n + 1 for n in range(len(ids))
+                  if n + 1 == len(ids) or offsets[n + 1] != offsets[n]}
+    assert len(ends) < len(ids) + 1  # some character is spelt in several tokens
+    for cut in range(len(ids) + 1):
+        kept = whole_characters(ids[:cut], tokenizer)
+        assert kept == ids[:max(e for e in ends if e <= cut)], cut
+        assert text.startswith(tokenizer.decode(kept))
+
+
 class PieceTokenizer:
     def __init__(self, pieces: dict[int, str]) -> None:
         self.pieces = pieces

@@ -86,7 +86,14 @@ def test_flagged_answers_are_decoded_again_and_still_doubtful_ones_named(tiny_re
         if key not in want:
             assert text == plain.hypotheses[key], key
         elif still[key] in ("loop", "over-long"):  # cut, and no longer loops or runs on
-            kept = guard.trim(retry.tokens[key], retry.durations[key])
+            cut = guard.trim(retry.tokens[key], retry.durations[key])
+            # less the bytes of a character the cut left unfinished (at most 3 tokens), each
+            # dropped because the text up to it ended in U+FFFD
+            kept = guarded.tokens[key]
+            assert kept == cut[:len(kept)] and len(cut) - len(kept) <= 3, key
+            assert all(tokenizer.decode(cut[:n], skip_special_tokens=True).endswith("\ufffd")
+                       for n in range(len(kept) + 1, len(cut) + 1)), key
+            assert len(cut) - len(kept) == 3 or not text.endswith("\ufffd"), key
             assert text == tokenizer.decode(kept, skip_special_tokens=True), key
             assert guard.check(kept, text, retry.durations[key]) is None
         else:
