@@ -97,7 +97,7 @@ def read_hotwords(path: str | Path) -> list[tuple[str, float | None]]:
     if not path.is_file():
         raise HotwordError(f"hotword list {path} not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not a word
     except UnicodeDecodeError as err:
         raise HotwordError(f"hotword list {path} is not UTF-8 text ({err})") from None
     return parse_hotwords(text, str(path))

@@ -51,7 +51,7 @@ def read_data_list(path: str | Path) -> list[str]:
     """Shard paths or URLs of a data.list, one a line; relative paths are taken from the list's dir."""
     base = Path(path).resolve().parent
     urls = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in Path(path).read_text(encoding="utf-8-sig").splitlines():  # BOM or not
         line = line.strip()
         if not line:
             continue

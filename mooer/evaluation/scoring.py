@@ -435,7 +435,7 @@ def read_clusters(path: Path) -> list[tuple[str, list[str]]]:
     """compute-wer.py's cluster file: `<Name>` opens a group of words, `</Name>` closes it."""
     clusters: list[tuple[str, list[str]]] = []
     name, words = "", list[str]()
-    for token in path.read_text(encoding="utf-8").split():
+    for token in path.read_text(encoding="utf-8-sig").split():
         if name and token == f"</{name}>":
             clusters.append((name, words))
             name, words = "", list[str]()
@@ -451,7 +451,7 @@ def _switch(value: str) -> bool:
 
 
 def _words(path: Path | None) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()
             if line.strip()] if path else []
 
 

@@ -186,6 +186,8 @@ def test_relative_paths_in_data_list(tmp_path, shards):
     listing = tmp_path / "data.list"
     listing.write_text("a.tar\n\n/abs/b.tar\nhttps://host/c.tar\n")
     assert read_data_list(listing) == [str(tmp_path / "a.tar"), "/abs/b.tar", "https://host/c.tar"]
+    listing.write_bytes(b"\xef\xbb\xbf/abs/b.tar\r\na.tar\r\n")  # a BOM and CRLF: Notepad's
+    assert read_data_list(listing) == ["/abs/b.tar", str(tmp_path / "a.tar")]
     listing.write_text("\n")
     with pytest.raises(ValueError, match="lists no shards"):
         read_data_list(listing)

@@ -51,7 +51,7 @@ def test_counts_as_compute_wer(ref, hyp, counts):
 def test_word_mode_case_and_ignore_flags(tmp_path, capsys):
     (tmp_path / "ref").write_text("u1 今天 Hello <unk> world\nu2 gone here\n")
     (tmp_path / "hyp").write_text("u1 今天 hello world\n")
-    (tmp_path / "ignore").write_text("world\n")
+    (tmp_path / "ignore").write_bytes(b"\xef\xbb\xbfworld\r\n")  # with Notepad's BOM and CRLF
     args = [str(tmp_path / "ref"), str(tmp_path / "hyp")]
     assert main(["--char=0", "--v=0", *args]) == 0  # words: 今天 HELLO WORLD
     out = capsys.readouterr().out
@@ -147,7 +147,7 @@ def test_extra_hypotheses_are_listed_not_scored(tmp_path, capsys):
 def test_word_classes_and_cluster_file_as_compute_wer(tmp_path, capsys):
     (tmp_path / "ref").write_text("u1 今天 hello 123\n")
     (tmp_path / "hyp").write_text("u1 今天 hallo 123 ok\n")
-    (tmp_path / "clusters").write_text("<Greeting> hello hi </Greeting>\n")
+    (tmp_path / "clusters").write_bytes(b"\xef\xbb\xbf<Greeting> hello hi </Greeting>\n")  # a BOM
     assert main([str(tmp_path / "ref"), str(tmp_path / "hyp"),
                  f"--cluster={tmp_path / 'clusters'}"]) == 0
     out = capsys.readouterr().out

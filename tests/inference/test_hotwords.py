@@ -204,6 +204,16 @@ def test_list_lines_are_checked_naming_the_line():
         ("张伟", None), ("李娜", None), ("SEVENTEENTH", None), ("O'CLOCK", None)]
 
 
+def test_a_list_saved_by_a_windows_editor_reads_as_any_other(tmp_path):
+    """A UTF-8 BOM and CRLF line ends (Notepad's) leave the words as they are: the BOM is not
+    part of the first word, which would then never match."""
+    from mooer.data.hotword_list import read_hotwords
+
+    path = tmp_path / "names.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + "张伟\r\nSEVENTEENTH\t2\r\n".encode())
+    assert read_hotwords(path) == [("张伟", None), ("SEVENTEENTH", 2.0)]
+
+
 def test_decoding_with_a_list(tiny_release, corpus):
     """No list (or an empty one): what decoding gives without the option, byte for byte. A list
     whose word has a large bonus: every answer holds the word, greedy and beam."""
