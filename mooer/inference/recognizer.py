@@ -86,7 +86,7 @@ class Recognizer:
     hotwords: ContextGraph | None = None  # biases transcripts (ASR), not translations
     guard: Guard = field(default_factory=Guard)  # hallucinated answers decoded again, marked
     timestamps: bool = False  # word times and confidence of transcripts (the CTC head's)
-    _told_unchecked: bool = field(default=False, repr=False)  # UNCHECKED logged once
+    _told_unchecked: bool = field(default=False, init=False, repr=False)  # UNCHECKED logged once
 
     @classmethod
     def from_config(cls, cfg: DictConfig, device: str = "auto", precision: str = "bf16",
